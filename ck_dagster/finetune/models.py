@@ -1,0 +1,142 @@
+"""The models ck_dagster knows: torchtune builders, tokenizer, checkpointer and SLURM size.
+
+Adding a model is one :class:`ModelSpec` entry in :data:`MODELS`. ``models.base[].name`` in an
+experiment file must be one of these names; ``models.base[].path`` is the HF-format model folder
+on disk, and every path below is relative to it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ck_dagster.slurm.resources import RESOURCES_BY_SIZE, Resources
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model family member as torchtune and SLURM need to know it."""
+
+    name: str
+    #: torchtune builder for full fine-tuning (``model._component_`` of a full recipe).
+    builder: str
+    #: torchtune builder for LoRA fine-tuning (``model._component_`` of a LoRA recipe).
+    lora_builder: str
+    #: ``tokenizer._component_``.
+    tokenizer: str
+    #: tokenizer arguments that are files, relative to the model folder.
+    tokenizer_files: dict[str, str]
+    #: ``checkpointer.checkpoint_files`` (a list, or torchtune's filename_format mapping).
+    checkpoint_files: list[str] | dict[str, str]
+    #: ``checkpointer.model_type``.
+    model_type: str
+    #: size class for SLURM resources: a key of ``RESOURCES_BY_SIZE``.
+    size: str
+    #: the torchtune config folder whose recipes fit this model (``tune ls`` names).
+    recipe_family: str
+    #: config values this model needs whatever the recipe says (source "model" in provenance).
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def resources(self) -> Resources:
+        """SLURM resources for this model's size class (before ``runs[].compute``)."""
+        return RESOURCES_BY_SIZE[self.size]
+
+
+def _shards(count: int) -> list[str]:
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+_LLAMA_TOKENIZER = "torchtune.models.llama3.llama3_tokenizer"
+_LLAMA_TOKENIZER_FILES = {"path": "original/tokenizer.model"}
+_QWEN_TOKENIZER = "torchtune.models.qwen2_5.qwen2_5_tokenizer"
+_QWEN_TOKENIZER_FILES = {"path": "vocab.json", "merges_file": "merges.txt"}
+
+
+def _llama(name: str, module: str, suffix: str, files: list[str] | dict[str, str],
+           model_type: str, size: str, family: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        builder=f"torchtune.models.{module}.{module}_{suffix}",
+        lora_builder=f"torchtune.models.{module}.lora_{module}_{suffix}",
+        tokenizer=_LLAMA_TOKENIZER,
+        tokenizer_files=_LLAMA_TOKENIZER_FILES,
+        checkpoint_files=files,
+        model_type=model_type,
+        size=size,
+        recipe_family=family,
+    )
+
+
+def _qwen(name: str, suffix: str, files: list[str], size: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        builder=f"torchtune.models.qwen2_5.qwen2_5_{suffix}",
+        lora_builder=f"torchtune.models.qwen2_5.lora_qwen2_5_{suffix}",
+        tokenizer=_QWEN_TOKENIZER,
+        tokenizer_files=_QWEN_TOKENIZER_FILES,
+        checkpoint_files=files,
+        model_type="QWEN2",
+        size=size,
+        recipe_family="qwen2_5",
+    )
+
+
+_SPECS = [
+    _llama("Llama-3.2-1B-Instruct", "llama3_2", "1b", ["model.safetensors"],
+           "LLAMA3_2", "1B", "llama3_2"),
+    _llama("Llama-3.2-3B-Instruct", "llama3_2", "3b", _shards(2), "LLAMA3_2", "3B", "llama3_2"),
+    _llama("Llama-3.1-8B-Instruct", "llama3_1", "8b", _shards(4), "LLAMA3", "8B", "llama3_1"),
+    ModelSpec(
+        name="Llama-3.3-70B-Instruct",
+        builder="torchtune.models.llama3_3.llama3_3_70b",
+        lora_builder="torchtune.models.llama3_3.lora_llama3_3_70b",
+        tokenizer=_LLAMA_TOKENIZER,
+        tokenizer_files=_LLAMA_TOKENIZER_FILES,
+        checkpoint_files={"filename_format": "model-{}-of-{}.safetensors", "max_filename": "00030"},
+        model_type="LLAMA3",
+        size="70B",
+        recipe_family="llama3_3",
+    ),
+    _qwen("Qwen2.5-0.5B-Instruct", "0_5b", ["model.safetensors"], "1B"),
+    _qwen("Qwen2.5-1.5B-Instruct", "1_5b_instruct", ["model.safetensors"], "1B"),
+    _qwen("Qwen2.5-3B-Instruct", "3b", _shards(2), "3B"),
+    _qwen("Qwen2.5-7B-Instruct", "7b_instruct", _shards(4), "8B"),
+    # A ~140k-parameter Llama-3.2-shaped model made locally by `ck-dagster make-tiny-model`:
+    # trains on CPU in seconds, for tests, the demo and laptops.
+    ModelSpec(
+        name="tiny-llama",
+        builder="ck_dagster.tiny.model.tiny_llama",
+        lora_builder="ck_dagster.tiny.model.lora_tiny_llama",
+        tokenizer=_LLAMA_TOKENIZER,
+        tokenizer_files={"path": "original/tokenizer.model",
+                         "special_tokens_path": "tokenizer.json"},
+        checkpoint_files=["model.safetensors"],
+        model_type="LLAMA3_2",
+        size="tiny",
+        recipe_family="llama3_2",
+        config_overrides={
+            "device": "cpu",
+            "dtype": "fp32",
+            "optimizer.fused": False,
+            "compile": False,
+            "enable_activation_checkpointing": False,
+            "enable_activation_offloading": False,
+            "tokenizer.max_seq_len": 256,
+        },
+    ),
+]
+
+#: every known model by name.
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def get_model(name: str) -> ModelSpec:
+    """The spec for ``name``; ``KeyError`` names the closest known models."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+        raise KeyError(f"unknown model `{name}`{hint}") from None

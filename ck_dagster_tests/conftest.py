@@ -1,0 +1,3 @@
+"""Shared pytest configuration: fixtures live in ck_dagster_tests/fixtures/, one module each."""
+
+pytest_plugins: list[str] = []
