@@ -1,0 +1,198 @@
+"""Registering experiments: runs become partitions, their specs become observed data versions.
+
+The Dagster instance is the registry. Each run's partition key is added to the ``runs``
+partitions, and the run's spec (a hash of exactly what it trains with) is reported as an
+observation of the ``run_spec`` asset, with the experiment file's path in its metadata.
+An edited run thus gets a new data version and everything downstream of it shows as stale.
+Registering never deletes anything: runs gone from the file are reported, not removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    AssetRecordsFilter,
+    DagsterInstance,
+    MetadataValue,
+)
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+from ck_dagster.errors import CkError
+from ck_dagster.experiment.load import load_experiment
+from ck_dagster.finetune.plan import ExperimentPlan, RunPlan, plan_experiment
+from ck_dagster.slurm.script import JobEnvironment
+from ck_dagster.assets.partitions import runs_partitions, split_key
+
+RUN_SPEC = AssetKey("run_spec")
+
+
+@dataclass(frozen=True)
+class RegisteredRun:
+    """What the instance knows of a run: where it came from, its spec version, its folder."""
+
+    partition_key: str
+    experiment_file: Path
+    spec_version: str
+    run_dir: Path
+    #: the torchtune recipe it trains with (None for control runs).
+    recipe: str | None
+
+
+@dataclass
+class Registration:
+    """What registering one experiment file adds, changes and leaves alone."""
+
+    plan: ExperimentPlan
+    new: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def observations(self) -> list[AssetObservation]:
+        """A ``run_spec`` observation for every new or changed run."""
+        return [run_spec_observation(self.plan.runs[split_key(key)[1]])
+                for key in self.new + self.changed]
+
+    def summary(self) -> str:
+        """A few lines saying what happened, for the terminal and sensor logs."""
+        experiment = self.plan.experiment
+        lines = [f"{experiment.name} ({experiment.file}): {len(self.plan.runs)} runs, "
+                 f"{len(self.new)} new, {len(self.changed)} changed, "
+                 f"{len(self.unchanged)} unchanged"]
+        if self.changed:
+            lines.append("  changed (their configs are now stale): " + ", ".join(self.changed))
+        if self.removed:
+            lines.append("  no longer in the file (kept, nothing deleted): "
+                         + ", ".join(self.removed))
+        return "\n".join(lines)
+
+
+def run_spec_observation(plan: RunPlan) -> AssetObservation:
+    """The observation that records a run's spec version and where it came from."""
+    return AssetObservation(
+        asset_key=RUN_SPEC,
+        partition=plan.partition_key,
+        tags={DATA_VERSION_TAG: plan.spec_version},
+        metadata={
+            "experiment_file": MetadataValue.path(str(plan.experiment.file)),
+            "run_dir": MetadataValue.path(str(plan.run_dir)),
+            "recipe": plan.recipe or "",
+            "run_type": plan.run.type,
+            "model": plan.model.name,
+            "base_recipe": plan.base_recipe or "built-in defaults",
+            "spec_version": plan.spec_version,
+        },
+    )
+
+
+def prepare_registration(instance: DagsterInstance, path: str | Path,
+                         environment: JobEnvironment | None = None) -> Registration:
+    """Validate an experiment file and work out what registering it changes.
+
+    Raises ``ExperimentFileError`` for a bad file, and ``CkError`` when another file already
+    registered an experiment of the same name (its runs are never overwritten).
+    """
+    experiment = load_experiment(path)
+    plan = plan_experiment(experiment, environment)
+    known = [k for k in registered_keys(instance) if split_key(k)[0] == experiment.name]
+    registered = registered_runs(instance, known)
+    for run in registered.values():
+        if run.experiment_file != experiment.file:
+            raise CkError(
+                f"{experiment.file}: experiment `{experiment.name}` is already registered from "
+                f"{run.experiment_file}; its runs are not overwritten. Give this experiment "
+                "another `experiment.name`, or register the file it came from")
+    registration = Registration(plan)
+    for run_plan in plan.runs.values():
+        key = run_plan.partition_key
+        previous = registered.get(key)
+        if key not in known:
+            registration.new.append(key)
+        elif previous is None or previous.spec_version != run_plan.spec_version:
+            registration.changed.append(key)
+        else:
+            registration.unchanged.append(key)
+    file_keys = {p.partition_key for p in plan.runs.values()}
+    registration.removed = [key for key in known if key not in file_keys]
+    return registration
+
+
+def apply_registration(instance: DagsterInstance, registration: Registration) -> None:
+    """Add the new partitions and record every new or changed run's spec."""
+    if registration.new:
+        instance.add_dynamic_partitions(runs_partitions.name, registration.new)
+    for observation in registration.observations:
+        instance.report_runless_asset_event(observation)
+
+
+def registered_keys(instance: DagsterInstance) -> list[str]:
+    """Every registered run's partition key."""
+    return list(instance.get_dynamic_partitions(runs_partitions.name))
+
+
+def registered_runs(instance: DagsterInstance,
+                    partition_keys: Iterable[str]) -> dict[str, RegisteredRun]:
+    """The latest registration of each key (keys never registered are left out)."""
+    wanted = set(partition_keys)
+    found: dict[str, RegisteredRun] = {}
+    cursor = None
+    while wanted - found.keys():
+        result = instance.fetch_observations(
+            AssetRecordsFilter(asset_key=RUN_SPEC, asset_partitions=sorted(wanted - found.keys())),
+            limit=500, cursor=cursor)
+        for record in result.records:
+            key = record.partition_key
+            if key in found or key is None:
+                continue
+            observation = record.asset_observation
+            assert observation is not None
+            meta = observation.metadata
+            found[key] = RegisteredRun(
+                key, Path(str(meta["experiment_file"].value)), observation.tags[DATA_VERSION_TAG],
+                Path(str(meta["run_dir"].value)), str(meta["recipe"].value) or None)
+        if not result.has_more:
+            break
+        cursor = result.cursor
+    return found
+
+
+def load_registered_plans(instance: DagsterInstance, partition_keys: Iterable[str],
+                          environment: JobEnvironment | None = None) -> dict[str, RunPlan]:
+    """Plan the given runs from the files they were registered from.
+
+    Refuses (``CkError``) a run that is not registered, or whose spec in the file differs
+    from the registered one: what Dagster records must be what gets built.
+    """
+    keys = list(partition_keys)
+    registered = registered_runs(instance, keys)
+    missing = [key for key in keys if key not in registered]
+    if missing:
+        raise CkError("not registered: " + ", ".join(missing) +
+                      ". Register the experiment file first: ck-dagster register FILE")
+    by_file: dict[Path, list[str]] = {}
+    for key in keys:
+        by_file.setdefault(registered[key].experiment_file, []).append(key)
+    plans: dict[str, RunPlan] = {}
+    for file, file_keys in by_file.items():
+        experiment = load_experiment(file)
+        runs = [split_key(key)[1] for key in file_keys]
+        absent = [r for r in runs if r not in {run.name for run in experiment.runs}]
+        if absent:
+            raise CkError(f"{file}: run(s) {', '.join(absent)} are registered but no longer in "
+                          "the file; put them back to rebuild them (their files are kept)")
+        plan = plan_experiment(experiment, environment, only=runs)
+        for key in file_keys:
+            run_plan = plan.runs[split_key(key)[1]]
+            if run_plan.spec_version != registered[key].spec_version:
+                raise CkError(
+                    f"{file}: run `{key}` changed since it was registered. Register the file "
+                    f"again (ck-dagster register {file}, or let the experiments sensor do it) "
+                    "so Dagster records what will be built")
+            plans[key] = run_plan
+    return plans

@@ -1,0 +1,28 @@
+"""Deployment settings as Dagster resources: they say how jobs run here, not what they run."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import ConfigurableResource
+
+from ck_dagster.slurm.script import JobEnvironment
+
+
+class JobEnvironmentResource(ConfigurableResource):
+    """How SLURM jobs activate their software: module loads, a conda env, a venv, or none.
+
+    Left empty, the ``CK_JOB_MODULES`` / ``CK_JOB_CONDA_ENV`` / ``CK_JOB_VENV`` variables
+    apply, and without those the virtual environment Dagster itself runs in.
+    """
+
+    modules: list[str] = []
+    conda_env: str | None = None
+    venv: str | None = None
+
+    def environment(self) -> JobEnvironment:
+        """The domain-level job environment these settings describe."""
+        if not (self.modules or self.conda_env or self.venv):
+            return JobEnvironment.from_env(os.environ)
+        venv = None if self.venv in (None, "", "none") else self.venv
+        return JobEnvironment(tuple(self.modules), self.conda_env, venv)

@@ -1,0 +1,127 @@
+"""The ``ck-dagster`` command: what Dagster has no verb for.
+
+``register`` (experiment files -> partitions), ``dry-run`` (render every run's files to a
+folder), ``recipes`` (the torchtune catalog, like ``tune ls``), ``make-tiny-model`` and ``demo``.
+Materializing is Dagster's job: ``dagster asset materialize -m ck_dagster.definitions ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ck_dagster.errors import CkError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``ck-dagster`` verb; user errors print a message (no traceback) and exit 2."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CkError as exc:
+        print(f"ck-dagster: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ck-dagster: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ck-dagster",
+        description="Fine-tuning experiments on SLURM as partitioned Dagster assets.",
+        epilog="Materialize with Dagster, e.g. dagster asset materialize -m ck_dagster.definitions "
+               "--select run_config --partition EXPERIMENT/RUN",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    register = verbs.add_parser(
+        "register", help="validate experiment files and add their runs as partitions",
+        description="Validate each experiment file (every run's merged config included) and add "
+                    "its runs to the Dagster instance in $DAGSTER_HOME. Registering an edited "
+                    "file adds new runs, marks changed ones stale and reports removed ones "
+                    "without deleting anything.")
+    register.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    register.set_defaults(func=_register)
+
+    dry_run = verbs.add_parser(
+        "dry-run", help="render every run's finetune.yaml and finetune.slurm to a folder",
+        description="Validate an experiment file and write every run's files under OUT/<run>/ "
+                    "without touching Dagster or SLURM.")
+    dry_run.add_argument("file", type=Path, metavar="FILE")
+    dry_run.add_argument("--out", type=Path, default=None,
+                         help="folder to write to (default: ./dry-run/<experiment>)")
+    dry_run.set_defaults(func=_dry_run)
+
+    recipes = verbs.add_parser("recipes", help="list torchtune's recipes and configs (tune ls)")
+    recipes.set_defaults(func=_recipes)
+    return parser
+
+
+def _register(args: argparse.Namespace) -> int:
+    from ck_dagster.assets.registry import apply_registration, prepare_registration
+
+    instance = _instance()
+    # Validate every file before registering any: a refused file registers nothing.
+    registrations = []
+    errors = []
+    for file in args.files:
+        try:
+            registrations.append(prepare_registration(instance, file))
+        except CkError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise CkError("\n".join(errors))
+    for registration in registrations:
+        apply_registration(instance, registration)
+        print(registration.summary())
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from ck_dagster.experiment.load import load_experiment
+    from ck_dagster.fileio import atomic_write_text
+    from ck_dagster.finetune.plan import plan_experiment
+
+    experiment = load_experiment(args.file)
+    plan = plan_experiment(experiment)
+    out = (args.out or Path("dry-run") / experiment.name).resolve()
+    for name, run in plan.runs.items():
+        if run.is_control:
+            print(f"{name}: control run (evaluated on {run.model_path}, not trained)")
+            continue
+        assert run.finetune_yaml is not None and run.slurm_script is not None
+        atomic_write_text(out / name / "finetune.yaml", run.finetune_yaml)
+        atomic_write_text(out / name / "finetune.slurm", run.slurm_script, mode=0o755)
+        print(f"{name}: {out / name}/finetune.yaml, finetune.slurm  ({run.recipe}, "
+              f"{run.resources.gpus} GPU, {run.resources.mem})")
+    print(f"{len(plan.runs)} runs valid; nothing was registered or submitted")
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from ck_dagster.finetune.catalog import recipe_catalog
+
+    print(recipe_catalog().listing())
+    return 0
+
+
+def _instance():  # -> DagsterInstance (imported lazily: dagster is slow to import)
+    from dagster import DagsterInstance
+
+    if not os.environ.get("DAGSTER_HOME"):
+        raise CkError("DAGSTER_HOME is not set: point it at the folder of the Dagster instance "
+                      "to register with (e.g. export DAGSTER_HOME=$PWD/.dagster_home; "
+                      "mkdir -p $DAGSTER_HOME)")
+    home = Path(os.environ["DAGSTER_HOME"])
+    if not home.is_dir():
+        raise CkError(f"DAGSTER_HOME={home} does not exist: create it (mkdir -p {home})")
+    return DagsterInstance.get()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

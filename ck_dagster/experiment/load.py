@@ -1,0 +1,230 @@
+"""Read an experiment file and check it: every problem at once, each with line, field and fix."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from ck_dagster.experiment.problems import (
+    ExperimentFileError,
+    FieldPath,
+    Problem,
+    did_you_mean,
+)
+from ck_dagster.experiment.schema import Experiment, ExperimentFile
+from ck_dagster.experiment.yaml_lines import LoadedYaml, load_yaml
+from ck_dagster.finetune.models import MODELS
+
+#: parameters a control run may set: they change what the model is asked, not how it is trained.
+CONTROL_RUN_PARAMETERS = frozenset({"prompt", "system_prompt"})
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and validate an experiment file.
+
+    Raises :class:`ExperimentFileError` listing every problem found; returns the experiment
+    with its paths resolved otherwise. Training configs are checked later, by
+    :func:`ck_dagster.finetune.plan.plan_experiment`.
+    """
+    file = Path(path).expanduser().resolve()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ExperimentFileError(file, [Problem((), "file not found", "check the path")]) from None
+    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
+        raise ExperimentFileError(file, [Problem((), f"cannot be read: {exc}")]) from None
+    loaded = load_yaml(text)
+    problems = list(loaded.problems)
+    if loaded.data is None and not problems:
+        problems.append(Problem((), "the file is empty", "start from examples/ in ck_dagster"))
+    elif loaded.data is not None and not isinstance(loaded.data, dict):
+        problems.append(Problem((), "the top level must be a mapping (experiment:, runs:, ...)",
+                                line=1))
+    if problems:
+        raise ExperimentFileError(file, problems)
+    try:
+        spec = ExperimentFile.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise ExperimentFileError(file, _schema_problems(exc, loaded)) from None
+    experiment = Experiment(spec, file, loaded)
+    problems = _cross_reference_problems(experiment)
+    if problems:
+        raise ExperimentFileError(file, [_with_line(p, loaded) for p in problems])
+    return experiment
+
+
+def _with_line(problem: Problem, loaded: LoadedYaml) -> Problem:
+    if problem.line is not None:
+        return problem
+    return Problem(problem.path, problem.message, problem.fix, loaded.line_of(problem.path))
+
+
+def _schema_problems(exc: ValidationError, loaded: LoadedYaml) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        path = _data_path(loaded.data, error["loc"])
+        problems.append(_with_line(_describe(error, path), loaded))
+    return _dedupe(problems)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    """Union types make pydantic report one bad value once per member: keep the first."""
+    seen: set[FieldPath] = set()
+    kept = []
+    for problem in problems:
+        if problem.path not in seen:
+            kept.append(problem)
+            seen.add(problem.path)
+    return kept
+
+
+def _data_path(data: Any, loc: tuple[Any, ...]) -> FieldPath:
+    """Map pydantic's error location onto the document (dropping union member names)."""
+    path: list[str | int] = []
+    node = data
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            path.append(part)
+        elif index == len(loc) - 1 and isinstance(node, dict):
+            path.append(part)  # a missing key
+    return tuple(path)
+
+
+def _describe(error: dict[str, Any], path: FieldPath) -> Problem:
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        allowed = _allowed_keys(path[:-1])
+        fix = did_you_mean(key, allowed) or (
+            "remove it; allowed here: " + ", ".join(sorted(allowed)) if allowed else "remove it")
+        return Problem(path, f"unknown key `{key}`", fix)
+    if kind == "missing":
+        return Problem(path, "required field is missing", f"add `{path[-1]}:`")
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+        fix = did_you_mean(str(value), choices) or f"use one of: {expected}"
+        return Problem(path, f"`{value}` is not allowed", fix)
+    return Problem(path, f"{message} (got {value!r})" if _is_scalar(value) else message)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
+def _allowed_keys(path: FieldPath) -> list[str]:
+    """The field names the schema allows at ``path`` (for "did you mean")."""
+    model: Any = ExperimentFile
+    for part in path:
+        model = _unwrap(model)
+        if isinstance(part, int):
+            args = get_args(model)
+            model = args[0] if args else None
+        elif isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(part)
+            model = field.annotation if field else None
+        else:
+            return []
+    model = _unwrap(model)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` -> ``X``; the first model in a union otherwise."""
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        return (models or members)[0]
+    return annotation
+
+
+def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
+    spec = experiment.spec
+    problems: list[Problem] = []
+    problems += _duplicates([r.name for r in spec.runs], ("runs",), "run name")
+    problems += _duplicates([m.name for m in spec.models.base], ("models", "base"), "model name")
+
+    for index, model in enumerate(spec.models.base):
+        if model.name not in MODELS:
+            fix = did_you_mean(model.name, MODELS) or (
+                "known models: " + ", ".join(MODELS) + " (adding one is one entry in "
+                "ck_dagster/finetune/models.py)")
+            problems.append(Problem(("models", "base", index, "name"),
+                                    f"unknown model `{model.name}`", fix))
+
+    base_names = [m.name for m in spec.models.base]
+    for index, run in enumerate(spec.runs):
+        if run.model not in base_names:
+            fix = did_you_mean(run.model, base_names) or (
+                f"add it to models.base, or use one of: {', '.join(base_names)}")
+            problems.append(Problem(("runs", index, "model"),
+                                    f"run `{run.name}` names unknown model `{run.model}`", fix))
+        if run.is_control:
+            for key in run.parameters:
+                if key not in CONTROL_RUN_PARAMETERS:
+                    problems.append(Problem(
+                        ("runs", index, "parameters", key),
+                        f"control run `{run.name}` is never trained, so `{key}` has no effect",
+                        "remove it, or make the run `type: fine-tuned`"))
+
+    if any(c in spec.experiment.dir for c in "%\n"):
+        problems.append(Problem(("experiment", "dir"), "contains `%` or a newline, which SLURM "
+                                "reads as a log-name pattern", "choose a directory without them"))
+    data_path = experiment.resolve(spec.data.training.path)
+    if not data_path.is_file():
+        problems.append(Problem(("data", "training", "path"), f"data file {data_path} not found",
+                                "point it at the JSON file with train/validation/test splits"))
+    problems += _evaluation_problems(experiment)
+    return problems
+
+
+def _evaluation_problems(experiment: Experiment) -> list[Problem]:
+    evaluation = experiment.spec.evaluation
+    if evaluation is None:
+        return []
+    problems = _duplicates([t.name for t in evaluation.tasks], ("evaluation", "tasks"), "task name")
+    for index, task in enumerate(evaluation.tasks):
+        if task.script is not None and not experiment.resolve(task.script).is_file():
+            problems.append(Problem(("evaluation", "tasks", index, "script"),
+                                    f"task script {experiment.resolve(task.script)} not found",
+                                    "fix the path, or leave `script` out for the built-in task"))
+    run_names = [r.name for r in experiment.runs]
+    task_names = [t.name for t in evaluation.tasks]
+    for index, entry in enumerate(evaluation.matrix or []):
+        if entry.run not in run_names:
+            problems.append(Problem(("evaluation", "matrix", index, "run"),
+                                    f"unknown run `{entry.run}`",
+                                    did_you_mean(entry.run, run_names) or "use a name from runs[]"))
+        for t_index, task in enumerate(entry.tasks or []):
+            if task not in task_names:
+                problems.append(Problem(("evaluation", "matrix", index, "tasks", t_index),
+                                        f"unknown task `{task}`",
+                                        did_you_mean(task, task_names) or
+                                        "use a name from evaluation.tasks[]"))
+        for e_index, epoch in enumerate(entry.epochs or []):
+            if epoch < 0:
+                problems.append(Problem(("evaluation", "matrix", index, "epochs", e_index),
+                                        f"epoch {epoch} is negative", "epochs count from 0"))
+    return problems
+
+
+def _duplicates(names: list[str], path: FieldPath, what: str) -> list[Problem]:
+    counts = Counter(names)
+    problems = []
+    for index, name in enumerate(names):
+        if counts[name] > 1 and names.index(name) != index:
+            problems.append(Problem((*path, index, "name"), f"duplicate {what} `{name}`",
+                                    f"{what}s must be unique; rename one"))
+    return problems

@@ -1,0 +1,62 @@
+"""Problems found in an experiment file, reported all at once with file, line, field and fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ck_dagster.errors import CkError
+
+#: a field path inside the experiment file, e.g. ("runs", 1, "parameters", "lora_rank").
+FieldPath = tuple[str | int, ...]
+
+
+def format_path(path: FieldPath) -> str:
+    """``("runs", 1, "name")`` -> ``runs[1].name``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """A "did you mean `x`?" hint naming the closest candidates, or None."""
+    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    if not close:
+        return None
+    return "did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an experiment file."""
+
+    path: FieldPath
+    message: str
+    fix: str | None = None
+    line: int | None = None
+
+    def render(self, file: Path | str) -> str:
+        """``file:line: field: message; fix`` (the form editors and terminals link)."""
+        where = f"{file}:{self.line}" if self.line else str(file)
+        text = f"{where}: {format_path(self.path)}: {self.message}"
+        return f"{text} ({self.fix})" if self.fix else text
+
+
+class ExperimentFileError(CkError):
+    """An experiment file was refused; every problem in it is listed."""
+
+    def __init__(self, file: Path | str, problems: Sequence[Problem]):
+        self.file = Path(file)
+        self.problems = list(problems)
+        count = len(self.problems)
+        header = (
+            f"{self.file}: {count} problem{'s' if count != 1 else ''}; "
+            "nothing was registered or written"
+        )
+        super().__init__("\n".join([header, *("  " + p.render(self.file) for p in self.problems)]))

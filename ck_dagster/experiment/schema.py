@@ -1,0 +1,248 @@
+"""The experiment file (``experiment_summary.yaml``) as typed, validated models.
+
+The schema is the one researchers already write for cruijff_kit (see experiment-schema.md).
+Every model forbids unknown keys, so nothing in a file is silently ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from ck_dagster.experiment.problems import FieldPath
+from ck_dagster.experiment.yaml_lines import LoadedYaml
+
+#: names that become directories, partition keys and SLURM job names.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+#: SLURM option values: partition, constraint expressions, account names, times, memory.
+_SLURM_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:,|&*\[\]-]*$")
+_MEMORY = re.compile(r"^[0-9]+[KMGT]?$")
+_TIME = re.compile(r"^(?:[0-9]+-)?[0-9]+(?::[0-9]{1,2}){0,2}$")
+
+
+def _safe_name(value: str) -> str:
+    if not _SAFE_NAME.match(value) or ".." in value:
+        raise ValueError(
+            "must be safe as a directory name and partition key: letters, digits and . _ + = -, "
+            "starting with a letter or digit, no `..`, no `/`, no spaces or shell characters"
+        )
+    return value
+
+
+def _slurm_value(value: str) -> str:
+    if not _SLURM_VALUE.match(value):
+        raise ValueError("is not a valid SLURM value (letters, digits and . _ : , | & * [ ] -)")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+SlurmValue = Annotated[str, AfterValidator(_slurm_value)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExperimentInfo(_Strict):
+    """``experiment:``: what the experiment is and where its runs live."""
+
+    name: SafeName
+    dir: str = Field(description="where run directories go; relative paths are relative to the file")
+    project: str | None = None
+    question: str | None = None
+    hypothesis: str | None = None
+    purpose: str | None = None
+    date: dt.date | str | None = None
+    description: str | None = None
+
+
+class Tools(_Strict):
+    """``tools:``: only torchtune and inspect-ai are supported."""
+
+    preparation: Literal["torchtune"] = "torchtune"
+    evaluation: Literal["inspect-ai"] = "inspect-ai"
+
+
+class BaseModelEntry(_Strict):
+    """``models.base[]``: a model the project knows, and where its HF-format folder is."""
+
+    name: str
+    path: str
+    size_gb: float | None = None
+
+
+class Models(_Strict):
+    base: list[BaseModelEntry] = Field(min_length=1)
+
+
+class Splits(_Strict):
+    train: int | None = None
+    validation: int | None = None
+    test: int | None = None
+
+
+class TrainingData(_Strict):
+    """``data.training``: JSON with train/validation/test lists of {input, output} rows."""
+
+    path: str
+    dataset_label: str | None = None
+    format: Literal["json"] = "json"
+    size_kb: float | None = None
+    splits: Splits | None = None
+    input_key: str = "input"
+    output_key: str = "output"
+
+
+class Data(_Strict):
+    training: TrainingData
+
+
+class Output(_Strict):
+    wandb_project: str | None = None
+
+
+class Compute(_Strict):
+    """``runs[].compute``: SLURM overrides of what the model's size asks for."""
+
+    time: str | None = None
+    gpus: int | None = Field(default=None, ge=0, le=64)
+    cpus: int | None = Field(default=None, ge=1, le=1024)
+    mem: str | None = None
+    partition: SlurmValue | None = None
+    constraint: SlurmValue | None = None
+    account: SlurmValue | None = None
+    mig: bool = False
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        if value is not None and not _TIME.match(value):
+            raise ValueError("is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
+        return value
+
+    @field_validator("mem")
+    @classmethod
+    def _mem(cls, value: str | None) -> str | None:
+        if value is not None and not _MEMORY.match(value):
+            raise ValueError("is not a SLURM memory size such as \"40G\" or \"16000M\"")
+        return value
+
+
+class Run(_Strict):
+    """``runs[]``: one partition of the experiment."""
+
+    name: SafeName
+    type: Literal["fine-tuned", "control"]
+    model: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    compute: Compute | None = None
+
+    @property
+    def is_control(self) -> bool:
+        """Control runs are evaluated on the base model and never trained."""
+        return self.type == "control"
+
+
+class Scorer(_Strict):
+    name: Literal["match", "includes", "exact"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalTask(_Strict):
+    """``evaluation.tasks[]``: a user inspect task script, or the built-in input/output task."""
+
+    name: SafeName
+    script: str | None = None
+    description: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    prompt: str | None = None
+    system_prompt: str | None = None
+
+
+class MatrixEntry(_Strict):
+    """``evaluation.matrix[]``: which tasks and epochs one run is evaluated on."""
+
+    run: str
+    tasks: list[str] | None = None
+    epochs: list[int] | None = None
+    vis_label: str | None = None
+
+
+class Evaluation(_Strict):
+    temperature: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    do_sample: bool | None = None
+    max_connections: int | None = Field(default=None, ge=1)
+    scorers: list[Scorer | str] | None = None
+    tasks: list[EvalTask] = Field(min_length=1)
+    matrix: list[MatrixEntry] | None = None
+
+
+class ExperimentFile(_Strict):
+    """The whole ``experiment_summary.yaml``."""
+
+    experiment: ExperimentInfo
+    tools: Tools = Field(default_factory=Tools)
+    controls: dict[str, Any] = Field(default_factory=dict)
+    variables: dict[str, list[Any]] | None = None
+    models: Models
+    data: Data
+    output: Output = Field(default_factory=Output)
+    runs: list[Run] = Field(min_length=1)
+    evaluation: Evaluation | None = None
+
+
+class Experiment:
+    """A validated experiment file, with paths resolved against the file's folder."""
+
+    def __init__(self, spec: ExperimentFile, file: Path, source: LoadedYaml):
+        self.spec = spec
+        self.file = file
+        #: the parsed document with field lines, for problems found after loading.
+        self.source = source
+
+    def line_of(self, path: FieldPath) -> int | None:
+        """The line in the file of a field (or of its closest ancestor)."""
+        return self.source.line_of(path)
+
+    @property
+    def name(self) -> str:
+        return self.spec.experiment.name
+
+    @property
+    def dir(self) -> Path:
+        """The experiment directory: ``<experiment.dir>``, resolved."""
+        return self.resolve(self.spec.experiment.dir)
+
+    @property
+    def runs(self) -> list[Run]:
+        return self.spec.runs
+
+    def run(self, name: str) -> Run:
+        """The run called ``name`` (KeyError if there is none)."""
+        for run in self.spec.runs:
+            if run.name == name:
+                return run
+        raise KeyError(name)
+
+    def run_dir(self, run: Run | str) -> Path:
+        """``<experiment.dir>/<run>``."""
+        return self.dir / (run if isinstance(run, str) else run.name)
+
+    def model_entry(self, run: Run) -> BaseModelEntry:
+        """The ``models.base`` entry a run names."""
+        return next(m for m in self.spec.models.base if m.name == run.model)
+
+    def resolve(self, path: str) -> Path:
+        """A path from the file, with ``~`` expanded and relative paths taken from the file."""
+        expanded = Path(path).expanduser()
+        return expanded if expanded.is_absolute() else (self.file.parent / expanded).resolve()
+
+    def partition_key(self, run: Run | str) -> str:
+        """The Dagster partition key of a run: ``<experiment>/<run>``."""
+        return f"{self.name}/{run if isinstance(run, str) else run.name}"

@@ -1,0 +1,138 @@
+"""The training parameters an experiment may set, by friendly name, and their torchtune paths.
+
+``controls`` and ``runs[].parameters`` accept three kinds of names: a friendly name below
+(``lora_rank``), a top-level key of the recipe config (``clip_grad_norm``), or a dotted torchtune
+path taken as it is (``optimizer.weight_decay``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A friendly name, the config path it sets, and how its value is checked."""
+
+    name: str
+    path: str
+    check: Callable[[Any], str | None]
+    doc: str
+
+
+def _positive_int(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return None if ok else "must be a whole number above 0"
+
+
+def _non_negative_int(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return None if ok else "must be a whole number, 0 or more"
+
+
+def _optional_positive_int(value: Any) -> str | None:
+    return None if value is None else _positive_int(value)
+
+
+def _positive_number(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return None if ok else "must be a number above 0 (e.g. 1e-4)"
+
+
+def _non_negative_number(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return None if ok else "must be a number, 0 or more"
+
+
+def _fraction(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+    return None if ok else "must be a number from 0 up to (not including) 1"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _integer(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    return None if ok else "must be a whole number"
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) else "must be text (quote it in YAML)"
+
+
+def _prompt(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be text (quote it in YAML)"
+    return None if "{input}" in value else "must contain `{input}` where each row's input goes"
+
+
+def _names(value: Any) -> str | None:
+    ok = isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+    return None if ok else "must be a list of module names, e.g. [q_proj, v_proj]"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of: {', '.join(choices)}"
+    return check
+
+
+_PARAMETERS = [
+    Parameter("lora_rank", "model.lora_rank", _positive_int, "LoRA rank"),
+    Parameter("lora_alpha", "model.lora_alpha", _positive_number, "LoRA alpha (default 2 x rank)"),
+    Parameter("lora_dropout", "model.lora_dropout", _fraction, "dropout on LoRA layers"),
+    Parameter("lora_attn_modules", "model.lora_attn_modules", _names, "attention projections"),
+    Parameter("apply_lora_to_mlp", "model.apply_lora_to_mlp", _boolean, "LoRA on MLP layers"),
+    Parameter("apply_lora_to_output", "model.apply_lora_to_output", _boolean,
+              "LoRA on the output projection"),
+    Parameter("lr", "optimizer.lr", _positive_number, "learning rate"),
+    Parameter("weight_decay", "optimizer.weight_decay", _non_negative_number, "weight decay"),
+    Parameter("num_warmup_steps", "lr_scheduler.num_warmup_steps", _non_negative_int,
+              "learning-rate warm-up steps"),
+    Parameter("max_seq_len", "tokenizer.max_seq_len", _positive_int, "longest tokenized row"),
+    Parameter("batch_size", "batch_size", _positive_int, "rows per step per device"),
+    Parameter("epochs", "epochs", _positive_int, "passes over the training split"),
+    Parameter("gradient_accumulation_steps", "gradient_accumulation_steps", _positive_int,
+              "steps per optimizer update"),
+    Parameter("max_steps_per_epoch", "max_steps_per_epoch", _optional_positive_int,
+              "cap on steps per epoch (null: no cap)"),
+    Parameter("seed", "seed", _integer, "training seed"),
+    Parameter("log_every_n_steps", "log_every_n_steps", _positive_int, "loss logging interval"),
+    Parameter("save_adapter_weights_only", "save_adapter_weights_only", _boolean,
+              "save only LoRA weights per epoch"),
+    Parameter("compile", "compile", _boolean, "torch.compile the model"),
+    Parameter("dtype", "dtype", _one_of("fp32", "bf16", "fp16"), "training precision"),
+    Parameter("device", "device", _one_of("cuda", "cpu", "mps", "xpu", "npu"), "device"),
+    Parameter("prompt", "dataset.prompt", _prompt, "prompt template with {input}"),
+    Parameter("system_prompt", "dataset.system_prompt", _text, "system prompt ('' for none)"),
+]
+
+#: friendly parameter names and what they set.
+PARAMETERS: dict[str, Parameter] = {p.name: p for p in _PARAMETERS}
+
+#: control keys that are not training parameters.
+CONTROL_KEYS = ("base_recipe", "validation_during_training")
+
+
+def config_path(name: str) -> str:
+    """The dotted config path a parameter name sets (friendly names mapped, others as given)."""
+    parameter = PARAMETERS.get(name)
+    return parameter.path if parameter else name
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Why ``value`` is wrong for friendly parameter ``name``, or None when it is fine."""
+    parameter = PARAMETERS.get(name)
+    return parameter.check(value) if parameter else None
+
+
+def is_known_name(name: str, base_config: Mapping[str, Any]) -> bool:
+    """Whether ``name`` is a friendly name, a top-level config key or a dotted path into one."""
+    if name in PARAMETERS:
+        return True
+    head = name.split(".", 1)[0]
+    return head in base_config and (name == head or isinstance(base_config[head], Mapping))

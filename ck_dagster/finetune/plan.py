@@ -1,0 +1,398 @@
+"""Plan every run of an experiment: its merged torchtune config, with provenance, and its job.
+
+A run's config is built in layers, and every leaf remembers its layer:
+
+1. **recipe**: the base recipe's config as torchtune ships it (or the built-in defaults);
+2. **derived**: what the experiment implies: model builder, tokenizer and checkpointer from the
+   model registry, the dataset and prompt, ``output_dir``, CPU settings when no GPU is asked for;
+3. **controls**, then **run** parameters (friendly names, top-level keys or dotted paths);
+4. **derived** again: ``lora_alpha = 2 x lora_rank`` unless given.
+
+The merged config must pass torchtune's own validation before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Problem, did_you_mean
+from ck_dagster.experiment.schema import Experiment, Run
+from ck_dagster.finetune import parameters
+from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
+from ck_dagster.finetune.merge import ProvenancedConfig, Source
+from ck_dagster.finetune.models import MODELS, ModelSpec
+from ck_dagster.finetune.validate import component_errors
+from ck_dagster.fileio import sha256_file
+from ck_dagster.slurm.resources import Resources
+from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
+
+#: the recipe the built-in defaults are written for.
+BUILTIN_RECIPE = "lora_finetune_single_device"
+#: the dataset builder our configs use: it formats prompt + system prompt like evaluation does.
+DATASET_COMPONENT = "ck_dagster.finetune.dataset.prompt_dataset"
+#: settings a job without a GPU needs (bf16, fused AdamW and activation offloading need CUDA).
+CPU_SETTINGS = {"device": "cpu", "dtype": "fp32", "optimizer.fused": False,
+                "enable_activation_offloading": False}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, planned: what it trains with and how it is submitted (nothing written yet)."""
+
+    experiment: Experiment
+    run: Run
+    index: int
+    model: ModelSpec
+    model_path: Path
+    #: the ``tune ls`` config the run starts from; None means the built-in defaults.
+    base_recipe: str | None
+    #: the torchtune recipe ``tune run`` runs; None for control runs.
+    recipe: str | None
+    nproc: int
+    resources: Resources
+    config: ProvenancedConfig | None
+    job: JobScript | None
+
+    @property
+    def partition_key(self) -> str:
+        return self.experiment.partition_key(self.run)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.experiment.run_dir(self.run)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """torchtune's ``output_dir``: epoch checkpoints, metric logs and job logs."""
+        return self.run_dir / "artifacts"
+
+    @property
+    def is_control(self) -> bool:
+        return self.run.is_control
+
+    @cached_property
+    def finetune_yaml(self) -> str | None:
+        """The run's ``finetune.yaml`` text (None for control runs)."""
+        if self.config is None:
+            return None
+        header = (f"# torchtune config for run {self.partition_key}, written by ck_dagster from\n"
+                  f"# {self.experiment.file} (base: {self.base_recipe or 'built-in defaults'}).\n"
+                  f"# Train by hand: tune run {self.recipe} --config finetune.yaml\n")
+        return header + yaml.dump(self.config.config, Dumper=_ConfigDumper, sort_keys=False,
+                                  width=100)
+
+    @cached_property
+    def slurm_script(self) -> str | None:
+        """The run's ``finetune.slurm`` text (None for control runs)."""
+        return self.job.render() if self.job else None
+
+    @cached_property
+    def spec_version(self) -> str:
+        """A hash of everything the run trains with: its config, its job's resources and
+        command, and the training data's content. How a job activates its software (a
+        deployment setting) is left out, so moving a deployment does not make runs stale."""
+        if self.is_control:
+            parts = ["control", self.model.name, str(self.model_path)]
+        else:
+            assert self.job is not None
+            data = self.experiment.resolve(self.experiment.spec.data.training.path)
+            parts = [self.finetune_yaml or "", repr(self.resources), " ".join(self.job.command),
+                     file_digest(data)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the run trains (0 for control runs)."""
+        return int(self.config.get("epochs", 1)) if self.config else 0
+
+    def provenance(self) -> list[tuple[str, Any, Source]]:
+        """Every set value with its source, in config order."""
+        return list(self.config.leaves()) if self.config else []
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """All runs of an experiment, planned and validated."""
+
+    experiment: Experiment
+    runs: dict[str, RunPlan]
+
+
+def plan_experiment(experiment: Experiment, environment: JobEnvironment | None = None,
+                    only: Iterable[str] | None = None) -> ExperimentPlan:
+    """Plan every run (or the runs named in ``only``), collecting every problem at once.
+
+    Raises :class:`ExperimentFileError` when any run's config is refused.
+    """
+    environment = environment or JobEnvironment.from_env()
+    wanted = set(only) if only is not None else None
+    problems: list[Problem] = []
+    runs: dict[str, RunPlan] = {}
+    for index, run in enumerate(experiment.runs):
+        if wanted is not None and run.name not in wanted:
+            continue
+        planner = _RunPlanner(experiment, run, index, environment)
+        plan = planner.plan()
+        problems += planner.problems
+        if plan is not None:
+            runs[run.name] = plan
+    problems += _matrix_problems(experiment, runs)
+    if problems:
+        raise ExperimentFileError(experiment.file, _dedupe(problems, experiment))
+    return ExperimentPlan(experiment, runs)
+
+
+def _dedupe(problems: list[Problem], experiment: Experiment) -> list[Problem]:
+    """Controls problems repeat once per run: keep each once, with its line."""
+    seen: set[tuple[FieldPath, str]] = set()
+    kept = []
+    for problem in problems:
+        if (problem.path, problem.message) in seen:
+            continue
+        seen.add((problem.path, problem.message))
+        kept.append(Problem(problem.path, problem.message, problem.fix,
+                            problem.line or experiment.line_of(problem.path)))
+    return kept
+
+
+class _RunPlanner:
+    """Builds one run's plan; problems accumulate instead of raising."""
+
+    def __init__(self, experiment: Experiment, run: Run, index: int,
+                 environment: JobEnvironment):
+        self.experiment = experiment
+        self.run = run
+        self.index = index
+        self.environment = environment
+        self.problems: list[Problem] = []
+        self.model = MODELS[run.model]
+        self.model_path = experiment.resolve(experiment.model_entry(run).path)
+        self.controls = experiment.spec.controls
+
+    def plan(self) -> RunPlan | None:
+        compute = self.run.compute.model_dump(exclude_unset=True) if self.run.compute else {}
+        resources = self.model.resources.with_overrides(compute)
+        base_recipe = self.controls.get("base_recipe")
+        if self.run.is_control:
+            return RunPlan(self.experiment, self.run, self.index, self.model, self.model_path,
+                           base_recipe, None, 0, resources, None, None)
+        recipe, base = self._base(base_recipe)
+        if base is None:
+            return None
+        recipe, nproc = self._recipe_for_gpus(recipe, resources.gpus)
+        config = ProvenancedConfig()
+        recipe_source = Source("recipe", base_recipe or "built-in defaults",
+                               ("controls", "base_recipe") if base_recipe else None)
+        config.merge(base, recipe_source)
+        self._derive(config, recipe, resources, recipe_source)
+        self._apply_controls(config)
+        self._apply_run_parameters(config)
+        self._derive_after(config)
+        if self.problems:
+            return None
+        self._validate(config)
+        if self.problems:
+            return None
+        job = self._job(recipe, nproc, resources)
+        return RunPlan(self.experiment, self.run, self.index, self.model, self.model_path,
+                       base_recipe, recipe, nproc, resources, config, job)
+
+    # -- layers -------------------------------------------------------------------------------
+
+    def _base(self, base_recipe: Any) -> tuple[str, dict[str, Any] | None]:
+        catalog = recipe_catalog()
+        if base_recipe is None:
+            return BUILTIN_RECIPE, catalog.builtin_defaults()
+        field = ("controls", "base_recipe")
+        if not isinstance(base_recipe, str) or base_recipe not in catalog.configs:
+            close = catalog.closest(str(base_recipe))
+            fix = ("did you mean " + " or ".join(f"`{c}`" for c in close) + "?" if close else
+                   "run `ck-dagster recipes` for the configs torchtune has")
+            self.problems.append(Problem(field, f"unknown base recipe `{base_recipe}`", fix))
+            return "", None
+        recipe = catalog.get(base_recipe).recipe
+        if recipe not in TRAINING_RECIPES:
+            self.problems.append(Problem(
+                field, f"`{base_recipe}` is a config of `{recipe}`, not of a fine-tuning recipe",
+                "use a *_lora_* or *_full* config (see `ck-dagster recipes`)"))
+            return "", None
+        return recipe, catalog.load(base_recipe)
+
+    def _recipe_for_gpus(self, recipe: str, gpus: int) -> tuple[str, int]:
+        """More than one GPU switches a single-device recipe to its distributed twin."""
+        if gpus <= 1:
+            return recipe, 1
+        twin = recipe.replace("_single_device", "_distributed")
+        if twin not in recipe_catalog().recipes:
+            self.problems.append(Problem(("runs", self.index, "compute", "gpus"),
+                                         f"{gpus} GPUs need a distributed recipe, but `{recipe}` "
+                                         "has no distributed twin", "ask for 1 GPU"))
+        return twin, gpus
+
+    def _derive(self, config: ProvenancedConfig, recipe: str, resources: Resources,
+                recipe_source: Source) -> None:
+        """What the experiment implies: model files, dataset, prompt, output_dir, device."""
+        model, data = self.model, self.experiment.spec.data.training
+        model_field = ("models", "base", self._model_index())
+        derived = Source("derived", f"model {model.name}", model_field)
+        config.set("output_dir", str(self.experiment.run_dir(self.run) / "artifacts"),
+                   Source("derived", "<experiment.dir>/<run>/artifacts", ("experiment", "dir")))
+        if recipe.startswith("lora_"):
+            config.set("model._component_", model.lora_builder, derived)
+        else:
+            config.set("model", {"_component_": model.builder}, derived)
+        max_seq_len = config.get("tokenizer.max_seq_len")
+        config.set("tokenizer", {
+            "_component_": model.tokenizer,
+            **{arg: str(self.model_path / rel) for arg, rel in model.tokenizer_files.items()},
+        }, derived)
+        config.set("tokenizer.max_seq_len", max_seq_len, recipe_source)
+        config.set("checkpointer.checkpoint_dir", str(self.model_path), derived)
+        config.set("checkpointer.checkpoint_files", model.checkpoint_files, derived)
+        config.set("checkpointer.model_type", model.model_type, derived)
+        config.set("checkpointer.recipe_checkpoint", None, derived)
+        data_source = Source("derived", "data.training", ("data", "training"))
+        config.set("dataset", {
+            "_component_": DATASET_COMPONENT,
+            "source": "json",
+            "data_files": str(self.experiment.resolve(data.path)),
+            "field": "train",
+            "input_key": data.input_key,
+            "output_key": data.output_key,
+            "prompt": "{input}",
+            "system_prompt": "",
+            "packed": False,
+        }, data_source)
+        if resources.gpus == 0:
+            config.merge(CPU_SETTINGS, Source("derived", "no GPU requested",
+                                              ("runs", self.index, "compute", "gpus")))
+        config.merge(model.config_overrides, derived)
+
+    def _apply_controls(self, config: ProvenancedConfig) -> None:
+        if self.controls.get("validation_during_training"):
+            self.problems.append(Problem(
+                ("controls", "validation_during_training"),
+                "torchtune 0.6.1's recipes have no validation loop",
+                "set it to false; evaluation runs on every saved epoch instead"))
+        for name, value in self.controls.items():
+            if name in parameters.CONTROL_KEYS:
+                continue
+            self._apply(config, name, value, Source("controls", f"controls.{name}",
+                                                    ("controls", name)))
+
+    def _apply_run_parameters(self, config: ProvenancedConfig) -> None:
+        for name, value in self.run.parameters.items():
+            self._apply(config, name, value, Source(
+                "run", f"runs[{self.run.name}].parameters.{name}",
+                ("runs", self.index, "parameters", name)))
+
+    def _apply(self, config: ProvenancedConfig, name: str, value: Any, source: Source) -> None:
+        assert source.field is not None
+        if not parameters.is_known_name(name, config.config):
+            known = [*parameters.PARAMETERS, *config.config]
+            fix = did_you_mean(name, known) or (
+                "use a friendly name (" + ", ".join(sorted(parameters.PARAMETERS)[:6]) +
+                ", ...), a top-level config key, or a dotted torchtune path like optimizer.lr")
+            self.problems.append(Problem(source.field, f"unknown parameter `{name}`", fix))
+            return
+        reason = parameters.check_value(name, value)
+        if reason:
+            self.problems.append(Problem(source.field, f"`{name}: {value!r}` {reason}"))
+            return
+        config.set(parameters.config_path(name), value, source)
+
+    def _derive_after(self, config: ProvenancedConfig) -> None:
+        rank = config.get("model.lora_rank")
+        alpha_source = config.sources.get("model.lora_alpha")
+        if rank is not None and (alpha_source is None or alpha_source.kind in ("recipe", "derived")):
+            config.set("model.lora_alpha", 2 * rank, Source("derived", "2 x model.lora_rank"))
+
+    # -- checks and job -----------------------------------------------------------------------
+
+    def _validate(self, config: ProvenancedConfig) -> None:
+        """torchtune's own check: components import, arguments match their signatures."""
+        for node, argument, message in component_errors(config.config):
+            source = (config.sources.get(f"{node}.{argument}") if argument else None) or \
+                _most_specific_source(config, node)
+            field = source.field if source and source.field else ("runs", self.index)
+            self.problems.append(Problem(
+                field, f"torchtune refuses `{node}` for run `{self.run.name}`: {message}",
+                f"set by {source.origin}" if source else None))
+
+    def _job(self, recipe: str, nproc: int, resources: Resources) -> JobScript:
+        run_dir = self.experiment.run_dir(self.run)
+        command = ["tune", "run"]
+        if nproc > 1:
+            command += ["--nproc_per_node", str(nproc)]
+        command += [recipe, "--config", "finetune.yaml"]
+        return JobScript(
+            job_name=job_name_for(self.experiment.name, self.run.name, "train"),
+            workdir=run_dir,
+            log_path=run_dir / "artifacts" / "slurm-%j.out",
+            resources=resources,
+            command=command,
+            environment=self.environment,
+            description=(f"Training job for run {self.experiment.partition_key(self.run)}, "
+                         "written by ck_dagster.\nSubmit by hand from this folder with: "
+                         "mkdir -p artifacts && sbatch finetune.slurm"),
+        )
+
+    def _model_index(self) -> int:
+        names = [m.name for m in self.experiment.spec.models.base]
+        return names.index(self.run.model)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Writes multi-line strings (prompts) as readable ``|`` blocks."""
+
+
+_ConfigDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, cached while its size and mtime stay the same."""
+    stat = path.stat()
+    return _digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def _most_specific_source(config: ProvenancedConfig, node: str) -> Source | None:
+    """The most user-facing source among a config node's leaves (run > controls > ...)."""
+    rank = {"run": 0, "controls": 1, "derived": 2, "recipe": 3}
+    candidates = [s for path, s in config.sources.items() if path == node or
+                  path.startswith(node + ".")]
+    return min(candidates, key=lambda s: rank[s.kind], default=None)
+
+
+def _matrix_problems(experiment: Experiment, runs: dict[str, RunPlan]) -> list[Problem]:
+    evaluation = experiment.spec.evaluation
+    problems = []
+    for index, entry in enumerate(evaluation.matrix or [] if evaluation else []):
+        plan = runs.get(entry.run)
+        if plan is None or not entry.epochs:
+            continue
+        if plan.is_control:
+            problems.append(Problem(("evaluation", "matrix", index, "epochs"),
+                                    f"control run `{entry.run}` has no epochs: its base model "
+                                    "is evaluated once", "remove `epochs` from this entry"))
+            continue
+        for e_index, epoch in enumerate(entry.epochs):
+            if epoch >= plan.epochs:
+                problems.append(Problem(
+                    ("evaluation", "matrix", index, "epochs", e_index),
+                    f"run `{entry.run}` trains {plan.epochs} epoch(s), numbered from 0, "
+                    f"so there is no epoch {epoch}", f"use 0 to {plan.epochs - 1}"))
+    return problems
+

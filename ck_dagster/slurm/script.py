@@ -1,0 +1,132 @@
+"""SLURM batch scripts: the SBATCH header, the environment a job activates, the command.
+
+Every value that comes from a user (paths, names, environment settings) is shell-quoted, so a
+script is safe to read, to submit by hand with ``sbatch`` and passes ``bash -n``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ck_dagster.slurm.resources import Resources
+
+#: variables every job exports: offline model and dataset hubs, no telemetry, no stale caches.
+OFFLINE_ENVIRONMENT: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "WANDB_MODE": "offline",
+    # tiktoken caches tokenizer files by path: a regenerated file would load stale.
+    "TIKTOKEN_CACHE_DIR": "",
+}
+
+
+def job_name_for(experiment: str, run: str, kind: str) -> str:
+    """The SLURM job name of one run's job, e.g. ``ck:cap_sweep/rank4:train``.
+
+    Names are unique per run and kind, so a job can be found again with ``squeue --name``
+    after the process that submitted it is gone.
+    """
+    return f"ck:{experiment}/{run}:{kind}"
+
+
+@dataclass(frozen=True)
+class JobEnvironment:
+    """How a job activates its software before running: modules, a conda env, a venv, or none.
+
+    Configured per deployment (Dagster resource or ``CK_JOB_*`` variables), not per experiment:
+    the same experiment file runs on a laptop and on a cluster.
+    """
+
+    modules: tuple[str, ...] = ()
+    conda_env: str | None = None
+    venv: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> JobEnvironment:
+        """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV`` and ``CK_JOB_VENV``.
+
+        With none of them set, jobs activate the virtual environment this Python runs in (if
+        any); ``CK_JOB_VENV=none`` turns that off.
+        """
+        modules = tuple(environ.get("CK_JOB_MODULES", "").split())
+        conda_env = environ.get("CK_JOB_CONDA_ENV") or None
+        venv = environ.get("CK_JOB_VENV")
+        if venv is None and not modules and conda_env is None:
+            venv = sys.prefix if sys.prefix != sys.base_prefix else None
+        if venv in ("", "none"):
+            venv = None
+        return cls(modules=modules, conda_env=conda_env, venv=venv)
+
+    def lines(self) -> list[str]:
+        """The shell lines that activate this environment."""
+        lines = []
+        if self.modules:
+            lines += ["module purge", "module load " + " ".join(map(shlex.quote, self.modules))]
+        if self.conda_env:
+            lines += ['eval "$(conda shell.bash hook)"', f"conda activate {shlex.quote(self.conda_env)}"]
+        if self.venv:
+            lines.append(f"source {shlex.quote(str(Path(self.venv) / 'bin' / 'activate'))}")
+        return lines
+
+
+@dataclass(frozen=True)
+class JobScript:
+    """Everything a batch script says: who it is, where it logs, what it asks for, what it runs."""
+
+    job_name: str
+    workdir: Path
+    #: the job log; ``%j`` becomes the job id (SLURM's own pattern).
+    log_path: Path
+    resources: Resources
+    command: Sequence[str]
+    environment: JobEnvironment = field(default_factory=JobEnvironment)
+    variables: Mapping[str, str] = field(default_factory=lambda: dict(OFFLINE_ENVIRONMENT))
+    description: str = ""
+    #: pass the script's own arguments on to the command (``sbatch script.slurm key=value``).
+    forward_arguments: bool = True
+
+    def render(self) -> str:
+        """The script text."""
+        r = self.resources
+        header = [
+            f"--job-name={self.job_name}",
+            f"--output={self.log_path}",
+            f"--chdir={self.workdir}",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--cpus-per-task={r.cpus}",
+            f"--mem={r.mem}",
+            f"--time={r.time}",
+        ]
+        if r.gpus:
+            header.append(f"--gres=gpu:{r.gpus}")
+        header += [f"--{name}={value}" for name, value in
+                   (("partition", r.partition), ("constraint", r.constraint),
+                    ("account", r.account)) if value]
+        lines = ["#!/bin/bash"]
+        if self.description:
+            lines += [f"# {line}" for line in self.description.splitlines()]
+        lines += [f"#SBATCH {_quote_option(option)}" for option in header]
+        lines += ["", "set -eo pipefail"]
+        lines += self.environment.lines()
+        lines += [f"export {name}={shlex.quote(value)}" for name, value in self.variables.items()]
+        lines += [f"cd {shlex.quote(str(self.workdir))}",
+                  "echo \"[ck_dagster] job ${SLURM_JOB_ID:-local} on $(hostname) "
+                  "started $(date -Is)\""]
+        command = " ".join(shlex.quote(str(part)) for part in self.command)
+        lines.append(f"{command} \"$@\"" if self.forward_arguments else command)
+        return "\n".join(lines) + "\n"
+
+
+def _quote_option(option: str) -> str:
+    """``--output=/a b/x`` -> ``--output='/a b/x'``: sbatch reads quotes in #SBATCH lines."""
+    name, _, value = option.partition("=")
+    return f"{name}={shlex.quote(value)}" if value else name
+
