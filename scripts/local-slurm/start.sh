@@ -148,7 +148,8 @@ SelectTypeParameters=CR_Core_Memory
 SlurmdParameters=config_overrides
 DefMemPerCPU=1000
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+# Start jobs as soon as they are queued; pick up requeued jobs within seconds of their begin time.
+SchedulerParameters=batch_sched_delay=0,sched_interval=10,bf_interval=5
 EnforcePartLimits=ALL
 ReturnToService=2
 MinJobAge=86400
