@@ -1,3 +1,5 @@
 """Shared pytest configuration: fixtures live in ck_dagster_tests/fixtures/, one module each."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "ck_dagster_tests.fixtures.slurm",
+]
