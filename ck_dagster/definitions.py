@@ -5,18 +5,25 @@ from __future__ import annotations
 from dagster import Definitions, in_process_executor
 
 from ck_dagster.assets.configs import (
+    check_run_configs_job,
     config_validates,
     no_unknown_keys,
     recipe_config,
     run_config,
     run_spec,
 )
-from ck_dagster.assets.resources import JobEnvironmentResource
+from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
+from ck_dagster.assets.sensors import experiments_sensor
 
 defs = Definitions(
     assets=[run_spec, recipe_config, run_config],
     asset_checks=[config_validates, no_unknown_keys],
-    resources={"job_environment": JobEnvironmentResource()},
+    jobs=[check_run_configs_job],
+    sensors=[experiments_sensor],
+    resources={
+        "job_environment": JobEnvironmentResource(),
+        "experiments_folder": ExperimentsFolderResource(),
+    },
     # Steps run in one process: each step already handles a whole experiment (single-run
     # backfills), and one torchtune import per run beats one per step.
     executor=in_process_executor,

@@ -1,5 +1,6 @@
 """Shared pytest configuration: fixtures live in ck_dagster_tests/fixtures/, one module each."""
 
 pytest_plugins: list[str] = [
+    "ck_dagster_tests.fixtures.dagster",
     "ck_dagster_tests.fixtures.slurm",
 ]

@@ -17,6 +17,7 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
+    AssetSelection,
     AssetSpec,
     BackfillPolicy,
     DataVersion,
@@ -28,6 +29,7 @@ from dagster import (
     TableSchema,
     asset,
     asset_check,
+    define_asset_job,
 )
 
 from ck_dagster.assets.partitions import runs_partitions
@@ -208,3 +210,9 @@ def _check_configs(context: AssetCheckExecutionContext,
                 TableColumn("run", "string"), TableColumn("problems", "string")])),
         },
     )
+
+
+#: re-check every finetune.yaml on disk without rebuilding anything (e.g. after hand edits).
+check_run_configs_job = define_asset_job(
+    "check_run_configs", selection=AssetSelection.checks_for_assets(run_config),
+    description="Run the run_config checks against the files on disk; rebuilds nothing.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from dagster import ConfigurableResource
 
@@ -26,3 +27,17 @@ class JobEnvironmentResource(ConfigurableResource):
             return JobEnvironment.from_env(os.environ)
         venv = None if self.venv in (None, "", "none") else self.venv
         return JobEnvironment(tuple(self.modules), self.conda_env, venv)
+
+
+class ExperimentsFolderResource(ConfigurableResource):
+    """The folder the experiments sensor watches for experiment files.
+
+    Left empty, ``CK_EXPERIMENTS_DIR`` applies; with neither, the sensor does nothing.
+    """
+
+    path: str | None = None
+
+    def folder(self) -> Path | None:
+        """The watched folder, if one is configured."""
+        value = self.path or os.environ.get("CK_EXPERIMENTS_DIR")
+        return Path(value).expanduser() if value else None

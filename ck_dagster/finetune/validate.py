@@ -28,15 +28,20 @@ def component_errors(config: Mapping[str, Any]) -> list[tuple[str, str | None, s
         try:
             validate(OmegaConf.create({**plain, node: value}))
         except ConfigError as exc:
-            for error in exc.errors:
-                match = _ARGUMENT.search(str(error))
-                errors.append((node, match.group(1) if match else None, str(error)))
+            errors += [_argument_error(node, str(error)) for error in exc.errors]
+        except TypeError as exc:  # torchtune lets bind_partial's TypeError escape
+            errors.append(_argument_error(node, str(exc)))
         except (InstantiationError, ValueError) as exc:
-            first_line = str(exc).splitlines()[0]
-            errors.append((node, "_component_", f"{first_line} (cannot import the component)"))
+            message = " ".join(str(exc).split())
+            errors.append((node, "_component_", f"cannot import the component: {message}"))
         except OmegaConfBaseException as exc:
             errors.append((node, None, f"cannot be read: {exc}"))
     return errors
+
+
+def _argument_error(node: str, message: str) -> tuple[str, str | None, str]:
+    match = _ARGUMENT.search(message)
+    return node, match.group(1) if match else None, message
 
 
 def _is_component(value: Any) -> bool:
