@@ -3,8 +3,9 @@
 Each job gets a folder under the state directory (default ``~/.local/state/ck_dagster/
 local-jobs``, or ``CK_LOCAL_JOBS_DIR``): ``job.json`` (what to run, written at submission),
 ``wrapper.pid``, ``job.pgid``, ``result.json`` (how it ended) and ``cancel`` (a request). A small
-wrapper process, in its own session so it outlives the submitter, runs the script in its own
-process group, enforces ``--time``, forwards cancellation, and records the exit.
+wrapper process, in its own session so it outlives the submitter, runs the script in a session
+(and so a process group) of its own, enforces ``--time``, forwards cancellation, and records the
+exit.
 
 Run as ``python -m ck_dagster.slurm.local JOB_DIR`` it is that wrapper.
 """
@@ -251,7 +252,7 @@ class _Wrapper:
         try:
             self.child = subprocess.Popen(
                 spec["command"], cwd=spec["workdir"], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=err or subprocess.STDOUT, process_group=0)
+                stderr=err or subprocess.STDOUT, start_new_session=True)
         except OSError as exc:  # no such interpreter or working directory
             (err or out).write(f"ck_dagster: cannot start {spec['command']}: {exc}\n".encode())
             returncode, timed_out, launch_error = 127, False, str(exc)

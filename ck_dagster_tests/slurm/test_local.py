@@ -78,8 +78,8 @@ def test_adopt_by_name_after_the_submitter_was_killed(local, tmp_path):
 def test_a_killed_wrapper_is_a_failed_job(local, tmp_path):
     job_id = local.submit(job_script(tmp_path, "echo up; sleep 300"), job_name=unique_name())
     job_dir = local.state_dir / job_id
-    for _ in range(100):  # until the script runs
-        if tail(local.log_path(job_id)) == "up":
+    for _ in range(100):  # until the script runs and the wrapper has recorded its group
+        if tail(local.log_path(job_id)) == "up" and (job_dir / "job.pgid").exists():
             break
         time.sleep(0.05)
     os.kill(int((job_dir / "wrapper.pid").read_text()), signal.SIGKILL)

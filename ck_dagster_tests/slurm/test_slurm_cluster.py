@@ -7,6 +7,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,11 +27,15 @@ def slurm(slurm_cluster) -> SlurmLauncher:
 
 
 @pytest.fixture(scope="module")
-def timeout_job(slurm_cluster, tmp_path_factory) -> str:
-    """A --time=1 job submitted as the module starts, so its ~70 s overlap the other tests."""
+def timeout_job(slurm_cluster, tmp_path_factory) -> Iterator[str]:
+    """A --time=1 job submitted as the module starts, so its ~70 s overlap the other tests
+    (cancelled at the end when test_timeout was not selected)."""
     folder = tmp_path_factory.mktemp("timeout")
     script = job_script(folder, "echo started; sleep 300", "--time=1")
-    return SlurmLauncher().submit(script, job_name=unique_name("timeout"))
+    launcher = SlurmLauncher()
+    job_id = launcher.submit(script, job_name=unique_name("timeout"))
+    yield job_id
+    launcher.cancel(job_id)
 
 
 @pytest.fixture(autouse=True, scope="module")
