@@ -44,8 +44,8 @@ from ck_dagster.assets.versions import code_version
 from ck_dagster.errors import CkError
 from ck_dagster.fileio import atomic_write_text
 from ck_dagster.finetune import config_checks
-from ck_dagster.finetune.catalog import recipe_catalog
-from ck_dagster.finetune.plan import RunPlan
+from ck_dagster.finetune.catalog import BUILTIN_DEFAULTS, recipe_catalog
+from ck_dagster.finetune.plan import BUILTIN_RECIPE, RunPlan
 
 run_spec = AssetSpec(
     key=RUN_SPEC,
@@ -90,28 +90,37 @@ def recipe_config(context: AssetExecutionContext,
                   job_environment: JobEnvironmentResource) -> MaterializeResult:
     """The base recipe's config as the installed torchtune ships it (or the built-in
     defaults), read in-process from the files `tune ls` lists."""
+    plans = plans_for(context, job_environment)
+    by_recipe: dict[str | None, list[str]] = {}
+    for key, plan in plans.items():
+        by_recipe.setdefault("control" if plan.is_control else plan.base_recipe, []).append(key)
+    # Partitions sharing a base recipe share one description (most experiments have one).
+    described = {name: _recipe_metadata(name) for name in by_recipe}
+    for name, keys in by_recipe.items():
+        if len(by_recipe) == 1:
+            context.add_asset_metadata(described[name])
+        else:
+            for key in keys:
+                context.add_asset_metadata(described[name], partition_key=key)
+    return MaterializeResult(data_version=_combined_version(
+        described[name]["config_version"] for name in sorted(by_recipe, key=str)))
+
+
+def _recipe_metadata(name: str | None) -> dict[str, Any]:
+    if name == "control":
+        return {"run_type": "control", "config_version": "control", "note": MetadataValue.md(
+            "Control run: evaluated on the base model, never trained, so no recipe.")}
     catalog = recipe_catalog()
-    versions = []
-    for key, plan in plans_for(context, job_environment).items():
-        if plan.is_control:
-            context.add_asset_metadata({"run_type": "control", "note": MetadataValue.md(
-                "Control run: evaluated on the base model, never trained, so no recipe.")},
-                partition_key=key)
-            versions.append("control")
-            continue
-        name = plan.base_recipe
-        config = catalog.load(name) if name else catalog.builtin_defaults()
-        text = yaml.safe_dump(config, sort_keys=False)
-        versions.append(hashlib.sha256(text.encode()).hexdigest())
-        file = catalog.get(name).file if name else None
-        context.add_asset_metadata({
-            "base_recipe": name or "built-in defaults (no controls.base_recipe)",
-            "recipe": plan.recipe,
-            "torchtune_version": torchtune.__version__,
-            "file": MetadataValue.path(str(file)) if file else "ck_dagster/finetune/builtin_defaults.yaml",
-            "config": MetadataValue.md(f"```yaml\n{text}```"),
-        }, partition_key=key)
-    return MaterializeResult(data_version=_combined_version(versions))
+    config = catalog.load(name) if name else catalog.builtin_defaults()
+    text = yaml.safe_dump(config, sort_keys=False)
+    return {
+        "base_recipe": name or "built-in defaults (no controls.base_recipe)",
+        "recipe": catalog.get(name).recipe if name else BUILTIN_RECIPE,
+        "torchtune_version": torchtune.__version__,
+        "file": MetadataValue.path(str(catalog.get(name).file if name else BUILTIN_DEFAULTS)),
+        "config_version": hashlib.sha256(text.encode()).hexdigest()[:16],
+        "config": MetadataValue.md(f"```yaml\n{text}```"),
+    }
 
 
 @asset(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from dagster import (
@@ -22,11 +23,11 @@ from dagster import (
 )
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
+from ck_dagster.assets.partitions import runs_partitions, split_key
 from ck_dagster.errors import CkError
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.finetune.plan import ExperimentPlan, RunPlan, plan_experiment
 from ck_dagster.slurm.script import JobEnvironment
-from ck_dagster.assets.partitions import runs_partitions, split_key
 
 RUN_SPEC = AssetKey("run_spec")
 
@@ -162,6 +163,19 @@ def registered_runs(instance: DagsterInstance,
     return found
 
 
+@lru_cache(maxsize=16)
+def _plan_file(file: Path, mtime_ns: int, size: int, environment: JobEnvironment | None,
+               runs: tuple[str, ...]) -> ExperimentPlan:
+    """Plan some runs of a file; cached while the file is unchanged, so the steps of one
+    Dagster run (recipe_config, then run_config, ...) plan each experiment once."""
+    experiment = load_experiment(file)
+    absent = [r for r in runs if r not in {run.name for run in experiment.runs}]
+    if absent:
+        raise CkError(f"{file}: run(s) {', '.join(absent)} are registered but no longer in "
+                      "the file; put them back to rebuild them (their files are kept)")
+    return plan_experiment(experiment, environment, only=runs)
+
+
 def load_registered_plans(instance: DagsterInstance, partition_keys: Iterable[str],
                           environment: JobEnvironment | None = None) -> dict[str, RunPlan]:
     """Plan the given runs from the files they were registered from.
@@ -180,13 +194,9 @@ def load_registered_plans(instance: DagsterInstance, partition_keys: Iterable[st
         by_file.setdefault(registered[key].experiment_file, []).append(key)
     plans: dict[str, RunPlan] = {}
     for file, file_keys in by_file.items():
-        experiment = load_experiment(file)
-        runs = [split_key(key)[1] for key in file_keys]
-        absent = [r for r in runs if r not in {run.name for run in experiment.runs}]
-        if absent:
-            raise CkError(f"{file}: run(s) {', '.join(absent)} are registered but no longer in "
-                          "the file; put them back to rebuild them (their files are kept)")
-        plan = plan_experiment(experiment, environment, only=runs)
+        runs = tuple(sorted(split_key(key)[1] for key in file_keys))
+        stat = file.stat()
+        plan = _plan_file(file, stat.st_mtime_ns, stat.st_size, environment, runs)
         for key in file_keys:
             run_plan = plan.runs[split_key(key)[1]]
             if run_plan.spec_version != registered[key].spec_version:

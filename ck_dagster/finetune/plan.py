@@ -349,7 +349,7 @@ class _RunPlanner:
         return names.index(self.run.model)
 
 
-class _ConfigDumper(yaml.SafeDumper):
+class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
     """Writes multi-line strings (prompts) as readable ``|`` blocks."""
 
 

@@ -6,7 +6,9 @@ back to the experiment field that set it.
 
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,28 +17,38 @@ from omegaconf.errors import OmegaConfBaseException
 from torchtune.config import validate
 from torchtune.config._errors import ConfigError, InstantiationError
 
+_INTERPOLATION = re.compile(r"\$\{(\w+)")
 _ARGUMENT = re.compile(r"(?:unexpected keyword argument|missing a required argument:?) '(\w+)'")
 
 
 def component_errors(config: Mapping[str, Any]) -> list[tuple[str, str | None, str]]:
     """Problems torchtune finds, as (node, argument or None, message); empty when valid."""
-    plain = {k: v for k, v in config.items() if not _is_component(v)}
-    errors = []
+    errors: list[tuple[str, str | None, str]] = []
     for node, value in config.items():
-        if not _is_component(value):
-            continue
-        try:
-            validate(OmegaConf.create({**plain, node: value}))
-        except ConfigError as exc:
-            errors += [_argument_error(node, str(error)) for error in exc.errors]
-        except TypeError as exc:  # torchtune lets bind_partial's TypeError escape
-            errors.append(_argument_error(node, str(exc)))
-        except (InstantiationError, ValueError) as exc:
-            message = " ".join(str(exc).split())
-            errors.append((node, "_component_", f"cannot import the component: {message}"))
-        except OmegaConfBaseException as exc:
-            errors.append((node, None, f"cannot be read: {exc}"))
+        if _is_component(value):
+            # Only the keys the node interpolates (${output_dir}) matter to it, so runs that
+            # share a component share one validation.
+            text = json.dumps(value, sort_keys=True)
+            used = {key: config[key] for key in _INTERPOLATION.findall(text) if key in config}
+            errors += _node_errors(node, json.dumps({**used, node: value}, sort_keys=True))
     return errors
+
+
+@lru_cache(maxsize=4096)
+def _node_errors(node: str, config_json: str) -> tuple[tuple[str, str | None, str], ...]:
+    errors = []
+    try:
+        validate(OmegaConf.create(json.loads(config_json)))
+    except ConfigError as exc:
+        errors += [_argument_error(node, str(error)) for error in exc.errors]
+    except TypeError as exc:  # torchtune lets bind_partial's TypeError escape
+        errors.append(_argument_error(node, str(exc)))
+    except (InstantiationError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        errors.append((node, "_component_", f"cannot import the component: {message}"))
+    except OmegaConfBaseException as exc:
+        errors.append((node, None, f"cannot be read: {exc}"))
+    return tuple(errors)
 
 
 def _argument_error(node: str, message: str) -> tuple[str, str | None, str]:

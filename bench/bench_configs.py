@@ -1,0 +1,162 @@
+"""Benchmark: 100 run configs through ck_dagster vs the v1 way, side by side in one run.
+
+ck_dagster: `ck-dagster register` + one `dagster asset materialize --partition-range` that
+writes all 100 runs' finetune.yaml/finetune.slurm on a fresh SQLite Dagster home.
+
+Baseline (v1, re-created here only): one process per run that runs `tune cp <recipe>` to get
+the recipe config, merges the run's parameters into it and writes the two files, the way
+`setup_finetune.py` was run once per run from a shell loop.
+
+Run: .venv/bin/python bench/bench_configs.py [--runs 100] [--baseline-runs 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RECIPE = "llama3_2/1B_lora_single_device"
+
+# The v1 per-run process: tune cp, merge, write. Parameters arrive as JSON on argv.
+V1_SETUP = r'''
+import json, subprocess, sys, yaml
+from pathlib import Path
+recipe, run_dir, params = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+run_dir.mkdir(parents=True, exist_ok=True)
+subprocess.run(["tune", "cp", recipe, str(run_dir / "recipe.yaml")], check=True,
+               capture_output=True)
+config = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+config["output_dir"] = str(run_dir / "artifacts")
+config["model"]["lora_rank"] = params["lora_rank"]
+config["model"]["lora_alpha"] = 2 * params["lora_rank"]
+config["optimizer"]["lr"] = params["lr"]
+config["epochs"] = 2
+(run_dir / "finetune.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+(run_dir / "finetune.slurm").write_text(
+    "#!/bin/bash\n#SBATCH --mem=40G\n#SBATCH --gres=gpu:1\n"
+    "tune run lora_finetune_single_device --config finetune.yaml\n")
+'''
+
+
+def run_parameters(count: int) -> list[dict[str, float]]:
+    ranks, rates = [4, 8, 16, 32, 64], [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
+    return [{"lora_rank": ranks[i % 5], "lr": rates[(i // 5) % 5]} for i in range(count)]
+
+
+def experiment_yaml(root: Path, count: int) -> Path:
+    data = REPO / "examples" / "data" / "words_capitalization.json"
+    runs = "\n".join(
+        f"  - name: run{i:03d}\n    type: fine-tuned\n    model: Llama-3.2-1B-Instruct\n"
+        f"    parameters: {{lora_rank: {p['lora_rank']}, lr: {p['lr']}}}"
+        for i, p in enumerate(run_parameters(count)))
+    file = root / "bench_sweep.yaml"
+    file.write_text(f"""experiment: {{name: bench_sweep, dir: {root / 'runs'}}}
+controls: {{base_recipe: {RECIPE}, epochs: 2, prompt: "{{input}}\\n"}}
+models: {{base: [{{name: Llama-3.2-1B-Instruct, path: /models/Llama-3.2-1B-Instruct}}]}}
+data: {{training: {{path: {data}}}}}
+runs:
+{runs}
+""")
+    return file
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, capture_output=True, text=True)
+    return time.perf_counter() - start
+
+
+def bench_ck_dagster(root: Path, count: int) -> dict[str, float]:
+    home = root / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    file = experiment_yaml(root, count)
+    register = timed([str(BIN / "ck-dagster"), "register", str(file)], env)
+    materialize = timed([str(BIN / "dagster"), "asset", "materialize", "-m", "ck_dagster",
+                         "--select", "recipe_config,run_config", "--partition-range",
+                         f"bench_sweep/run000...bench_sweep/run{count - 1:03d}"], env)
+    written = len(list((root / "runs").glob("*/finetune.yaml")))
+    assert written == count, f"{written} of {count} configs written"
+    events = subprocess.run([sys.executable, "-c", COUNT_EVENTS], env=env, check=True,
+                            capture_output=True, text=True).stdout.split()
+    return {"register_s": register, "materialize_s": materialize,
+            "events": int(events[0]), "steps_s": float(events[1]),
+            "imports_s": timed([sys.executable, "-c", "import ck_dagster.definitions"], env),
+            "config_work_s": config_work(file, root / "in_process")}
+
+
+# Dagster's own account of the run: events stored, and seconds spent inside the steps.
+COUNT_EVENTS = r'''
+from dagster import DagsterInstance
+instance = DagsterInstance.get()
+run = instance.get_runs(limit=1)[0]
+logs = instance.all_logs(run.run_id)
+starts = [e.timestamp for e in logs if e.dagster_event and e.dagster_event_type.value == "STEP_START"]
+ends = [e.timestamp for e in logs if e.dagster_event and e.dagster_event_type.value == "STEP_SUCCESS"]
+print(len(logs), max(ends) - min(starts))
+'''
+
+
+def config_work(file: Path, out: Path) -> float:
+    """The config work alone, in-process: load, merge, validate and write every run."""
+    from ck_dagster.experiment.load import load_experiment
+    from ck_dagster.fileio import atomic_write_text
+    from ck_dagster.finetune.plan import plan_experiment
+
+    plan_experiment(load_experiment(file))  # imports and caches warm, as in a running process
+    start = time.perf_counter()
+    for name, run in plan_experiment(load_experiment(file)).runs.items():
+        atomic_write_text(out / name / "finetune.yaml", run.finetune_yaml or "")
+        atomic_write_text(out / name / "finetune.slurm", run.slurm_script or "")
+    return time.perf_counter() - start
+
+
+def bench_v1(root: Path, count: int) -> float:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    start = time.perf_counter()
+    for i, params in enumerate(run_parameters(count)):
+        subprocess.run([sys.executable, "-c", V1_SETUP, RECIPE, str(root / f"run{i:03d}"),
+                        json.dumps(params)], check=True, env=env)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--baseline-runs", type=int, default=100,
+                        help="runs for the v1 baseline (it costs ~5 s each)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "ck").mkdir()
+        ours = bench_ck_dagster(Path(tmp) / "ck", args.runs)
+        v1 = bench_v1(Path(tmp) / "v1", args.baseline_runs)
+    v1_total = v1 * args.runs / args.baseline_runs
+    ratio = v1_total / ours["materialize_s"]
+    scaled = "" if args.baseline_runs == args.runs else \
+        f" ({args.baseline_runs} runs measured, scaled)"
+    print(f"configs for {args.runs} runs (base recipe {RECIPE}), one process each way")
+    print(f"  ck_dagster register                     {ours['register_s']:8.2f} s")
+    print(f"  ck_dagster materialize, one call        {ours['materialize_s']:8.2f} s")
+    print(f"    process start + imports               {ours['imports_s']:8.2f} s")
+    print(f"    inside the steps (Dagster's clock)    {ours['steps_s']:8.2f} s  "
+          f"({ours['events']} events stored)")
+    print(f"    the config work itself, in-process    {ours['config_work_s']:8.2f} s")
+    print(f"  v1: a process per run running tune cp   {v1_total:8.2f} s{scaled}")
+    print(f"  speed-up, v1 / materialize              {ratio:8.1f}x  (target >= 50x, < 10 s)")
+    print(f"  speed-up, v1 / config work              {v1_total / ours['config_work_s']:8.1f}x")
+    print(json.dumps({"bench": "configs", "runs": args.runs,
+                      **{k: round(v, 2) for k, v in ours.items()},
+                      "v1_s": round(v1_total, 2), "ratio": round(ratio, 1)}))
+
+
+if __name__ == "__main__":
+    main()
