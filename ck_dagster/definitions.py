@@ -12,17 +12,20 @@ from ck_dagster.assets.configs import (
     run_config,
     run_spec,
 )
+from ck_dagster.assets.jobs import LauncherResource
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.assets.sensors import experiments_sensor
+from ck_dagster.assets.training import checkpoint
 
 defs = Definitions(
-    assets=[run_spec, recipe_config, run_config],
+    assets=[run_spec, recipe_config, run_config, checkpoint],
     asset_checks=[config_validates, no_unknown_keys],
     jobs=[check_run_configs_job],
     sensors=[experiments_sensor],
     resources={
         "job_environment": JobEnvironmentResource(),
         "experiments_folder": ExperimentsFolderResource(),
+        "launcher": LauncherResource(),
     },
     # Steps run in one process: each step already handles a whole experiment (single-run
     # backfills), and one torchtune import per run beats one per step.

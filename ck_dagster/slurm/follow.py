@@ -74,12 +74,21 @@ class JobFollower:
         self._unknown_polls: dict[str, int] = {}
         self._lost: set[str] = set()
         self._drained: set[str] = set()
+        self._interval = poll_initial
+        self._next_status = clock()
 
     def add(self, *job_ids: str) -> None:
         """Follow these jobs too (may be called between events: they are polled next)."""
         for job_id in job_ids:
             if job_id not in self.statuses and job_id not in self._pending:
                 self._pending.append(str(job_id))
+
+    def follow_again(self, job_id: str) -> None:
+        """Follow a job seen ending once more: the scheduler requeued it itself."""
+        self.statuses.pop(job_id, None)
+        self._drained.discard(job_id)
+        self._lost.discard(job_id)
+        self.add(job_id)
 
     @property
     def unfinished(self) -> list[str]:
@@ -108,24 +117,38 @@ class JobFollower:
         One ``statuses()`` call per status cycle whatever the number of jobs; logs are read
         every ``poll_initial`` seconds in between.
         """
-        interval = self.poll_initial
-        next_status = self._clock()
         while self.unfinished and not self._stopped.is_set():
-            if self._pending or self._clock() >= next_status:  # new jobs are asked about at once
-                changes = list(self._poll())
-                yield from changes
-                if any(e.kind == "controller" for e in changes):
-                    interval = min(max(interval, self.poll_initial) * 2, self.poll_max)
-                elif any(e.kind in ("state", "lost") for e in changes):
-                    interval = self.poll_initial
-                else:
-                    interval = min(interval * self.backoff, self.poll_max)
-                next_status = self._clock() + interval
-            if self.follow_logs:
-                yield from self._read_logs()
+            yield from self.poll()
             if not self.unfinished:
                 break
-            self._sleep(max(0.0, min(self.poll_initial, next_status - self._clock())))
+            self.sleep(self.seconds_to_next_poll())
+
+    def poll(self) -> list[JobEvent]:
+        """One wake-up: a status call when one is due (or jobs were just added), then new log
+        lines. Callers that interleave other work (submitting as slots free up) loop on this
+        with :meth:`sleep` instead of using :meth:`events`."""
+        events: list[JobEvent] = []
+        if self._pending or self._clock() >= self._next_status:
+            changes = list(self._poll())
+            events += changes
+            if any(e.kind == "controller" for e in changes):
+                self._interval = min(max(self._interval, self.poll_initial) * 2, self.poll_max)
+            elif any(e.kind in ("state", "lost") for e in changes):
+                self._interval = self.poll_initial
+            else:
+                self._interval = min(self._interval * self.backoff, self.poll_max)
+            self._next_status = self._clock() + self._interval
+        if self.follow_logs:
+            events += self._read_logs()
+        return events
+
+    def seconds_to_next_poll(self) -> float:
+        """How long until the next status call or log read is due."""
+        return max(0.0, min(self.poll_initial, self._next_status - self._clock()))
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep (woken at once by ``stop()`` unless a custom sleep was injected)."""
+        self._sleep(seconds)
 
     def wait(self, on_event: Callable[[JobEvent], object] | None = None
              ) -> dict[str, JobStatus]:

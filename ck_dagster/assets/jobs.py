@@ -1,0 +1,162 @@
+"""Running SLURM (or local) jobs from assets: the launcher resource, the slot pool, progress.
+
+Shared by ``checkpoint`` and ``eval_log``: both submit one job per run through the same
+:class:`~ck_dagster.slurm.runner.JobRunner`, capped by one Dagster concurrency pool.
+"""
+
+import os
+import re
+import socket
+import time
+from collections.abc import Callable
+
+from dagster import (
+    AssetExecutionContext,
+    ConfigurableResource,
+    DagsterInstance,
+    Failure,
+    MetadataValue,
+)
+
+from ck_dagster.slurm.launcher import Launcher, choose_launcher
+from ck_dagster.slurm.runner import JobOutcome, JobRunner
+
+#: run tags that let a later run see whether the process behind a run is gone (SIGKILL).
+PID_TAG, HOST_TAG = "ck_dagster/pid", "ck_dagster/host"
+_PROGRESS = re.compile(r"(?i)\b(error|exception|traceback|killed|saved|epoch|loss|samples?)\b")
+
+
+class LauncherResource(ConfigurableResource):
+    """Where jobs run and how many may sit in the queue at once.
+
+    ``kind``: ``slurm`` or ``local``; left empty, ``CK_LAUNCHER`` decides, else SLURM when
+    ``sbatch`` is on PATH. ``pool``/``pool_limit``: the Dagster concurrency pool that caps jobs
+    in the queue across every Dagster run (the limit applies when the pool has none set yet;
+    change it later with ``dagster instance concurrency set <pool> <n>`` or in the UI).
+    """
+
+    kind: str | None = None
+    pool: str = "slurm_jobs"
+    pool_limit: int = 25
+    poll_initial: float = 2.0
+    poll_max: float = 60.0
+    max_resubmits: int = 2
+
+    def launcher(self, log: Callable[[str], object]) -> Launcher:
+        """The launcher for this deployment; the choice, and why, goes to ``log``."""
+        env = dict(os.environ)
+        if self.kind:
+            env["CK_LAUNCHER"] = self.kind
+        return choose_launcher(env, log=log)
+
+    def runner(self, context: AssetExecutionContext, label: str) -> JobRunner:
+        """A job runner logging progress into the Dagster run and holding pool slots."""
+        mark_process(context.instance, context.run_id)
+        slots = PoolSlots(context.instance, self.pool, context.run_id, label, self.pool_limit,
+                          context.log.info)
+        return JobRunner(self.launcher(context.log.info), slots=slots,
+                         on_event=ProgressLog(context.log.info),
+                         max_resubmits=self.max_resubmits, poll_initial=self.poll_initial,
+                         poll_max=self.poll_max)
+
+
+class ProgressLog:
+    """Job progress for the Dagster run log: every state change and resubmission, and job
+    log lines that say something (errors, epochs, loss, samples), at most one per run every
+    ``every`` seconds unless they report an error."""
+
+    def __init__(self, log: Callable[[str], object], every: float = 10.0):
+        self.log = log
+        self.every = every
+        self._last: dict[str, float] = {}
+
+    def __call__(self, key: str, message: str) -> None:
+        is_line = not message.startswith(("job ", "submitted", "re-attached", "outputs ",
+                                          "failed", "interrupted", "scheduler"))
+        if is_line:
+            match = _PROGRESS.search(message)
+            if not match:
+                return
+            urgent = match.group(1).lower() in ("error", "exception", "traceback", "killed")
+            now = time.monotonic()
+            if not urgent and now - self._last.get(key, -self.every) < self.every:
+                return
+            self._last[key] = now
+        self.log(f"{key}: {message}" if key else message)
+
+
+class PoolSlots:
+    """Slots of a Dagster concurrency pool, one per job in the queue (not one per step).
+
+    A single-run backfill follows many jobs in one step, so the pool is claimed per job
+    (``<label>[<partition>]``). Slots held by runs that have ended, or whose process on this
+    host is gone (killed with SIGKILL), are given back when the pool is full.
+    """
+
+    def __init__(self, instance: DagsterInstance, pool: str, run_id: str, label: str,
+                 default_limit: int, log: Callable[[str], object]):
+        self.instance = instance
+        self.storage = instance.event_log_storage
+        self.pool = pool
+        self.run_id = run_id
+        self.label = label
+        self.log = log
+        self._last_cleanup = 0.0
+        if pool not in self.storage.get_concurrency_keys():
+            self.storage.set_concurrency_slots(pool, default_limit)
+            log(f"concurrency pool `{pool}` created with {default_limit} slots")
+
+    def acquire(self, key: str) -> bool:
+        if self.storage.claim_concurrency_slot(self.pool, self.run_id, self._step(key)).is_claimed:
+            return True
+        if time.monotonic() - self._last_cleanup > 30 and self._free_abandoned():
+            return self.storage.claim_concurrency_slot(self.pool, self.run_id,
+                                                       self._step(key)).is_claimed
+        return False
+
+    def release(self, key: str) -> None:
+        self.storage.free_concurrency_slot_for_step(self.run_id, self._step(key))
+
+    def _step(self, key: str) -> str:
+        return f"{self.label}[{key}]"
+
+    def _free_abandoned(self) -> bool:
+        self._last_cleanup = time.monotonic()
+        info = self.storage.get_concurrency_info(self.pool)
+        freed = False
+        for run_id in {slot.run_id for slot in info.claimed_slots} - {self.run_id}:
+            run = self.instance.get_run_by_id(run_id)
+            if run is None or run.is_finished or _process_gone(run.tags):
+                self.storage.free_concurrency_slots_for_run(run_id)
+                self.log(f"freed pool slots of run {run_id}, which is no longer running")
+                freed = True
+        return freed
+
+
+def mark_process(instance: DagsterInstance, run_id: str) -> None:
+    """Tag the run with this process, so a later run can tell when it was killed."""
+    instance.add_run_tags(run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+
+
+def _process_gone(tags: dict[str, str]) -> bool:
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return False
+    try:
+        os.kill(int(tags[PID_TAG]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def raise_for_failures(outcomes: dict[str, JobOutcome], what: str) -> None:
+    """A Failure naming every failed run with its state, exit code and log tail."""
+    failed = [o for o in outcomes.values() if not o.ok]
+    if failed:
+        raise Failure(
+            description=f"{len(failed)} of {len(outcomes)} {what} failed:\n\n" +
+                        "\n\n".join(o.message for o in failed),
+            metadata={"failed": MetadataValue.json({o.key: o.message for o in failed})},
+            allow_retries=False,
+        )

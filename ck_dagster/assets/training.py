@@ -1,0 +1,133 @@
+"""The ``checkpoint`` asset: each fine-tuned run trained by a SLURM job running ``tune run``.
+
+One step follows every job of a backfill (one status call per cycle for all of them); the jobs
+in the queue are capped by the launcher's concurrency pool. Control runs resolve to their base
+model without a job, so their evaluations have the same lineage as every other run's.
+"""
+
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetMaterialization,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
+from pydantic import Field
+
+from ck_dagster.assets.configs import plans_for, run_config
+from ck_dagster.assets.jobs import LauncherResource, raise_for_failures
+from ck_dagster.assets.partitions import runs_partitions
+from ck_dagster.assets.resources import JobEnvironmentResource
+from ck_dagster.finetune.plan import RunPlan
+from ck_dagster.slurm.runner import JobOutcome
+from ck_dagster.training.jobs import describe, training_request
+
+MAX_CURVE_ROWS = 200
+
+
+class CheckpointConfig(Config):
+    """Options for materializing checkpoints."""
+
+    retrain: bool = Field(
+        default=False,
+        description="Train again even when every epoch is saved already. The old checkpoints "
+                    "are moved to artifacts.previous-<time>/, never deleted.")
+
+
+@asset(
+    partitions_def=runs_partitions,
+    deps=[run_config],
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name="training",
+    kinds={"slurm", "torchtune"},
+)
+def checkpoint(context: AssetExecutionContext, config: CheckpointConfig,
+               launcher: LauncherResource,
+               job_environment: JobEnvironmentResource) -> MaterializeResult:
+    """The run's trained checkpoints (`artifacts/epoch_<N>/`): a SLURM job runs `tune run`
+    with its finetune.yaml; a control run resolves to its base model."""
+    plans = plans_for(context, job_environment)
+    metadata = {key: control_metadata(plan) for key, plan in plans.items() if plan.is_control}
+    requests = {key: training_request(plan, retrain=config.retrain)
+                for key, plan in plans.items() if not plan.is_control}
+    outcomes = launcher.runner(context, "checkpoint").run(list(requests.values())) \
+        if requests else {}
+    for key, outcome in outcomes.items():
+        if outcome.ok:
+            metadata[key] = checkpoint_metadata(plans[key], outcome, requests[key].notes)
+    if len(metadata) < len(plans):
+        # Record the runs that did train before failing the step for the ones that did not.
+        for key, entry in metadata.items():
+            context.log_event(AssetMaterialization(context.asset_key, partition=key,
+                                                   metadata=entry))
+        raise_for_failures(outcomes, "training jobs")
+    for key, entry in metadata.items():
+        context.add_asset_metadata(entry, partition_key=key)
+    return MaterializeResult()
+
+
+def control_metadata(plan: RunPlan) -> dict[str, Any]:
+    """A control run's checkpoint is its base model."""
+    return {
+        "run_type": "control",
+        "checkpoint": MetadataValue.path(str(plan.model_path)),
+        "note": MetadataValue.md("Control run: never trained; its evaluations use the base "
+                                 f"model `{plan.model.name}` at `{plan.model_path}`."),
+    }
+
+
+def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) -> dict[str, Any]:
+    """Job, epochs and loss of a trained (or adopted) run, as asset metadata."""
+    trained = describe(plan, outcome)
+    accounting = outcome.accounting
+    metadata: dict[str, Any] = {
+        "run_type": "fine-tuned",
+        "status": outcome.status,
+        "job_id": outcome.job_id or "",
+        "epochs_saved": len(trained.epochs),
+        "artifacts": MetadataValue.path(str(trained.artifacts)),
+        "epochs": MetadataValue.table(
+            [TableRecord({"epoch": c.epoch, "path": str(c.path), "files": len(c.files),
+                          "size_mb": round(c.size_bytes / 2**20, 3),
+                          "weights": ", ".join(n for n in c.files if n.endswith(".safetensors"))})
+             for c in trained.epochs],
+            schema=TableSchema(columns=[
+                TableColumn("epoch", "int"), TableColumn("path", "string"),
+                TableColumn("files", "int"), TableColumn("size_mb", "float"),
+                TableColumn("weights", "string")])),
+        "attempts": MetadataValue.json([
+            {"job_id": a.job_id, "state": a.state.value if a.state else None,
+             "reattached": a.reattached, "args": list(a.args)} for a in outcome.attempts]),
+        "oom_retry": outcome.oom_retried,
+    }
+    if outcome.oom_retried:
+        args = outcome.attempts[-1].args
+        metadata["oom_retry_note"] = ("the first job ran out of memory; trained with "
+                                      + " ".join(args) + " (same effective batch)")
+    if accounting is not None:
+        metadata.update({
+            "state": accounting.state.value, "exit_code": accounting.exit_code,
+            "elapsed_s": accounting.elapsed_s, "node": accounting.node or "",
+        })
+        if accounting.max_rss_bytes is not None:
+            metadata["max_rss_mb"] = round(accounting.max_rss_bytes / 2**20, 1)
+    if outcome.log_path:
+        metadata["job_log"] = MetadataValue.path(str(outcome.log_path))
+    losses = trained.log.losses
+    if losses:
+        stride = max(1, len(losses) // MAX_CURVE_ROWS)
+        metadata["final_loss"] = float(losses[-1][1])
+        metadata["loss_curve"] = MetadataValue.table(
+            [TableRecord({"step": step, "loss": loss}) for step, loss in losses[::stride]],
+            schema=TableSchema(columns=[TableColumn("step", "int"),
+                                        TableColumn("loss", "float")]))
+    if notes:
+        metadata["notes"] = "; ".join(notes)
+    return metadata

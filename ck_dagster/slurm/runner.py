@@ -1,0 +1,336 @@
+"""Run many job scripts to their end: adopt, re-attach, throttle, resubmit, never double.
+
+For each request, in order of preference:
+
+1. its outputs are already in place: **adopt** them, no job;
+2. a job of its name is pending or running (submitted by an earlier, maybe killed, process):
+   **re-attach** to it;
+3. otherwise **submit** it, once a slot is free (a shared cap on jobs in the queue).
+
+Jobs are followed together (one status call per cycle). PREEMPTED and NODE_FAIL jobs are
+resubmitted (bounded); an OUT_OF_MEMORY job is retried once with the arguments the request
+gives for that (e.g. a halved batch size). An interruption cancels every job this runner
+submitted or re-attached to, and gives back the slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ck_dagster.errors import CkError
+from ck_dagster.slurm.follow import JobEvent, JobFollower
+from ck_dagster.slurm.launcher import Launcher, tail
+from ck_dagster.slurm.states import JobAccounting, JobState, JobStatus
+
+#: end states after which a job is simply run again (the job did nothing wrong).
+RESUBMIT_STATES = frozenset({JobState.PREEMPTED, JobState.NODE_FAIL, JobState.BOOT_FAIL})
+
+
+class Slots(Protocol):
+    """A shared cap on jobs in the queue (a Dagster concurrency pool in production)."""
+
+    def acquire(self, key: str) -> bool:
+        """Take a slot for ``key`` if one is free (non-blocking); True once taken."""
+        ...
+
+    def release(self, key: str) -> None:
+        """Give back ``key``'s slot (or its place in the queue for one)."""
+        ...
+
+
+class UnlimitedSlots:
+    """No cap: every job is submitted at once."""
+
+    def acquire(self, key: str) -> bool:
+        return True
+
+    def release(self, key: str) -> None:
+        return None
+
+
+@dataclass
+class JobRequest:
+    """One job to run to its end, for one key (a partition)."""
+
+    key: str
+    script: Path
+    job_name: str
+    #: whether the job's outputs are all in place (then it is adopted, not run).
+    is_done: Callable[[], bool]
+    #: called right before every submission (create folders, set old outputs aside, ...).
+    before_submit: Callable[[], None] = lambda: None
+    #: script arguments for the one retry after OUT_OF_MEMORY; None when no retry can help.
+    oom_retry_args: Callable[[], list[str] | None] = lambda: None
+    #: run again even when the outputs are in place.
+    force: bool = False
+    #: what ``before_submit`` did that a person should know (e.g. old outputs set aside).
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One submission (or re-attachment) and how it ended."""
+
+    job_id: str
+    args: tuple[str, ...]
+    reattached: bool = False
+    state: JobState | None = None
+    reason: str = ""
+
+
+@dataclass
+class JobOutcome:
+    """How a request ended: ``adopted``, ``completed`` or ``failed``."""
+
+    key: str
+    status: str
+    attempts: list[Attempt] = field(default_factory=list)
+    accounting: JobAccounting | None = None
+    log_path: Path | None = None
+    message: str = ""
+    log_tail: str = ""
+    oom_retried: bool = False
+
+    @property
+    def job_id(self) -> str | None:
+        return self.attempts[-1].job_id if self.attempts else None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("adopted", "completed")
+
+
+class JobFailed(CkError):
+    """One or more jobs failed; each outcome says how."""
+
+    def __init__(self, outcomes: Sequence[JobOutcome]):
+        self.outcomes = list(outcomes)
+        super().__init__("\n\n".join(o.message for o in self.outcomes))
+
+
+class JobRunner:
+    """Runs :class:`JobRequest` s through a launcher; see the module docstring."""
+
+    def __init__(self, launcher: Launcher, *, slots: Slots | None = None,
+                 on_event: Callable[[str, str], object] = lambda key, message: None,
+                 max_resubmits: int = 2, poll_initial: float = 2.0, poll_max: float = 60.0,
+                 slot_wait: float = 5.0, requeue_checks: int = 3, requeue_wait: float = 2.0,
+                 follower: JobFollower | None = None):
+        """``on_event(key, message)`` receives progress a person can follow: state changes,
+        log lines, resubmissions. ``slot_wait``: how often to look for a free slot."""
+        self.launcher = launcher
+        self.slots = slots or UnlimitedSlots()
+        self.on_event = on_event
+        self.max_resubmits = max_resubmits
+        self.slot_wait = slot_wait
+        self.requeue_checks = requeue_checks
+        self.requeue_wait = requeue_wait
+        self.follower = follower or JobFollower(launcher, poll_initial=poll_initial,
+                                                poll_max=poll_max, cancel_on_interrupt=False)
+
+    def run(self, requests: Sequence[JobRequest]) -> dict[str, JobOutcome]:
+        """Run every request to its end; outcomes by key (failures included, not raised)."""
+        outcomes: dict[str, JobOutcome] = {}
+        waiting: list[JobRequest] = []
+        self._by_job: dict[str, JobRequest] = {}
+        self._holding: set[str] = set()
+        for request in requests:
+            outcome = outcomes[request.key] = JobOutcome(request.key, "running")
+            if request.is_done() and not request.force:
+                outcome.status = "adopted"
+                self._note_adopted(request, outcome)
+            elif not self._reattach(request, outcome):
+                waiting.append(request)
+        try:
+            while True:
+                waiting = self._submit_ready(waiting, outcomes)
+                if self.follower.unfinished:
+                    for event in self.follower.poll():
+                        self._handle(event, outcomes)
+                if self.follower.unfinished:
+                    pause = self.follower.seconds_to_next_poll()
+                    self.follower.sleep(min(pause, self.slot_wait) if waiting else pause)
+                elif waiting:  # every slot is taken by other runs: look again soon
+                    self.follower.sleep(self.slot_wait)
+                else:
+                    break
+        except BaseException:
+            self._cancel_all()
+            raise
+        finally:
+            for key in list(self._holding) + [r.key for r in waiting]:
+                self.slots.release(key)
+            self._holding.clear()
+        return outcomes
+
+    # -- starting jobs --------------------------------------------------------------------
+
+    def _note_adopted(self, request: JobRequest, outcome: JobOutcome) -> None:
+        done = [s for s in self.launcher.find(request.job_name) if s.state is JobState.COMPLETED]
+        if done:
+            outcome.attempts.append(Attempt(done[0].job_id, (), True, done[0].state))
+            outcome.log_path = done[0].log_path
+        self.on_event(request.key, "outputs already in place: adopted, no job submitted"
+                      + (f" (from job {done[0].job_id})" if done else ""))
+
+    def _reattach(self, request: JobRequest, outcome: JobOutcome) -> bool:
+        alive = [s for s in self.launcher.find(request.job_name) if not s.state.is_final]
+        if not alive:
+            return False
+        job = alive[0]
+        outcome.attempts.append(Attempt(job.job_id, (), reattached=True))
+        self.slots.acquire(request.key)  # it is in the queue already, slot or not
+        self._holding.add(request.key)
+        self._follow(request, job.job_id)
+        self.on_event(request.key, f"re-attached to job {job.job_id} ({job.state.value}), "
+                                   "submitted earlier; not submitting another")
+        return True
+
+    def _submit_ready(self, waiting: list[JobRequest],
+                      outcomes: dict[str, JobOutcome]) -> list[JobRequest]:
+        still_waiting = []
+        for request in waiting:
+            if not self.slots.acquire(request.key):
+                still_waiting.append(request)
+                continue
+            self._holding.add(request.key)
+            try:
+                self._submit(request, outcomes[request.key], ())
+            except CkError as exc:  # refused (bad partition, impossible request), no files
+                self._fail(request, outcomes[request.key], f"not submitted: {exc}")
+        return still_waiting
+
+    def _submit(self, request: JobRequest, outcome: JobOutcome, args: Sequence[str]) -> None:
+        request.before_submit()
+        job_id = self.launcher.submit(request.script, job_name=request.job_name, args=args)
+        outcome.attempts.append(Attempt(job_id, tuple(args)))
+        self._follow(request, job_id)
+        suffix = f" with {' '.join(args)}" if args else ""
+        self.on_event(request.key, f"submitted job {job_id} ({self.launcher.name}){suffix}")
+
+    def _follow(self, request: JobRequest, job_id: str) -> None:
+        self._by_job[job_id] = request
+        self.follower.add(job_id)
+
+    # -- following ------------------------------------------------------------------------
+
+    def _handle(self, event: JobEvent, outcomes: dict[str, JobOutcome]) -> None:
+        if event.kind == "controller":
+            self.on_event("", f"scheduler did not answer, retrying: {event.message}")
+            return
+        request = self._by_job.get(event.job_id)
+        if request is None:
+            return
+        outcome = outcomes[request.key]
+        if event.kind == "log":
+            for line in event.lines:
+                text = line.rsplit("\r", 1)[-1].strip()
+                if text:
+                    self.on_event(request.key, text)
+            return
+        if event.kind == "lost":
+            self._fail(request, outcome, f"job {event.job_id} vanished from the scheduler "
+                                         f"({event.message})")
+            return
+        status = event.status
+        assert status is not None
+        previous = event.previous.value if event.previous else "?"
+        where = f" on {status.node}" if status.node else ""
+        self.on_event(request.key, f"job {status.job_id}: {previous} -> {status.state.value}"
+                                   f"{where}")
+        if status.log_path:
+            outcome.log_path = status.log_path
+        if status.state.is_final:
+            self._ended(request, outcome, status)
+
+    def _ended(self, request: JobRequest, outcome: JobOutcome, status: JobStatus) -> None:
+        accounting = self._accounting(status.job_id)
+        outcome.accounting = accounting
+        last = outcome.attempts[-1]
+        outcome.attempts[-1] = Attempt(last.job_id, last.args, last.reattached, status.state,
+                                       status.reason)
+        state = status.state
+        resubmits = sum(1 for a in outcome.attempts if a.state in RESUBMIT_STATES)
+        if state is JobState.COMPLETED:
+            if request.is_done():
+                outcome.status = "completed"
+                self._release(request)
+            else:
+                self._fail(request, outcome, f"job {status.job_id} COMPLETED but its outputs "
+                                             "are not all there")
+        elif state in RESUBMIT_STATES and self._requeued_by_scheduler(status.job_id):
+            self.on_event(request.key, f"job {status.job_id} ended {state.value} and the "
+                                       "scheduler requeued it: following it again")
+            self.follower.follow_again(status.job_id)
+        elif state in RESUBMIT_STATES and resubmits <= self.max_resubmits:
+            self.on_event(request.key, f"job {status.job_id} ended {state.value} "
+                                       f"({state.describe()}): resubmitting "
+                                       f"({resubmits}/{self.max_resubmits})")
+            self._resubmit(request, outcome, last.args)
+        elif state is JobState.OUT_OF_MEMORY and not outcome.oom_retried and \
+                (args := request.oom_retry_args()) is not None:
+            outcome.oom_retried = True
+            self.on_event(request.key, f"job {status.job_id} ran out of memory: retrying once "
+                                       f"with {' '.join(args)}")
+            self._resubmit(request, outcome, args)
+        else:
+            self._fail(request, outcome, f"job {status.job_id} ended {state.value}: "
+                                         f"{state.describe()}")
+
+    def _requeued_by_scheduler(self, job_id: str) -> bool:
+        """SLURM requeues batch jobs after a node failure or preemption unless told not to:
+        look for a moment before resubmitting, so the run never ends up with two jobs."""
+        for _ in range(self.requeue_checks):
+            self.follower.sleep(self.requeue_wait)
+            try:
+                status = self.launcher.statuses([job_id]).get(job_id)
+            except CkError:
+                continue
+            if status is not None and not status.state.is_final:
+                return True
+        return False
+
+    def _resubmit(self, request: JobRequest, outcome: JobOutcome, args: Sequence[str]) -> None:
+        try:
+            self._submit(request, outcome, args)
+        except CkError as exc:
+            self._fail(request, outcome, f"resubmission refused: {exc}")
+
+    def _accounting(self, job_id: str) -> JobAccounting | None:
+        try:
+            return self.launcher.accounting(job_id)
+        except CkError:
+            return None
+
+    def _fail(self, request: JobRequest, outcome: JobOutcome, why: str) -> None:
+        outcome.status = "failed"
+        if outcome.log_path is None and outcome.job_id:
+            outcome.log_path = self.launcher.log_path(outcome.job_id)
+        outcome.log_tail = tail(outcome.log_path, 30)
+        details = []
+        if outcome.accounting:
+            acc = outcome.accounting
+            details.append(f"exit code {acc.exit_code}, elapsed {acc.elapsed_s} s, "
+                           f"node {acc.node or '-'}" + (f", reason {acc.reason}"
+                                                        if acc.reason else ""))
+        if outcome.log_path:
+            details.append(f"log: {outcome.log_path}")
+        body = "\n".join(f"  {line}" for line in outcome.log_tail.splitlines())
+        outcome.message = "\n".join([f"{request.key}: {why}", *[f"  {d}" for d in details]]
+                                    + ([f"  last lines of the log:\n{body}"] if body else []))
+        self.on_event(request.key, f"failed: {why}")
+        self._release(request)
+
+    def _release(self, request: JobRequest) -> None:
+        if request.key in self._holding:
+            self._holding.discard(request.key)
+            self.slots.release(request.key)
+
+    def _cancel_all(self) -> None:
+        cancelled = self.follower.cancel_unfinished()
+        if cancelled:
+            self.on_event("", f"interrupted: cancelled job(s) {', '.join(cancelled)}")
+

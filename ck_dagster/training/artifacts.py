@@ -1,0 +1,109 @@
+"""What a training job leaves in ``<run>/artifacts``: epoch checkpoints and the loss log.
+
+torchtune writes ``epoch_<N>/`` folders (weights, adapter, config, tokenizer files) and, with
+its DiskLogger, ``logs/log_<unixtime>.txt`` lines such as ``Step 12 | loss:1.93 lr:0.0001``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_EPOCH = re.compile(r"^epoch_(\d+)$")
+_STEP = re.compile(r"^Step (\d+) \| (.*)$")
+#: files that hold model weights in an epoch folder.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """One saved epoch: its folder and the files in it with their sizes."""
+
+    epoch: int
+    path: Path
+    files: dict[str, int]
+
+    @property
+    def has_weights(self) -> bool:
+        return any(name.endswith(WEIGHT_SUFFIXES) for name in self.files)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(self.files.values())
+
+
+@dataclass(frozen=True)
+class TrainingLog:
+    """The metrics torchtune logged, by step (the last log file of the run)."""
+
+    path: Path | None
+    steps: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def losses(self) -> list[tuple[int, float]]:
+        return [(int(row["step"]), row["loss"]) for row in self.steps if "loss" in row]
+
+    @property
+    def final_loss(self) -> float | None:
+        losses = self.losses
+        return losses[-1][1] if losses else None
+
+
+def epoch_checkpoints(artifacts: Path) -> list[EpochCheckpoint]:
+    """The ``epoch_<N>`` folders under ``artifacts``, in epoch order."""
+    found = []
+    if artifacts.is_dir():
+        for child in artifacts.iterdir():
+            match = _EPOCH.match(child.name)
+            if match and child.is_dir():
+                files = {p.relative_to(child).as_posix(): p.stat().st_size
+                         for p in sorted(child.rglob("*")) if p.is_file()}
+                found.append(EpochCheckpoint(int(match.group(1)), child, files))
+    return sorted(found, key=lambda c: c.epoch)
+
+
+def is_complete(artifacts: Path, epochs: int) -> bool:
+    """Whether every epoch ``0..epochs-1`` has been saved with weights."""
+    saved = {c.epoch for c in epoch_checkpoints(artifacts) if c.has_weights}
+    return epochs > 0 and set(range(epochs)) <= saved
+
+
+def read_training_log(artifacts: Path) -> TrainingLog:
+    """Parse the newest DiskLogger file under ``artifacts/logs``."""
+    logs = sorted((artifacts / "logs").glob("log_*.txt"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return TrainingLog(None)
+    steps = []
+    for line in logs[-1].read_text(errors="replace").splitlines():
+        match = _STEP.match(line.strip())
+        if not match:
+            continue
+        row: dict[str, float] = {"step": float(match.group(1))}
+        for item in match.group(2).split():
+            name, _, value = item.partition(":")
+            try:
+                row[name] = float(value)
+            except ValueError:
+                continue
+        steps.append(row)
+    return TrainingLog(logs[-1], steps)
+
+
+def set_aside(artifacts: Path) -> Path | None:
+    """Move saved checkpoints out of the way before a new training job, never deleting them.
+
+    Returns where they went (``artifacts.previous-<time>``), or None when there were none.
+    """
+    if not epoch_checkpoints(artifacts):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = artifacts.with_name(f"{artifacts.name}.previous-{stamp}")
+    suffix = 1
+    while target.exists():
+        target = artifacts.with_name(f"{artifacts.name}.previous-{stamp}-{suffix}")
+        suffix += 1
+    shutil.move(str(artifacts), str(target))
+    return target

@@ -1,0 +1,88 @@
+"""Training jobs: one ``tune run`` job per fine-tuned run, submitted from its finetune.slurm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ck_dagster.errors import CkError
+from ck_dagster.finetune.plan import RunPlan
+from ck_dagster.slurm.runner import JobOutcome, JobRequest
+from ck_dagster.training.artifacts import (
+    EpochCheckpoint,
+    TrainingLog,
+    epoch_checkpoints,
+    is_complete,
+    read_training_log,
+    set_aside,
+)
+
+
+def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
+    """The job that trains ``plan``'s run: adopted when its epochs are all saved already."""
+    assert plan.job is not None and plan.config is not None, "control runs are not trained"
+    artifacts = plan.artifacts_dir
+
+    def before_submit() -> None:
+        check_run_files(plan)
+        moved = set_aside(artifacts)
+        if moved is not None:
+            notes.append(f"earlier checkpoints kept in {moved}")
+        artifacts.mkdir(parents=True, exist_ok=True)
+
+    def oom_retry_args() -> list[str] | None:
+        return halved_batch_args(plan.config.config if plan.config else {})
+
+    notes: list[str] = []
+    return JobRequest(
+        key=plan.partition_key,
+        script=plan.run_dir / "finetune.slurm",
+        job_name=plan.job.job_name,
+        is_done=lambda: is_complete(artifacts, plan.epochs),
+        before_submit=before_submit,
+        oom_retry_args=oom_retry_args,
+        force=retrain,
+        notes=notes,
+    )
+
+
+def halved_batch_args(config: dict[str, Any]) -> list[str] | None:
+    """torchtune overrides with half the batch and twice the accumulation (same effective
+    batch), or None when the batch cannot be halved."""
+    batch = int(config.get("batch_size", 1))
+    accumulation = int(config.get("gradient_accumulation_steps", 1) or 1)
+    if batch < 2:
+        return None
+    return [f"batch_size={batch // 2}", f"gradient_accumulation_steps={accumulation * 2}"]
+
+
+def check_run_files(plan: RunPlan) -> None:
+    """Refuse to train from files that are missing or differ from the registered config."""
+    for name, expected in (("finetune.yaml", plan.finetune_yaml),
+                           ("finetune.slurm", plan.slurm_script)):
+        path = plan.run_dir / name
+        if not path.is_file():
+            raise CkError(f"{path} does not exist: materialize run_config for "
+                          f"{plan.partition_key} first")
+        if path.read_text() != expected:
+            raise CkError(f"{path} differs from the registered config of {plan.partition_key} "
+                          "(edited by hand?): materialize run_config again to rewrite it")
+
+
+@dataclass(frozen=True)
+class TrainedCheckpoint:
+    """What a finished training left behind, for metadata and for evaluation."""
+
+    partition_key: str
+    artifacts: Path
+    epochs: list[EpochCheckpoint]
+    log: TrainingLog
+    outcome: JobOutcome
+
+
+def describe(plan: RunPlan, outcome: JobOutcome) -> TrainedCheckpoint:
+    """Read back the checkpoints and loss log of a run whose job completed (or was adopted)."""
+    return TrainedCheckpoint(plan.partition_key, plan.artifacts_dir,
+                             epoch_checkpoints(plan.artifacts_dir),
+                             read_training_log(plan.artifacts_dir), outcome)

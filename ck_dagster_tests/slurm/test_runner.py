@@ -1,0 +1,188 @@
+"""JobRunner on both back-ends: adopt, re-attach, resubmit, OOM retry, interrupt, throttle."""
+
+from __future__ import annotations
+
+import _thread
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ck_dagster.slurm.client import SlurmLauncher
+from ck_dagster.slurm.launcher import Launcher
+from ck_dagster.slurm.local import LocalLauncher
+from ck_dagster.slurm.runner import JobRequest, JobRunner
+from ck_dagster.slurm.states import JobState
+from ck_dagster_tests.slurm.jobs import job_script, unique_name, wait_for_state
+
+
+@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def launcher(request, tmp_path) -> Launcher:
+    if request.param == "slurm":
+        request.getfixturevalue("slurm_cluster")
+        return SlurmLauncher(retry_total_s=30.0)
+    return LocalLauncher(tmp_path / "state")
+
+
+def runner(launcher: Launcher, messages: list[str] | None = None, **kwargs) -> JobRunner:
+    seen = messages if messages is not None else []
+    return JobRunner(launcher, poll_initial=0.3, poll_max=1.0, slot_wait=0.3,
+                     on_event=lambda key, message: seen.append(f"{key}: {message}"), **kwargs)
+
+
+def writes_done(folder: Path, body: str = "", *sbatch: str, name: str = "job.sh") -> JobRequest:
+    """A request whose job writes `done` (after `body`); it is done when that file exists."""
+    script = job_script(folder, f"{body}\necho ok > done", *sbatch, name=name)
+    return JobRequest(key=f"exp/{folder.name}", script=script, job_name=unique_name(),
+                      is_done=lambda: (folder / "done").exists())
+
+
+def names_in_queue(launcher: Launcher, name: str) -> list[str]:
+    return [s.job_id for s in launcher.find(name)]
+
+
+def test_runs_adopts_and_forces(launcher, tmp_path):
+    request = writes_done(tmp_path)
+    outcome = runner(launcher).run([request])[request.key]
+    assert outcome.status == "completed" and outcome.accounting.state is JobState.COMPLETED
+    assert (tmp_path / "done").exists()
+
+    again = runner(launcher).run([request])[request.key]
+    assert again.status == "adopted" and again.job_id == outcome.job_id
+    assert len(names_in_queue(launcher, request.job_name)) == 1  # nothing new submitted
+
+    request.force = True
+    forced = runner(launcher).run([request])[request.key]
+    assert forced.status == "completed" and forced.job_id != outcome.job_id
+
+
+def test_reattaches_instead_of_submitting_twice(launcher, tmp_path):
+    request = writes_done(tmp_path, "sleep 3")
+    earlier = launcher.submit(request.script, job_name=request.job_name)  # a killed process's
+    messages: list[str] = []
+    outcome = runner(launcher, messages).run([request])[request.key]
+    assert outcome.status == "completed" and outcome.job_id == earlier
+    assert outcome.attempts[0].reattached
+    assert names_in_queue(launcher, request.job_name) == [earlier]
+    assert any("re-attached to job" in m for m in messages)
+
+
+def test_failure_carries_state_exit_code_and_log_tail(launcher, tmp_path):
+    request = writes_done(tmp_path, 'echo "Traceback: KeyError: question" >&2; exit 3')
+    outcome = runner(launcher).run([request])[request.key]
+    assert outcome.status == "failed"
+    assert "ended FAILED" in outcome.message and "exit code 3:0" in outcome.message
+    assert "KeyError: question" in outcome.message and "KeyError" in outcome.log_tail
+
+
+def test_interrupt_cancels_the_jobs(launcher, tmp_path):
+    request = writes_done(tmp_path, "sleep 60")
+    job_ids: list[str] = []
+
+    def interrupt_once_running() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = launcher.find(request.job_name)
+            if found and found[0].state is JobState.RUNNING:
+                job_ids.append(found[0].job_id)
+                _thread.interrupt_main()
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=interrupt_once_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        runner(launcher).run([request])
+    assert job_ids
+    wait_for_state(launcher, job_ids[0], "CANCELLED")
+
+
+def test_slots_cap_jobs_in_the_queue(launcher, tmp_path):
+    class OneSlot:
+        holder: str | None = None
+        peak = 0
+
+        def acquire(self, key: str) -> bool:
+            if self.holder in (None, key):
+                self.holder = key
+                return True
+            return False
+
+        def release(self, key: str) -> None:
+            if self.holder == key:
+                self.holder = None
+
+    folders = [tmp_path / f"run{i}" for i in range(3)]
+    for folder in folders:
+        folder.mkdir()
+    requests = [writes_done(folder, "sleep 1") for folder in folders]
+    slots = OneSlot()
+    outcomes = runner(launcher, slots=slots).run(requests)
+    assert all(o.status == "completed" for o in outcomes.values())
+    spans = sorted((launcher.accounting(o.job_id).start_time, launcher.accounting(o.job_id).end_time)
+                   for o in outcomes.values())
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"jobs overlapped: {spans}"
+    assert slots.holder is None
+
+
+@pytest.mark.slurm
+def test_out_of_memory_is_retried_once_with_the_requests_arguments(slurm_cluster, tmp_path):
+    """A real OUT_OF_MEMORY from the cgroup limit. The workload is a stand-in (memory that
+    grows with its batch_size argument): the tiny model's memory does not depend on its batch."""
+    if slurm_cluster.config("TaskPlugin") != "task/cgroup":
+        pytest.skip("this cluster enforces no memory limit (no cgroup v1 memory controller)")
+    launcher = SlurmLauncher(retry_total_s=30.0)
+    body = ('batch=8; for arg in "$@"; do case $arg in batch_size=*) batch=${arg#*=};; esac; done\n'
+            'echo "batch $batch"; head -c $((batch * 100))M /dev/zero | tail > /dev/null')
+    request = writes_done(tmp_path, body, "--mem=500M")
+    request.oom_retry_args = lambda: ["batch_size=4", "gradient_accumulation_steps=2"]
+    messages: list[str] = []
+    outcome = runner(launcher, messages).run([request])[request.key]
+    assert outcome.status == "completed" and outcome.oom_retried
+    assert [a.state for a in outcome.attempts] == [JobState.OUT_OF_MEMORY, JobState.COMPLETED]
+    assert outcome.attempts[1].args == ("batch_size=4", "gradient_accumulation_steps=2")
+    assert any("ran out of memory: retrying once" in m for m in messages)
+
+
+def fail_node_when_running(launcher: Launcher, name: str, node: str) -> threading.Thread:
+    """Set the node DOWN (its running jobs end NODE_FAIL) once job `name` runs, then back."""
+    def fail() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = launcher.find(name)
+            if found and found[0].state is JobState.RUNNING:
+                break
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
+                        "reason=ck_dagster test"], check=True)
+        time.sleep(1)
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"])
+
+    thread = threading.Thread(target=fail, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("requeue", ["--no-requeue", "--requeue"])
+def test_node_failure_is_resubmitted_once(slurm_cluster, tmp_path, requeue):
+    """Not requeueable: we resubmit. Requeueable: SLURM requeues it and we must not."""
+    launcher = SlurmLauncher(retry_total_s=60.0)
+    request = writes_done(tmp_path, "sleep 20", requeue)
+    messages: list[str] = []
+    thread = fail_node_when_running(launcher, request.job_name, slurm_cluster.node)
+    try:
+        outcome = runner(launcher, messages).run([request])[request.key]
+    finally:
+        thread.join()
+        subprocess.run(["scontrol", "update", f"nodename={slurm_cluster.node}",
+                        "state=resume"], capture_output=True)
+    assert outcome.status == "completed", messages
+    jobs = names_in_queue(launcher, request.job_name)
+    if requeue == "--no-requeue":
+        assert [a.state for a in outcome.attempts] == [JobState.NODE_FAIL, JobState.COMPLETED]
+        assert len(jobs) == 2
+    else:
+        assert len(outcome.attempts) == 1 and jobs == [outcome.job_id]
