@@ -5,7 +5,6 @@ Shared by ``checkpoint`` and ``eval_log``: both submit one job per run through t
 """
 
 import os
-import re
 import socket
 import time
 from collections.abc import Callable
@@ -20,10 +19,10 @@ from dagster import (
 
 from ck_dagster.slurm.launcher import Launcher, choose_launcher
 from ck_dagster.slurm.runner import JobOutcome, JobRunner
+from ck_dagster.training.progress import is_trouble
 
 #: run tags that let a later run see whether the process behind a run is gone (SIGKILL).
 PID_TAG, HOST_TAG = "ck_dagster/pid", "ck_dagster/host"
-_PROGRESS = re.compile(r"(?i)\b(error|exception|traceback|killed|saved|epoch|loss|samples?)\b")
 
 
 class LauncherResource(ConfigurableResource):
@@ -49,40 +48,41 @@ class LauncherResource(ConfigurableResource):
             env["CK_LAUNCHER"] = self.kind
         return choose_launcher(env, log=log)
 
-    def runner(self, context: AssetExecutionContext, label: str) -> JobRunner:
-        """A job runner logging progress into the Dagster run and holding pool slots."""
+    def runner(self, context: AssetExecutionContext, label: str,
+               summarize: Callable[[str], str | None]) -> JobRunner:
+        """A job runner that holds pool slots and logs into the Dagster run: every job event,
+        and the job log lines ``summarize`` turns into progress."""
         mark_process(context.instance, context.run_id)
         slots = PoolSlots(context.instance, self.pool, context.run_id, label, self.pool_limit,
                           context.log.info)
         return JobRunner(self.launcher(context.log.info), slots=slots,
-                         on_event=ProgressLog(context.log.info),
+                         on_event=lambda key, message: context.log.info(
+                             f"{key}: {message}" if key else message),
+                         on_log=ProgressLog(context.log.info, summarize),
                          max_resubmits=self.max_resubmits, poll_initial=self.poll_initial,
                          poll_max=self.poll_max)
 
 
 class ProgressLog:
-    """Job progress for the Dagster run log: every state change and resubmission, and job
-    log lines that say something (errors, epochs, loss, samples), at most one per run every
-    ``every`` seconds unless they report an error."""
+    """Job log lines as progress in the Dagster run log: what ``summarize`` keeps, at most one
+    line per run every ``every`` seconds, except problems, which always pass."""
 
-    def __init__(self, log: Callable[[str], object], every: float = 10.0):
+    def __init__(self, log: Callable[[str], object], summarize: Callable[[str], str | None],
+                 every: float = 10.0):
         self.log = log
+        self.summarize = summarize
         self.every = every
         self._last: dict[str, float] = {}
 
-    def __call__(self, key: str, message: str) -> None:
-        is_line = not message.startswith(("job ", "submitted", "re-attached", "outputs ",
-                                          "failed", "interrupted", "scheduler"))
-        if is_line:
-            match = _PROGRESS.search(message)
-            if not match:
-                return
-            urgent = match.group(1).lower() in ("error", "exception", "traceback", "killed")
-            now = time.monotonic()
-            if not urgent and now - self._last.get(key, -self.every) < self.every:
-                return
-            self._last[key] = now
-        self.log(f"{key}: {message}" if key else message)
+    def __call__(self, key: str, line: str) -> None:
+        summary = self.summarize(line)
+        if summary is None:
+            return
+        now = time.monotonic()
+        if not is_trouble(summary) and now - self._last.get(key, -self.every) < self.every:
+            return
+        self._last[key] = now
+        self.log(f"{key}: {summary}")
 
 
 class PoolSlots:

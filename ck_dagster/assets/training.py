@@ -28,6 +28,7 @@ from ck_dagster.assets.resources import JobEnvironmentResource
 from ck_dagster.finetune.plan import RunPlan
 from ck_dagster.slurm.runner import JobOutcome
 from ck_dagster.training.jobs import describe, training_request
+from ck_dagster.training.progress import training_progress
 
 MAX_CURVE_ROWS = 200
 
@@ -57,8 +58,8 @@ def checkpoint(context: AssetExecutionContext, config: CheckpointConfig,
     metadata = {key: control_metadata(plan) for key, plan in plans.items() if plan.is_control}
     requests = {key: training_request(plan, retrain=config.retrain)
                 for key, plan in plans.items() if not plan.is_control}
-    outcomes = launcher.runner(context, "checkpoint").run(list(requests.values())) \
-        if requests else {}
+    runner = launcher.runner(context, "checkpoint", training_progress)
+    outcomes = runner.run(list(requests.values())) if requests else {}
     for key, outcome in outcomes.items():
         if outcome.ok:
             metadata[key] = checkpoint_metadata(plans[key], outcome, requests[key].notes)

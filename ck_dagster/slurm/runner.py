@@ -116,14 +116,17 @@ class JobRunner:
 
     def __init__(self, launcher: Launcher, *, slots: Slots | None = None,
                  on_event: Callable[[str, str], object] = lambda key, message: None,
+                 on_log: Callable[[str, str], object] = lambda key, line: None,
                  max_resubmits: int = 2, poll_initial: float = 2.0, poll_max: float = 60.0,
                  slot_wait: float = 5.0, requeue_checks: int = 3, requeue_wait: float = 2.0,
                  follower: JobFollower | None = None):
-        """``on_event(key, message)`` receives progress a person can follow: state changes,
-        log lines, resubmissions. ``slot_wait``: how often to look for a free slot."""
+        """``on_event(key, message)`` receives what happens to the jobs (submitted, state
+        changes, resubmissions, failures); ``on_log(key, line)`` each line a job writes to its
+        log. ``slot_wait``: how often to look for a free slot."""
         self.launcher = launcher
         self.slots = slots or UnlimitedSlots()
         self.on_event = on_event
+        self.on_log = on_log
         self.max_resubmits = max_resubmits
         self.slot_wait = slot_wait
         self.requeue_checks = requeue_checks
@@ -168,8 +171,15 @@ class JobRunner:
 
     # -- starting jobs --------------------------------------------------------------------
 
+    def _found(self, request: JobRequest) -> list[JobStatus]:
+        """Jobs of the request's name that log into its folder: the same name may be used by
+        another Dagster instance or a copy of the experiment elsewhere."""
+        folder = request.script.resolve().parent
+        return [s for s in self.launcher.find(request.job_name)
+                if s.log_path is None or folder in s.log_path.resolve().parents]
+
     def _note_adopted(self, request: JobRequest, outcome: JobOutcome) -> None:
-        done = [s for s in self.launcher.find(request.job_name) if s.state is JobState.COMPLETED]
+        done = [s for s in self._found(request) if s.state is JobState.COMPLETED]
         if done:
             outcome.attempts.append(Attempt(done[0].job_id, (), True, done[0].state))
             outcome.log_path = done[0].log_path
@@ -177,7 +187,7 @@ class JobRunner:
                       + (f" (from job {done[0].job_id})" if done else ""))
 
     def _reattach(self, request: JobRequest, outcome: JobOutcome) -> bool:
-        alive = [s for s in self.launcher.find(request.job_name) if not s.state.is_final]
+        alive = [s for s in self._found(request) if not s.state.is_final]
         if not alive:
             return False
         job = alive[0]
@@ -227,9 +237,7 @@ class JobRunner:
         outcome = outcomes[request.key]
         if event.kind == "log":
             for line in event.lines:
-                text = line.rsplit("\r", 1)[-1].strip()
-                if text:
-                    self.on_event(request.key, text)
+                self.on_log(request.key, line)
             return
         if event.kind == "lost":
             self._fail(request, outcome, f"job {event.job_id} vanished from the scheduler "

@@ -98,6 +98,8 @@ class JobScript:
         header = [
             f"--job-name={self.job_name}",
             f"--output={self.log_path}",
+            # a requeued job (preemption, node failure) appends instead of truncating its log
+            "--open-mode=append",
             f"--chdir={self.workdir}",
             "--nodes=1",
             "--ntasks=1",

@@ -1,0 +1,201 @@
+"""The checkpoint asset through real SLURM and real `tune run` on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+from ck_dagster.experiment.load import load_experiment
+from ck_dagster.slurm.client import SlurmLauncher
+from ck_dagster.slurm.states import JobState
+from ck_dagster.training.jobs import halved_batch_args
+from ck_dagster_tests.fixtures.dagster import BIN, run_command
+from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+#: one run that trains long enough (~30 s) to be caught while running
+LONG_RUN = """
+  - {name: long, type: fine-tuned, model: tiny-llama, parameters: {lora_rank: 8, epochs: 4, max_steps_per_epoch: 40}}
+"""
+
+
+@pytest.fixture
+def experiment(request, dagster_home, tmp_path, tiny_model_dir, capitalization_data,
+               slurm_cluster):
+    """Write (runs=...), register and materialize run_config for a tiny experiment."""
+    def make(runs: str | None = None, controls: str = ""):
+        kwargs = {"runs": runs} if runs else {}
+        file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data,
+                                     name=f"tiny_{uuid.uuid4().hex[:6]}", controls=controls,
+                                     **kwargs)
+        run_command(["ck-dagster", "register", file])
+        experiment = load_experiment(file)
+        materialize("run_config", keys(experiment))
+        return experiment
+    return make
+
+
+def keys(experiment) -> list[str]:
+    return [experiment.partition_key(run) for run in experiment.runs]
+
+
+def materialize(selection: str, partitions: list[str], check: bool = True,
+                config: dict | None = None) -> subprocess.CompletedProcess[str]:
+    args = ["dagster", "asset", "materialize", "-m", "ck_dagster", "--select", selection,
+            "--partition-range", f"{partitions[0]}...{partitions[-1]}"]
+    if config:
+        args += ["--config-json", json.dumps(config)]
+    return run_command(args, check=check, timeout=600, env={"CK_LAUNCHER": "slurm"})
+
+
+def start_materialize(partition: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "ck_dagster", "--select",
+         "checkpoint", "--partition", partition], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env={**os.environ, "CK_LAUNCHER": "slurm"})
+
+
+def latest(partition: str) -> dict:
+    with DagsterInstance.get() as instance:
+        records = instance.fetch_materializations(AssetRecordsFilter(
+            asset_key=AssetKey("checkpoint"), asset_partitions=[partition]), limit=1).records
+        if not records:
+            return {}
+        return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def jobs_named(experiment, run: str) -> list:
+    return SlurmLauncher().find(f"ck:{experiment.name}/{run}:train")
+
+
+def wait_running(experiment, run: str, limit: float = 120) -> str:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        found = jobs_named(experiment, run)
+        if found and found[0].state is JobState.RUNNING:
+            return found[0].job_id
+        time.sleep(0.5)
+    raise AssertionError(f"no running job for {run}: {jobs_named(experiment, run)}")
+
+
+def test_trains_every_run_through_slurm_then_adopts(experiment) -> None:
+    exp = experiment()
+    materialize("checkpoint", keys(exp))
+    for run in ("lora8", "lora16"):
+        artifacts = exp.run_dir(run) / "artifacts"
+        for epoch in (0, 1):
+            assert list((artifacts / f"epoch_{epoch}").glob("*.safetensors")), (run, epoch)
+        metadata = latest(exp.partition_key(run))
+        [job] = jobs_named(exp, run)
+        assert metadata["job_id"] == job.job_id and metadata["state"] == "COMPLETED"
+        assert metadata["epochs_saved"] == 2 and metadata["final_loss"] > 0
+        assert len(metadata["loss_curve"].records) >= 2
+        assert Path(metadata["job_log"]).name == f"slurm-{job.job_id}.out"
+    control = latest(exp.partition_key("base"))
+    assert control["run_type"] == "control" and "tiny-llama" in str(control["checkpoint"])
+
+    # materializing again adopts the checkpoints: no new job
+    materialize("checkpoint", keys(exp))
+    assert latest(exp.partition_key("lora8"))["status"] == "adopted"
+    assert len(jobs_named(exp, "lora8")) == 1
+
+    # retraining keeps the old checkpoints aside
+    materialize("checkpoint", [exp.partition_key("lora8")],
+                config={"ops": {"checkpoint": {"config": {"retrain": True}}}})
+    assert len(jobs_named(exp, "lora8")) == 2
+    kept = list(exp.run_dir("lora8").glob("artifacts.previous-*"))
+    assert len(kept) == 1 and (kept[0] / "epoch_1").is_dir()
+    assert "kept in" in latest(exp.partition_key("lora8"))["notes"]
+
+
+def test_terminating_the_run_cancels_the_job(experiment) -> None:
+    exp = experiment(LONG_RUN)
+    process = start_materialize(exp.partition_key("long"))
+    job_id = wait_running(exp, "long")
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    deadline = time.monotonic() + 30
+    while jobs_named(exp, "long")[0].state is not JobState.CANCELLED:
+        assert time.monotonic() < deadline, jobs_named(exp, "long")
+        time.sleep(0.5)
+    assert f"cancelled job(s) {job_id}" in output
+
+
+def test_reattaches_after_the_process_was_killed(experiment) -> None:
+    exp = experiment(LONG_RUN)
+    process = start_materialize(exp.partition_key("long"))
+    job_id = wait_running(exp, "long")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    materialize("checkpoint", [exp.partition_key("long")])
+    [job] = jobs_named(exp, "long")
+    assert job.job_id == job_id and job.state is JobState.COMPLETED
+    metadata = latest(exp.partition_key("long"))
+    assert metadata["job_id"] == job_id and metadata["attempts"][0]["reattached"]
+
+
+def test_requeued_job_is_followed_to_its_end(experiment) -> None:
+    exp = experiment(LONG_RUN)
+    process = start_materialize(exp.partition_key("long"))
+    job_id = wait_running(exp, "long")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "REQUEUED" in output or "PENDING" in output
+    assert latest(exp.partition_key("long"))["job_id"] == job_id
+    assert len(jobs_named(exp, "long")) == 1
+
+
+def test_a_failing_job_reports_its_log_tail_and_others_still_count(experiment) -> None:
+    runs = """
+  - {name: good, type: fine-tuned, model: tiny-llama}
+  - {name: bad, type: fine-tuned, model: tiny-llama, parameters: {dataset.input_key: question}}
+"""
+    exp = experiment(runs)
+    result = materialize("checkpoint", keys(exp), check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "1 of 2 training jobs failed" in output
+    assert f"{exp.name}/bad: job" in output and "ended FAILED" in output
+    assert "KeyError" in output and "last lines of the log" in output
+    assert latest(exp.partition_key("good"))["state"] == "COMPLETED"
+    assert latest(exp.partition_key("bad")) == {}
+
+
+def test_a_refused_submission_is_a_clear_error(experiment) -> None:
+    runs = """
+  - {name: nowhere, type: fine-tuned, model: tiny-llama, compute: {partition: nosuchpart}}
+"""
+    exp = experiment(runs)
+    result = materialize("checkpoint", keys(exp), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "not submitted" in output
+    assert "invalid partition" in output.lower()
+
+
+def test_the_pool_caps_jobs_in_the_queue(experiment) -> None:
+    exp = experiment()
+    config = {"resources": {"launcher": {"config": {"pool": f"test_{exp.name}",
+                                                    "pool_limit": 1}}}}
+    materialize("checkpoint", keys(exp), config=config)
+    launcher = SlurmLauncher()
+    spans = sorted((launcher.accounting(jobs_named(exp, run)[0].job_id).start_time,
+                    launcher.accounting(jobs_named(exp, run)[0].job_id).end_time)
+                   for run in ("lora8", "lora16"))
+    assert spans[1][0] >= spans[0][1], f"both jobs ran at once: {spans}"
+
+
+def test_oom_retry_halves_the_batch_and_keeps_the_effective_batch() -> None:
+    assert halved_batch_args({"batch_size": 8, "gradient_accumulation_steps": 2}) == \
+        ["batch_size=4", "gradient_accumulation_steps=4"]
+    assert halved_batch_args({"batch_size": 1}) is None
