@@ -31,8 +31,8 @@ import yaml
 
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.experiment.schema import Experiment
-from ck_dagster_tests.fixtures.dagster import (BIN, EXAMPLES, REPO, run_command,
-                                               write_instance_yaml)
+from ck_dagster.assets.instance import ensure_dagster_home
+from ck_dagster_tests.fixtures.dagster import BIN, EXAMPLES, REPO, run_command
 
 if TYPE_CHECKING:
     from ck_dagster_tests.ui.browser import Browser
@@ -45,8 +45,6 @@ ARTIFACTS = REPO / "test-artifacts" / "ui"
 EXAMPLE = "cap_rank_sweep.yaml"
 RUN = "rank16_lr3e-4"  # sets a parameter of its own (lr) besides the LoRA rank
 SERVE_TIMEOUT = 90  # s; its code server imports torch, slowly on a busy 2-core machine
-# The "Join the Dagster community" dialog covers every page on loopback unless switched off.
-NO_COMMUNITY_DIALOG = "nux:\n  enabled: false\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -126,10 +124,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     materialized by the real CLIs, shown by dagster-webserver. The server starts first so that
     its start-up overlaps the CLIs' work (the UI reads the instance live)."""
     root = tmp_path_factory.mktemp("ui")
-    home = root / "dagster_home"
-    write_instance_yaml(home)
-    with (home / "dagster.yaml").open("a") as instance_yaml:
-        instance_yaml.write(NO_COMMUNITY_DIALOG)
+    # ck_dagster's instance settings switch off the community dialog that would cover pages
+    home = ensure_dagster_home(root / "dagster_home")
     file = Path(shutil.copytree(EXAMPLES, root / "examples")) / EXAMPLE  # runs go beside it
     env = {"DAGSTER_HOME": str(home)}
     server = WebServer(home, root / "webserver.log")
