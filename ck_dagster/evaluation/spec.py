@@ -1,0 +1,353 @@
+"""EvalSpec: everything one run's evaluation job needs, as JSON the job reads back.
+
+``eval_spec_for(plan)`` builds it from the run's plan and the experiment's ``evaluation:``
+section; the asset writes it to ``<run_dir>/eval/eval_spec.json`` and the job
+(``python -m ck_dagster.evaluation.job``) evaluates exactly what it says. Logs go to
+``<run_dir>/eval/<task>/<label>/logs/*.eval`` with label ``epoch_<N>`` or ``base``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ck_dagster.errors import CkError
+from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Problem
+from ck_dagster.experiment.schema import EvalTask, Evaluation, MatrixEntry, Scorer
+from ck_dagster.fileio import atomic_write_text
+from ck_dagster.finetune import parameters
+from ck_dagster.finetune.dataset import INPUT_PLACEHOLDER
+from ck_dagster.finetune.models import ModelSpec
+from ck_dagster.finetune.plan import RunPlan, file_digest
+
+#: the folder of a run that holds everything evaluation writes.
+EVAL_DIR = "eval"
+SPEC_FILE = "eval_spec.json"
+RESULTS_FILE = "results.json"
+#: the label of a control run's only target, its base model.
+BASE_LABEL = "base"
+#: the data split the built-in task scores.
+TEST_SPLIT = "test"
+#: the built-in task's scorers when ``evaluation.scorers`` is not set: v1's case-sensitive pair.
+DEFAULT_SCORERS: tuple[Scorer, ...] = (
+    Scorer(name="match", params={"location": "exact", "ignore_case": False}),
+    Scorer(name="includes", params={"ignore_case": False}),
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TorchtuneModel(_Frozen):
+    """How to load a target with torchtune: full-model builder, tokenizer, checkpointer, device.
+
+    Epoch folders hold merged full weights (the configs save them with
+    ``save_adapter_weights_only: false``), so the full-model builder loads every target.
+    """
+
+    #: torchtune full-model builder, e.g. ``torchtune.models.llama3_2.llama3_2_1b``.
+    builder: str
+    #: the tokenizer node of the run's config: ``_component_`` and its arguments.
+    tokenizer: dict[str, Any]
+    #: ``checkpointer.model_type`` (how HF weight names map to torchtune's).
+    model_type: str
+    #: weight files for a folder without a ``model.safetensors.index.json`` (a base model).
+    checkpoint_files: list[str] | dict[str, str]
+    device: str = "cpu"
+    #: torchtune's dtype names: ``fp32``, ``bf16``, ``fp16``.
+    dtype: str = "fp32"
+
+    @classmethod
+    def of(cls, model: ModelSpec, model_dir: Path, *, device: str = "cpu",
+           dtype: str = "fp32") -> TorchtuneModel:
+        """The registry's settings for ``model``, with its tokenizer files in ``model_dir``."""
+        tokenizer: dict[str, Any] = {"_component_": model.tokenizer, **{
+            arg: str(model_dir / rel) for arg, rel in model.tokenizer_files.items()}}
+        max_seq_len = model.config_overrides.get("tokenizer.max_seq_len")
+        if max_seq_len is not None:
+            tokenizer["max_seq_len"] = max_seq_len
+        return cls(builder=model.builder, tokenizer=tokenizer, model_type=model.model_type,
+                   checkpoint_files=model.checkpoint_files, device=device, dtype=dtype)
+
+
+class EvalTarget(_Frozen):
+    """One model folder to evaluate (a saved epoch, or the base model) and the tasks it gets."""
+
+    label: str
+    path: str
+    tasks: tuple[str, ...]
+
+
+class TaskSpec(_Frozen):
+    """One task: a user inspect task script (``script`` + ``args``) or the built-in task."""
+
+    name: str
+    #: absolute path of the user's task script; None means the built-in input/output task.
+    script: str | None = None
+    #: the script's content hash, so editing the script makes the evaluation out of date.
+    script_sha256: str | None = None
+    args: dict[str, Any] = {}
+    prompt: str
+    system_prompt: str
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.script is None
+
+
+class EvalData(_Frozen):
+    """The data file the run trained on; the built-in task scores its test split."""
+
+    path: str
+    sha256: str
+    input_key: str = "input"
+    output_key: str = "output"
+    split: str = TEST_SPLIT
+    #: rows in ``split`` (what every built-in evaluation must score).
+    rows: int
+
+
+class EvalSettings(_Frozen):
+    """Generation and scoring settings from ``evaluation:``; None leaves inspect's default."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    #: sample (seeded by ``seed``) instead of greedy decoding; greedy also when temperature is 0.
+    do_sample: bool = False
+    max_connections: int | None = None
+    #: the built-in task's scorers.
+    scorers: tuple[Scorer, ...] = DEFAULT_SCORERS
+
+    def generate_args(self) -> dict[str, Any]:
+        """The settings inspect's ``eval()`` takes as generate config (unset ones left out)."""
+        values = {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                  "seed": self.seed, "max_connections": self.max_connections}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+class EvalSpec(_Frozen):
+    """Everything one run's evaluation job needs; ``version`` hashes all of it."""
+
+    partition_key: str
+    run_dir: str
+    model: TorchtuneModel
+    targets: tuple[EvalTarget, ...]
+    tasks: tuple[TaskSpec, ...]
+    data: EvalData
+    settings: EvalSettings
+
+    @cached_property
+    def version(self) -> str:
+        """A short hash that changes exactly when the evaluation would: settings, tasks (and
+        their scripts' content), prompts, test data content, model loading and targets."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    @property
+    def eval_dir(self) -> Path:
+        """``<run_dir>/eval``: spec, results, job log and every task's logs."""
+        return Path(self.run_dir) / EVAL_DIR
+
+    @property
+    def spec_path(self) -> Path:
+        return self.eval_dir / SPEC_FILE
+
+    def log_dir(self, task: str, label: str) -> Path:
+        """Where inspect writes the ``.eval`` log of one task on one target."""
+        return self.eval_dir / task / label / "logs"
+
+    def expected_logs(self) -> list[tuple[str, str]]:
+        """Every (task, label) pair the job evaluates, in the order it runs them."""
+        return [(task, target.label) for target in self.targets for task in target.tasks]
+
+    def task(self, name: str) -> TaskSpec:
+        """The task called ``name`` (KeyError if the spec has none)."""
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise KeyError(name)
+
+    def write(self) -> bool:
+        """Write ``eval_spec.json`` atomically; False when it already held exactly this."""
+        document = {"version": self.version, **self.model_dump(mode="json")}
+        return atomic_write_text(self.spec_path, json.dumps(document, indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> EvalSpec:
+        """Read an ``eval_spec.json``; its version is recomputed from the content."""
+        try:
+            document = json.loads(Path(path).read_text())
+            document.pop("version", None)
+            return cls.model_validate(document)
+        except (OSError, ValueError, ValidationError) as exc:
+            raise CkError(f"{path}: not a readable eval spec ({exc}); materialize eval_log "
+                          "again to rewrite it") from None
+
+
+def eval_spec_for(plan: RunPlan) -> EvalSpec:
+    """The evaluation of one run: its targets, tasks, prompts, data and settings.
+
+    Raises :class:`ExperimentFileError` (with line and fix) when the experiment cannot be
+    evaluated as written: no ``evaluation:`` section, a prompt without ``{input}``, adapter-only
+    checkpoints, or a built-in task over data without a test split.
+    """
+    evaluation = plan.experiment.spec.evaluation
+    if evaluation is None:
+        raise _problem(plan, ("evaluation",), "the experiment has no `evaluation:` section",
+                       "add one with at least `tasks: [{name: ...}]`")
+    _check_full_weights(plan)
+    targets = _targets(plan, evaluation)
+    used = {name for target in targets for name in target.tasks}
+    run_prompts = _run_prompts(plan)
+    tasks = tuple(_task_spec(plan, index, task, run_prompts)
+                  for index, task in enumerate(evaluation.tasks) if task.name in used)
+    data = _test_data(plan, needed=any(t.is_builtin for t in tasks))
+    return EvalSpec(partition_key=plan.partition_key, run_dir=str(plan.run_dir),
+                    model=_torchtune_model(plan), targets=tuple(targets), tasks=tasks,
+                    data=data, settings=_settings(evaluation))
+
+
+def _problem(plan: RunPlan, field: FieldPath, message: str, fix: str) -> ExperimentFileError:
+    experiment = plan.experiment
+    return ExperimentFileError(experiment.file, [Problem(
+        field, f"run `{plan.run.name}`: {message}", fix, experiment.line_of(field))])
+
+
+def _check_full_weights(plan: RunPlan) -> None:
+    """Adapter-only epoch folders hold no model to load: refuse them before any job runs."""
+    if plan.config is None or not plan.config.get("save_adapter_weights_only"):
+        return
+    source = plan.config.sources.get("save_adapter_weights_only")
+    raise _problem(plan, source.field if source and source.field else ("runs", plan.index),
+                   "save_adapter_weights_only is true, so its epoch folders hold no full model "
+                   "to evaluate", "set save_adapter_weights_only: false")
+
+
+def _targets(plan: RunPlan, evaluation: Evaluation) -> list[EvalTarget]:
+    """Per target (epoch or base), the tasks the matrix selects; default: every task and epoch.
+
+    Several matrix entries for one run add up (entry 1: task a on epoch 0, entry 2: task b on
+    epoch 1 evaluates exactly those two pairs).
+    """
+    all_tasks = [task.name for task in evaluation.tasks]
+    entries = [e for e in evaluation.matrix or [] if e.run == plan.run.name] or \
+        [MatrixEntry(run=plan.run.name)]
+    selected: dict[int | None, set[str]] = {}
+    for entry in entries:
+        epochs: list[int | None] = [None] if plan.is_control else \
+            list(entry.epochs or range(plan.epochs))
+        for epoch in epochs:
+            selected.setdefault(epoch, set()).update(entry.tasks or all_tasks)
+    targets = []
+    for epoch in sorted(selected, key=lambda e: -1 if e is None else e):
+        label, path = (BASE_LABEL, plan.model_path) if epoch is None else \
+            (f"epoch_{epoch}", plan.artifacts_dir / f"epoch_{epoch}")
+        targets.append(EvalTarget(label=label, path=str(path),
+                                  tasks=tuple(t for t in all_tasks if t in selected[epoch])))
+    return targets
+
+
+def _task_spec(plan: RunPlan, index: int, task: EvalTask,
+               run_prompts: tuple[str, str]) -> TaskSpec:
+    """One task, prompted as the task says or else as the run trained."""
+    script = plan.experiment.resolve(task.script) if task.script else None
+    prompt = task.prompt if task.prompt is not None else run_prompts[0]
+    system_prompt = task.system_prompt if task.system_prompt is not None else run_prompts[1]
+    if script is None and INPUT_PLACEHOLDER not in prompt:
+        field = ("evaluation", "tasks", index, "prompt") if task.prompt is not None else \
+            ("runs", plan.index)
+        raise _problem(plan, field, f"prompt {prompt!r} of task `{task.name}` has no "
+                       f"{INPUT_PLACEHOLDER}", f"put {INPUT_PLACEHOLDER} where each row's input "
+                       "goes")
+    return TaskSpec(name=task.name, script=str(script) if script else None,
+                    script_sha256=file_digest(script) if script else None, args=task.args,
+                    prompt=prompt, system_prompt=system_prompt)
+
+
+def _run_prompts(plan: RunPlan) -> tuple[str, str]:
+    """The run's prompt and system prompt: its config's for fine-tuned runs; for control runs
+    the same precedence training would use (run parameter > controls > default)."""
+    if plan.config is not None:
+        return (plan.config.get("dataset.prompt", INPUT_PLACEHOLDER),
+                plan.config.get("dataset.system_prompt", ""))
+    return (_control_run_value(plan, "dataset.prompt", INPUT_PLACEHOLDER),
+            _control_run_value(plan, "dataset.system_prompt", ""))
+
+
+def _control_run_value(plan: RunPlan, path: str, default: str) -> str:
+    """A control run's value for config ``path``, given by friendly name or dotted path."""
+    for layer in (plan.run.parameters, plan.experiment.spec.controls):
+        for name, value in layer.items():
+            if parameters.config_path(name) == path:
+                return str(value)
+    return default
+
+
+def _torchtune_model(plan: RunPlan) -> TorchtuneModel:
+    """How the job loads targets: as the run's config tokenizes, on the device it asks for."""
+    device = "cuda" if eval_gpus(plan) else "cpu"
+    if plan.config is None:
+        return TorchtuneModel.of(plan.model, plan.model_path, device=device,
+                                 dtype="bf16" if device == "cuda" else "fp32")
+    return TorchtuneModel(
+        builder=plan.model.builder, tokenizer=dict(plan.config.get("tokenizer")),
+        model_type=plan.config.get("checkpointer.model_type", plan.model.model_type),
+        checkpoint_files=plan.model.checkpoint_files, device=device,
+        dtype=plan.config.get("dtype", "bf16" if device == "cuda" else "fp32"))
+
+
+def eval_gpus(plan: RunPlan) -> int:
+    """GPUs an evaluation job asks for: what the model's size needs, never more than the run
+    allows (``compute.gpus: 0`` keeps it on CPU; a 2-GPU training run evaluates on one)."""
+    return min(plan.resources.gpus, plan.model.resources.gpus)
+
+
+def _test_data(plan: RunPlan, *, needed: bool) -> EvalData:
+    """The run's data file (its config's, for fine-tuned runs) and its test split's size."""
+    data = plan.experiment.spec.data.training
+    path = plan.experiment.resolve(data.path)
+    input_key, output_key = data.input_key, data.output_key
+    if plan.config is not None:
+        path = Path(plan.config.get("dataset.data_files", path))
+        input_key = plan.config.get("dataset.input_key", input_key)
+        output_key = plan.config.get("dataset.output_key", output_key)
+    if not path.is_file():
+        raise _problem(plan, ("data", "training", "path"), f"data file {path} not found",
+                       "point it at the JSON file with train/validation/test splits")
+    stat = path.stat()
+    rows = _split_rows(path, stat.st_size, stat.st_mtime_ns, TEST_SPLIT)
+    if needed and not rows:
+        raise _problem(plan, ("data", "training", "path"),
+                       f"{path} has no rows in a `{TEST_SPLIT}` list, which the built-in "
+                       "evaluation task scores", f"add a `{TEST_SPLIT}` list of rows, or give "
+                       "the task a `script`")
+    return EvalData(path=str(path), sha256=file_digest(path), input_key=input_key,
+                    output_key=output_key, rows=rows)
+
+
+@lru_cache(maxsize=64)
+def _split_rows(path: Path, size: int, mtime_ns: int, split: str) -> int:
+    """Rows in one split of a train/validation/test JSON (cached while the file is unchanged)."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8")).get(split)
+    except (ValueError, AttributeError) as exc:
+        raise CkError(f"{path}: not a JSON object of train/validation/test lists ({exc})") \
+            from None
+    return len(rows) if isinstance(rows, list) else 0
+
+
+def _settings(evaluation: Evaluation) -> EvalSettings:
+    """``evaluation:``'s settings; sampling only when asked for (or implied by temperature > 0)."""
+    do_sample = evaluation.do_sample if evaluation.do_sample is not None else \
+        bool(evaluation.temperature)
+    scorers = tuple(s if isinstance(s, Scorer) else Scorer(name=s)
+                    for s in evaluation.scorers or ()) or DEFAULT_SCORERS
+    return EvalSettings(temperature=evaluation.temperature, max_tokens=evaluation.max_tokens,
+                        seed=evaluation.seed, do_sample=do_sample,
+                        max_connections=evaluation.max_connections, scorers=scorers)
