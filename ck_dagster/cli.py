@@ -59,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
 
     recipes = verbs.add_parser("recipes", help="list torchtune's recipes and configs (tune ls)")
     recipes.set_defaults(func=_recipes)
+
+    tiny = verbs.add_parser(
+        "make-tiny-model", help="write the tiny-llama model (and a capitalization dataset)",
+        description="Write a small Llama-style model that the model registry knows as "
+                    "`tiny-llama` (HF format, tokenizer built locally, pre-trained on CPU to echo "
+                    "words) into DIR, for models.base[].path. Nothing is downloaded.")
+    tiny.add_argument("directory", type=Path, metavar="DIR")
+    tiny.add_argument("--data", type=Path, default=None, metavar="FILE",
+                      help="also write a capitalization dataset (train/validation/test JSON)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_make_tiny_model)
     return parser
 
 
@@ -107,6 +118,22 @@ def _recipes(args: argparse.Namespace) -> int:
     from ck_dagster.finetune.catalog import recipe_catalog
 
     print(recipe_catalog().listing())
+    return 0
+
+
+def _make_tiny_model(args: argparse.Namespace) -> int:
+    from ck_dagster.tiny.data import make_capitalization_dataset
+    from ck_dagster.tiny.make import make_tiny_model
+
+    if args.directory.exists() and any(args.directory.iterdir()):
+        raise CkError(f"{args.directory} exists and is not empty: choose a new folder, so that "
+                      "no model is overwritten")
+    if args.data and args.data.exists():
+        raise CkError(f"{args.data} exists: choose another file, so that no data is overwritten")
+    print(f"tiny-llama written to {make_tiny_model(args.directory, seed=args.seed)}")
+    if args.data:
+        print(f"capitalization data written to "
+              f"{make_capitalization_dataset(args.data, seed=args.seed)}")
     return 0
 
 
