@@ -77,7 +77,6 @@ def test_job_scores_every_epoch_and_the_base_model_as_inspect_logs(
     assert not is_current(Path(spec.run_dir), spec)
 
 
-@pytest.mark.slow
 def test_user_task_script_with_args_on_the_base_model(
         experiment: Callable[..., Path], tmp_path: Path) -> None:
     script = tmp_path / "first_letters.py"
@@ -115,6 +114,12 @@ evaluation:
     assert log.eval.task_args["count"] == 7
     assert any(line.startswith("eval tiny_eval/base base letters: 7/7 samples,")
                for line in lines)
+
+    again = run_evaluation(spec, echo=lambda line: None)  # the earlier log is set aside
+    assert [p.name for p in spec.log_dir("letters", "base").glob("*.eval")] == \
+        [Path(str(again.evaluations[0].log)).name]
+    (kept,) = (Path(spec.run_dir) / "eval.previous").rglob("*.eval")
+    assert kept.name == Path(str(outcome.log)).name
 
 
 def test_failures_are_recorded_and_fail_the_job(
