@@ -12,15 +12,25 @@ from ck_dagster.assets.configs import (
     run_config,
     run_spec,
 )
+from ck_dagster.assets.evaluation import (
+    eval_log,
+    eval_spec,
+    every_sample_scored,
+    experiment_report,
+    reevaluate_job,
+    reevaluate_runs,
+)
 from ck_dagster.assets.jobs import LauncherResource
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.assets.sensors import experiments_sensor
 from ck_dagster.assets.training import checkpoint
 
 defs = Definitions(
-    assets=[run_spec, recipe_config, run_config, checkpoint],
-    asset_checks=[config_validates, no_unknown_keys],
-    jobs=[check_run_configs_job],
+    assets=[run_spec, recipe_config, run_config, checkpoint, eval_spec, eval_log,
+            experiment_report],
+    asset_checks=[config_validates, no_unknown_keys, every_sample_scored],
+    jobs=[check_run_configs_job, reevaluate_job],
+    schedules=[reevaluate_runs],
     sensors=[experiments_sensor],
     resources={
         "job_environment": JobEnvironmentResource(),

@@ -25,11 +25,14 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ck_dagster.assets.partitions import runs_partitions, split_key
 from ck_dagster.errors import CkError
+from ck_dagster.evaluation.spec import EvalSpec, eval_spec_for
 from ck_dagster.experiment.load import load_experiment
+from ck_dagster.experiment.problems import ExperimentFileError, Problem
 from ck_dagster.finetune.plan import ExperimentPlan, RunPlan, plan_experiment
 from ck_dagster.slurm.script import JobEnvironment
 
 RUN_SPEC = AssetKey("run_spec")
+EVAL_SPEC = AssetKey("eval_spec")
 
 
 @dataclass(frozen=True)
@@ -49,16 +52,24 @@ class Registration:
     """What registering one experiment file adds, changes and leaves alone."""
 
     plan: ExperimentPlan
+    #: each run's evaluation (empty when the experiment has no `evaluation:` section).
+    eval_specs: dict[str, EvalSpec] = field(default_factory=dict)
     new: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    #: registered runs whose evaluation (settings, tasks, task code, prompts) changed.
+    eval_changed: list[str] = field(default_factory=list)
 
     @property
     def observations(self) -> list[AssetObservation]:
-        """A ``run_spec`` observation for every new or changed run."""
-        return [run_spec_observation(self.plan.runs[split_key(key)[1]])
+        """A ``run_spec`` observation for every new or changed run, an ``eval_spec`` one for
+        every new run and every run whose evaluation changed."""
+        runs = [run_spec_observation(self.plan.runs[split_key(key)[1]])
                 for key in self.new + self.changed]
+        evals = [eval_spec_observation(self.eval_specs[key])
+                 for key in self.new + self.eval_changed if key in self.eval_specs]
+        return runs + evals
 
     def summary(self) -> str:
         """A few lines saying what happened, for the terminal and sensor logs."""
@@ -68,6 +79,9 @@ class Registration:
                  f"{len(self.unchanged)} unchanged"]
         if self.changed:
             lines.append("  changed (their configs are now stale): " + ", ".join(self.changed))
+        if self.eval_changed:
+            lines.append("  evaluation changed (their eval logs are now stale): "
+                         + ", ".join(self.eval_changed))
         if self.removed:
             lines.append("  no longer in the file (kept, nothing deleted): "
                          + ", ".join(self.removed))
@@ -92,6 +106,38 @@ def run_spec_observation(plan: RunPlan) -> AssetObservation:
     )
 
 
+def eval_spec_observation(spec: EvalSpec) -> AssetObservation:
+    """The observation that records a run's evaluation version."""
+    return AssetObservation(
+        asset_key=EVAL_SPEC,
+        partition=spec.partition_key,
+        tags={DATA_VERSION_TAG: spec.version},
+        metadata={
+            "tasks": ", ".join(task.name for task in spec.tasks),
+            "targets": ", ".join(target.label for target in spec.targets),
+            "settings": MetadataValue.json(spec.settings.model_dump(mode="json")),
+            "spec_version": spec.version,
+        },
+    )
+
+
+def eval_specs_for(plan: ExperimentPlan) -> dict[str, EvalSpec]:
+    """Every run's evaluation; all problems at once (ExperimentFileError) when any is refused.
+    Empty when the experiment has no ``evaluation:`` section."""
+    if plan.experiment.spec.evaluation is None:
+        return {}
+    specs: dict[str, EvalSpec] = {}
+    problems: list[Problem] = []
+    for run_plan in plan.runs.values():
+        try:
+            specs[run_plan.partition_key] = eval_spec_for(run_plan)
+        except ExperimentFileError as exc:
+            problems += [p for p in exc.problems if p not in problems]
+    if problems:
+        raise ExperimentFileError(plan.experiment.file, problems)
+    return specs
+
+
 def prepare_registration(instance: DagsterInstance, path: str | Path,
                          environment: JobEnvironment | None = None) -> Registration:
     """Validate an experiment file and work out what registering it changes.
@@ -101,24 +147,29 @@ def prepare_registration(instance: DagsterInstance, path: str | Path,
     """
     experiment = load_experiment(path)
     plan = plan_experiment(experiment, environment)
+    eval_specs = eval_specs_for(plan)
     known = [k for k in registered_keys(instance) if split_key(k)[0] == experiment.name]
     registered = registered_runs(instance, known)
+    eval_versions = registered_versions(instance, EVAL_SPEC, known)
     for run in registered.values():
         if run.experiment_file != experiment.file:
             raise CkError(
                 f"{experiment.file}: experiment `{experiment.name}` is already registered from "
                 f"{run.experiment_file}; its runs are not overwritten. Give this experiment "
                 "another `experiment.name`, or register the file it came from")
-    registration = Registration(plan)
+    registration = Registration(plan, eval_specs)
     for run_plan in plan.runs.values():
         key = run_plan.partition_key
         previous = registered.get(key)
         if key not in known:
             registration.new.append(key)
-        elif previous is None or previous.spec_version != run_plan.spec_version:
+            continue
+        if previous is None or previous.spec_version != run_plan.spec_version:
             registration.changed.append(key)
         else:
             registration.unchanged.append(key)
+        if key in eval_specs and eval_versions.get(key) != eval_specs[key].version:
+            registration.eval_changed.append(key)
     file_keys = {p.partition_key for p in plan.runs.values()}
     registration.removed = [key for key in known if key not in file_keys]
     return registration
@@ -140,23 +191,36 @@ def registered_keys(instance: DagsterInstance) -> list[str]:
 def registered_runs(instance: DagsterInstance,
                     partition_keys: Iterable[str]) -> dict[str, RegisteredRun]:
     """The latest registration of each key (keys never registered are left out)."""
+    found = {}
+    for key, observation in latest_observations(instance, RUN_SPEC, partition_keys).items():
+        meta = observation.metadata
+        found[key] = RegisteredRun(
+            key, Path(str(meta["experiment_file"].value)), observation.tags[DATA_VERSION_TAG],
+            Path(str(meta["run_dir"].value)), str(meta["recipe"].value) or None)
+    return found
+
+
+def registered_versions(instance: DagsterInstance, asset_key: AssetKey,
+                        partition_keys: Iterable[str]) -> dict[str, str]:
+    """The data version last observed for each key of a spec asset."""
+    return {key: observation.tags[DATA_VERSION_TAG] for key, observation in
+            latest_observations(instance, asset_key, partition_keys).items()}
+
+
+def latest_observations(instance: DagsterInstance, asset_key: AssetKey,
+                        partition_keys: Iterable[str]) -> dict[str, AssetObservation]:
+    """The newest observation of each partition of ``asset_key`` (missing ones left out)."""
     wanted = set(partition_keys)
-    found: dict[str, RegisteredRun] = {}
+    found: dict[str, AssetObservation] = {}
     cursor = None
     while wanted - found.keys():
         result = instance.fetch_observations(
-            AssetRecordsFilter(asset_key=RUN_SPEC, asset_partitions=sorted(wanted - found.keys())),
+            AssetRecordsFilter(asset_key=asset_key, asset_partitions=sorted(wanted - found.keys())),
             limit=500, cursor=cursor)
         for record in result.records:
-            key = record.partition_key
-            if key in found or key is None:
-                continue
-            observation = record.asset_observation
-            assert observation is not None
-            meta = observation.metadata
-            found[key] = RegisteredRun(
-                key, Path(str(meta["experiment_file"].value)), observation.tags[DATA_VERSION_TAG],
-                Path(str(meta["run_dir"].value)), str(meta["recipe"].value) or None)
+            if record.partition_key is not None and record.partition_key not in found:
+                assert record.asset_observation is not None
+                found[record.partition_key] = record.asset_observation
         if not result.has_more:
             break
         cursor = result.cursor

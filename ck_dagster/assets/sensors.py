@@ -1,6 +1,7 @@
 """The experiments sensor: experiment files dropped into (or edited in) a folder get registered."""
 
 import json
+from pathlib import Path
 
 from dagster import (
     DefaultSensorStatus,
@@ -14,7 +15,7 @@ from ck_dagster.assets.partitions import runs_partitions
 from ck_dagster.assets.registry import prepare_registration
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.errors import CkError
-from ck_dagster.fileio import sha256_file
+from ck_dagster.fileio import sha256_file, sha256_text
 
 EXPERIMENT_FILE_PATTERNS = ("*.yaml", "*.yml")
 
@@ -34,16 +35,19 @@ def experiments_sensor(context: SensorEvaluationContext,
                           "experiments_folder resource) to have experiment files registered")
     if not folder.is_dir():
         return SkipReason(f"experiments folder {folder} does not exist")
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    # file -> {"digest": ..., "scripts": [task scripts it names]}: an edited task script
+    # changes the evaluation even when the experiment file stays the same.
+    seen: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
     files = sorted({f for pattern in EXPERIMENT_FILE_PATTERNS for f in folder.rglob(pattern)})
     new_keys: list[str] = []
     observations = []
     names: dict[str, str] = {}
     for file in files:
-        digest = sha256_file(file)
-        if seen.get(str(file)) == digest:
+        scripts = seen.get(str(file), {}).get("scripts", [])
+        digest = _digest(file, scripts)
+        if seen.get(str(file), {}).get("digest") == digest:
             continue
-        seen[str(file)] = digest
+        seen[str(file)] = {"digest": digest, "scripts": scripts}
         try:
             registration = prepare_registration(context.instance, file,
                                                 job_environment.environment())
@@ -56,6 +60,9 @@ def experiments_sensor(context: SensorEvaluationContext,
                               f"{names[name]}; give one of them another experiment.name")
             continue
         names[name] = str(file)
+        scripts = sorted({t.script for spec in registration.eval_specs.values()
+                          for t in spec.tasks if t.script})
+        seen[str(file)] = {"digest": _digest(file, scripts), "scripts": scripts}
         context.log.info(registration.summary())
         new_keys += registration.new
         observations += registration.observations
@@ -65,3 +72,10 @@ def experiments_sensor(context: SensorEvaluationContext,
         asset_events=observations,
         cursor=json.dumps(seen, sort_keys=True),
     )
+
+
+def _digest(file: Path, scripts: list[str]) -> str:
+    """The content of an experiment file and of the task scripts it names."""
+    parts = [sha256_file(file)]
+    parts += [sha256_file(Path(s)) if Path(s).is_file() else "missing" for s in scripts]
+    return sha256_text("\n".join(parts))

@@ -1,0 +1,273 @@
+"""Evaluation assets: ``eval_spec`` (observed), ``eval_log``, its check, the report, automation.
+
+``eval_log`` runs one inspect-ai job per run (every saved epoch x task, or the base model of a
+control run) through the same launcher and pool as training. It materializes by itself when
+its checkpoint is updated, the report after evaluations change, and a schedule re-evaluates
+every registered run. Editing an evaluation (settings, tasks, task code) and registering again
+observes a new ``eval_spec`` version, which marks ``eval_log`` stale.
+"""
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetMaterialization,
+    AssetSelection,
+    AssetSpec,
+    AutomationCondition,
+    BackfillPolicy,
+    Config,
+    DefaultScheduleStatus,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    RunConfig,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+    asset_check,
+    define_asset_job,
+    schedule,
+)
+from pydantic import Field
+
+from ck_dagster.assets.configs import plans_for
+from ck_dagster.assets.jobs import LauncherResource, raise_for_failures
+from ck_dagster.assets.partitions import runs_partitions, split_key
+from ck_dagster.assets.registry import (
+    EVAL_SPEC,
+    load_registered_plans,
+    registered_keys,
+    registered_runs,
+    registered_versions,
+)
+from ck_dagster.assets.resources import JobEnvironmentResource
+from ck_dagster.assets.training import checkpoint
+from ck_dagster.assets.versions import code_version
+from ck_dagster.errors import CkError
+from ck_dagster.evaluation.results import EvalResults, read_results, result_problems
+from ck_dagster.evaluation.spec import EvalSpec, eval_spec_for
+from ck_dagster.evaluation.submit import eval_job_script, eval_request
+from ck_dagster.experiment.problems import ExperimentFileError
+from ck_dagster.finetune.plan import RunPlan
+from ck_dagster.report.report import ScoreRow, build_report
+from ck_dagster.training.artifacts import read_training_log
+
+eval_spec = AssetSpec(
+    key=EVAL_SPEC,
+    partitions_def=runs_partitions,
+    group_name="experiment",
+    description=(
+        "A run's evaluation as its experiment file describes it: tasks (and their code), "
+        "settings, prompts, test data. Observed on registering; a new version marks eval_log "
+        "stale."),
+    kinds={"yaml"},
+)
+
+RESULT_SCHEMA = TableSchema(columns=[
+    TableColumn("task", "string"), TableColumn("target", "string"),
+    TableColumn("scorer", "string"), TableColumn("accuracy", "float"),
+    TableColumn("stderr", "float"), TableColumn("samples", "int"),
+    TableColumn("errors", "int"), TableColumn("log", "string"),
+])
+
+
+class EvalConfig(Config):
+    """Options for materializing evaluations."""
+
+    force: bool = Field(
+        default=False,
+        description="Evaluate again even when the results are current (the schedule does). "
+                    "Earlier logs stay in their folders.")
+
+
+@asset(
+    partitions_def=runs_partitions,
+    deps=[checkpoint, eval_spec],
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name="evaluation",
+    kinds={"inspect", "slurm"},
+    code_version=code_version("ck_dagster.evaluation"),
+    automation_condition=AutomationCondition.eager(),
+)
+def eval_log(context: AssetExecutionContext, config: EvalConfig, launcher: LauncherResource,
+             job_environment: JobEnvironmentResource) -> MaterializeResult:
+    """inspect-ai logs of every saved epoch (the base model for a control run) on every task,
+    prompted as the run trained; `inspect view` opens them."""
+    environment = job_environment.environment()
+    plans = plans_for(context, job_environment)
+    specs = registered_eval_specs(context, plans)
+    requests = {key: eval_request(spec, eval_job_script(spec, plans[key], environment),
+                                  force=config.force) for key, spec in specs.items()}
+    runner = launcher.runner(context, "eval_log", eval_progress)
+    outcomes = runner.run(list(requests.values()))
+    metadata = {}
+    for key, outcome in outcomes.items():
+        if outcome.ok:
+            results = read_results(plans[key].run_dir)
+            assert results is not None, f"{key}: the eval job left no results.json"
+            metadata[key] = results_metadata(specs[key], results, outcome.status,
+                                             outcome.job_id)
+    if len(metadata) < len(plans):
+        for key, entry in metadata.items():
+            context.log_event(AssetMaterialization(context.asset_key, partition=key,
+                                                   metadata=entry))
+        raise_for_failures(outcomes, "evaluation jobs")
+    for key, entry in metadata.items():
+        context.add_asset_metadata(entry, partition_key=key)
+    return MaterializeResult()
+
+
+def registered_eval_specs(context: AssetExecutionContext,
+                          plans: dict[str, RunPlan]) -> dict[str, EvalSpec]:
+    """Each run's evaluation, refused (Failure) when it differs from the registered one."""
+    try:
+        specs = {key: eval_spec_for(plan) for key, plan in plans.items()}
+    except ExperimentFileError as exc:
+        raise _failure(str(exc)) from None
+    registered = registered_versions(context.instance, EVAL_SPEC, specs)
+    changed = [key for key, spec in specs.items() if registered.get(key) != spec.version]
+    if changed:
+        raise _failure(
+            f"the evaluation of {', '.join(changed)} changed since it was registered (settings, "
+            "tasks, task code or prompts): register the experiment file again (ck-dagster "
+            "register FILE, or let the experiments sensor do it) so Dagster records it")
+    return specs
+
+
+def _failure(description: str) -> Failure:
+    return Failure(description=description, allow_retries=False)
+
+
+def eval_progress(line: str) -> str | None:
+    """The eval job's own progress and error lines (it prints nothing else worth showing)."""
+    text = line.strip()
+    return text if text.startswith(("eval ", "error")) else None
+
+
+def results_metadata(spec: EvalSpec, results: EvalResults, status: str,
+                     job_id: str | None) -> dict[str, Any]:
+    """Scores per task x target, sample counts, errors and log paths, as asset metadata."""
+    rows = []
+    metadata: dict[str, Any] = {"status": status, "job_id": job_id or "",
+                                "spec_version": spec.version,
+                                "results": MetadataValue.path(str(spec.eval_dir / "results.json"))}
+    for outcome in results.evaluations:
+        for scorer, metrics in outcome.metrics.items():
+            rows.append(TableRecord({
+                "task": outcome.task, "target": outcome.label, "scorer": scorer,
+                "accuracy": metrics.get("accuracy", float("nan")),
+                "stderr": metrics.get("stderr", float("nan")), "samples": outcome.completed,
+                "errors": outcome.errors, "log": outcome.log or ""}))
+        if outcome.accuracy is not None:
+            metadata[f"{outcome.task}/{outcome.label}/accuracy"] = float(outcome.accuracy)
+    metadata["scores"] = MetadataValue.table(rows, schema=RESULT_SCHEMA)
+    metadata["samples"] = sum(o.completed for o in results.evaluations)
+    metadata["errored_samples"] = sum(o.errors for o in results.evaluations)
+    metadata["logs"] = MetadataValue.path(str(spec.eval_dir))
+    return metadata
+
+
+@asset_check(asset=eval_log, name="every_sample_scored", blocking=True)
+def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    """No evaluation of any registered run has an errored sample, and each built-in task
+    scored exactly as many samples as its test split has rows."""
+    checked: dict[str, list[str]] = {}
+    for key, run in registered_runs(context.instance, registered_keys(context.instance)).items():
+        try:
+            results = read_results(run.run_dir)
+            if results is not None:
+                spec = EvalSpec.read(run.run_dir / "eval" / "eval_spec.json")
+                checked[key] = result_problems(results, spec)
+        except CkError as exc:
+            checked[key] = [str(exc)]
+    failing = {key: problems for key, problems in checked.items() if problems}
+    return AssetCheckResult(
+        passed=not failing,
+        description=(f"{len(failing)} of {len(checked)} runs have problems: "
+                     + "; ".join(f"{k}: {p[0]}" for k, p in failing.items()))
+        if failing else f"every sample of {len(checked)} runs scored",
+        metadata={"runs_checked": len(checked), "runs_failing": len(failing),
+                  "problems": MetadataValue.json(failing)},
+    )
+
+
+@asset(
+    deps=[eval_log, checkpoint],
+    group_name="evaluation",
+    kinds={"csv"},
+    automation_condition=AutomationCondition.eager(),
+)
+def experiment_report(context: AssetExecutionContext,
+                      job_environment: JobEnvironmentResource) -> MaterializeResult:
+    """Runs x epochs x tasks for every registered experiment, with the varied parameters, the
+    final training loss and scores with their 95% interval; CSV and PNG in <experiment.dir>/report/."""
+    keys = registered_keys(context.instance)
+    plans = load_registered_plans(context.instance, keys, job_environment.environment())
+    by_experiment: dict[str, list[RunPlan]] = {}
+    for key in keys:
+        by_experiment.setdefault(split_key(key)[0], []).append(plans[key])
+    sections, files = [], {}
+    for name, runs in by_experiment.items():
+        report = build_report(name, score_rows(runs))
+        if not report.rows:
+            continue
+        written = report.write(runs[0].experiment.dir / "report")
+        files[f"{name}/csv"] = MetadataValue.path(str(written["csv"]))
+        files[f"{name}/plot"] = MetadataValue.path(str(written["png"]))
+        sections.append(report.markdown())
+        context.log.info(f"report of {name}: {written['csv']}, {written['png']}")
+    return MaterializeResult(metadata={
+        "experiments": len(sections), **files,
+        "report": MetadataValue.md("\n".join(sections) or "No evaluations yet."),
+    })
+
+
+def score_rows(runs: list[RunPlan]) -> Iterator[ScoreRow]:
+    """Every scored evaluation of these runs, with parameters and final training loss."""
+    models = {run.model.name for run in runs}
+    for run in runs:
+        results = read_results(run.run_dir)
+        if results is None:
+            continue
+        parameters = dict(run.run.parameters)
+        if len(models) > 1:
+            parameters["model"] = run.model.name
+        loss = None if run.is_control else read_training_log(run.artifacts_dir).final_loss
+        for outcome in results.evaluations:
+            for scorer, metrics in outcome.metrics.items():
+                if "accuracy" in metrics:
+                    yield ScoreRow(run.run.name, run.run.type, outcome.label, outcome.task,
+                                   scorer, metrics["accuracy"], outcome.completed, parameters,
+                                   loss)
+
+
+reevaluate_job = define_asset_job(
+    "reevaluate_runs_job", selection=AssetSelection.assets(eval_log),
+    partitions_def=runs_partitions,
+    description="Evaluate runs again, even when their results are current.")
+
+
+@schedule(job=reevaluate_job, cron_schedule=os.environ.get("CK_REEVALUATE_CRON", "0 6 * * 1"),
+          default_status=DefaultScheduleStatus.STOPPED)
+def reevaluate_runs(context: ScheduleEvaluationContext) -> Iterator[RunRequest | SkipReason]:
+    """Re-evaluate every registered run that has a checkpoint (weekly by default; set
+    CK_REEVALUATE_CRON), one run request per partition."""
+    keys = registered_keys(context.instance)
+    materialized = context.instance.get_materialized_partitions(checkpoint.key)
+    wanted = [key for key in keys if key in materialized]
+    if not wanted:
+        yield SkipReason("no registered run has a checkpoint yet")
+        return
+    tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+    for key in wanted:
+        yield RunRequest(run_key=f"{key}@{tick}", partition_key=key,
+                         run_config=RunConfig(ops={"eval_log": EvalConfig(force=True)}))
