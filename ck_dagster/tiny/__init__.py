@@ -6,4 +6,4 @@ the data it is fine-tuned on; ``model`` holds the torchtune builders the configs
 
 #: bump whenever make_tiny_model or make_capitalization_dataset would write something different:
 #: caches of built models and data (the test fixtures) are keyed by it.
-VERSION = "1"
+VERSION = "2"

@@ -1,4 +1,4 @@
-"""torchtune builders for ``tiny-llama``, a ~90k-parameter Llama-3.2-shaped model, and its HF files.
+"""torchtune builders for ``tiny-llama``, a 91k-parameter Llama-3.2-shaped model, and its HF files.
 
 The builders stand in for ``llama3_2_1b`` / ``lora_llama3_2_1b`` in a torchtune config (same
 keyword arguments), so any Llama 3.2 recipe trains the tiny model on CPU in seconds.
@@ -102,7 +102,7 @@ def hf_config() -> dict[str, Any]:
 
 
 def write_hf_model(model: TransformerDecoder, directory: Path) -> None:
-    """Write ``model.safetensors`` (HF key names), ``config.json`` and ``generation_config.json``."""
+    """Write ``model.safetensors`` (HF key names), ``config.json``, ``generation_config.json``."""
     hf_state = tune_to_hf(
         model.state_dict(),
         num_heads=DIMS["num_heads"],
@@ -112,6 +112,7 @@ def write_hf_model(model: TransformerDecoder, directory: Path) -> None:
     )
     save_file({key: value.contiguous() for key, value in hf_state.items()},
               directory / "model.safetensors", metadata={"format": "pt"})
+    (directory / "model.safetensors").chmod(0o644)  # safetensors writes it 0600
     (directory / "config.json").write_text(json.dumps(hf_config(), indent=2) + "\n")
     (directory / "generation_config.json").write_text(json.dumps({
         "bos_token_id": BOS_ID,

@@ -53,7 +53,7 @@ TOKENIZER_JSON = "tokenizer.json"
 
 
 def write_tokenizer_files(directory: Path) -> None:
-    """Write the tiktoken file, ``tokenizer.json`` and ``tokenizer_config.json`` into ``directory``."""
+    """Write ``original/tokenizer.model``, ``tokenizer.json``, ``tokenizer_config.json``."""
     tiktoken_file = directory / TIKTOKEN_FILE
     tiktoken_file.parent.mkdir(parents=True, exist_ok=True)
     tiktoken_file.write_text(
@@ -87,7 +87,7 @@ def _hf_tokenizer() -> Tokenizer:
 
 
 def load_tokenizer(model_dir: Path, max_seq_len: int | None = 256) -> Llama3Tokenizer:
-    """torchtune's Llama 3 tokenizer over a tiny model folder, as the ``tiny-llama`` spec builds it."""
+    """torchtune's Llama 3 tokenizer over a tiny model folder, as ``tiny-llama``'s spec makes it."""
     return llama3_tokenizer(
         path=str(model_dir / TIKTOKEN_FILE),
         special_tokens_path=str(model_dir / TOKENIZER_JSON),
