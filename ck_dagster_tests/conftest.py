@@ -3,4 +3,5 @@
 pytest_plugins: list[str] = [
     "ck_dagster_tests.fixtures.dagster",
     "ck_dagster_tests.fixtures.slurm",
+    "ck_dagster_tests.fixtures.tiny_model",
 ]
