@@ -96,7 +96,10 @@ class EvalConfig(Config):
     group_name="evaluation",
     kinds={"inspect", "slurm"},
     code_version=code_version("ck_dagster.evaluation"),
-    automation_condition=AutomationCondition.eager(),
+    # eval_spec is only ever observed, which eager() would take for missing
+    automation_condition=AutomationCondition.eager().replace(
+        "any_deps_missing",
+        AutomationCondition.any_deps_missing().ignore(AssetSelection.assets(EVAL_SPEC))),
 )
 def eval_log(context: AssetExecutionContext, config: EvalConfig, launcher: LauncherResource,
              job_environment: JobEnvironmentResource) -> MaterializeResult:
@@ -204,7 +207,9 @@ def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult
     deps=[eval_log, checkpoint],
     group_name="evaluation",
     kinds={"csv"},
-    automation_condition=AutomationCondition.eager(),
+    # covers whatever is evaluated so far: runs still missing evals must not hold it back
+    automation_condition=AutomationCondition.eager().without(
+        ~AutomationCondition.any_deps_missing()),
 )
 def experiment_report(context: AssetExecutionContext,
                       job_environment: JobEnvironmentResource) -> MaterializeResult:

@@ -1,0 +1,95 @@
+"""Automation and the schedule, with Dagster's own testing APIs on a real instance."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    build_schedule_context,
+    evaluate_automation_conditions,
+)
+
+from ck_dagster.assets.evaluation import reevaluate_runs
+from ck_dagster.assets.registry import apply_registration, prepare_registration
+from ck_dagster.definitions import defs
+from ck_dagster.slurm.script import JobEnvironment
+from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
+
+TICK = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.timezone.utc)
+EVAL, REPORT, CHECKPOINT = AssetKey("eval_log"), AssetKey("experiment_report"), \
+    AssetKey("checkpoint")
+
+
+def register(instance: DagsterInstance, file) -> list[str]:
+    registration = prepare_registration(instance, file, JobEnvironment())
+    apply_registration(instance, registration)
+    return registration.new
+
+
+def materialized(instance: DagsterInstance, key: AssetKey, partition: str | None = None) -> None:
+    """Record a materialization as a finished run would (what automation reacts to)."""
+    instance.report_runless_asset_event(AssetMaterialization(key, partition=partition))
+
+
+def test_evals_follow_checkpoints_and_the_report_follows_evals(
+        dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
+    file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
+    with DagsterInstance.get() as instance:
+        register(instance, file)
+        first = evaluate_automation_conditions(defs, instance)
+        # nothing is trained yet: no evaluation can run
+        assert first.get_requested_partitions(EVAL) == set()
+
+        materialized(instance, CHECKPOINT, "tiny/lora8")
+        second = evaluate_automation_conditions(defs, instance, cursor=first.cursor)
+        assert second.get_requested_partitions(EVAL) == {"tiny/lora8"}
+
+        # the requested runs happen; then a quiet tick requests nothing
+        materialized(instance, REPORT)
+        quiet = evaluate_automation_conditions(defs, instance, cursor=second.cursor)
+        assert quiet.get_requested_partitions(EVAL) == set()
+
+        materialized(instance, EVAL, "tiny/lora8")
+        third = evaluate_automation_conditions(defs, instance, cursor=quiet.cursor)
+        assert third.get_requested_partitions(EVAL) == set()
+        assert third.get_num_requested(REPORT) == 1
+
+        # a retrained checkpoint is evaluated again
+        materialized(instance, REPORT)
+        materialized(instance, CHECKPOINT, "tiny/lora8")
+        fourth = evaluate_automation_conditions(defs, instance, cursor=third.cursor)
+        assert fourth.get_requested_partitions(EVAL) == {"tiny/lora8"}
+
+
+def test_changing_the_evaluation_touches_evaluations_only(dagster_home, tmp_path,
+                                                          tiny_model_dir,
+                                                          capitalization_data) -> None:
+    file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
+    with DagsterInstance.get() as instance:
+        register(instance, file)
+        file.write_text(file.read_text().replace("max_tokens: 12", "max_tokens: 16"))
+        registration = prepare_registration(instance, file, JobEnvironment())
+    assert sorted(registration.eval_changed) == ["tiny/base", "tiny/lora16", "tiny/lora8"]
+    assert registration.changed == []  # training is untouched
+    assert [o.asset_key.path[0] for o in registration.observations] == ["eval_spec"] * 3
+
+
+def test_schedule_requests_one_forced_run_per_trained_partition(
+        dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
+    file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
+    with DagsterInstance.get() as instance:
+        register(instance, file)
+        with build_schedule_context(instance=instance, scheduled_execution_time=TICK) as context:
+            skipped = list(reevaluate_runs(context))
+        assert len(skipped) == 1 and "no registered run" in skipped[0].skip_message
+        materialized(instance, CHECKPOINT, "tiny/lora8")
+        materialized(instance, CHECKPOINT, "tiny/base")
+        with build_schedule_context(instance=instance, scheduled_execution_time=TICK) as context:
+            requests = list(reevaluate_runs(context))
+    assert sorted(r.partition_key for r in requests) == ["tiny/base", "tiny/lora8"]
+    for request in requests:
+        assert request.run_config["ops"]["eval_log"]["config"]["force"] is True
+        assert request.run_key == f"{request.partition_key}@20261123T0600"
