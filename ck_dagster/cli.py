@@ -70,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="also write a capitalization dataset (train/validation/test JSON)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_make_tiny_model)
+
+    demo = verbs.add_parser(
+        "demo", help="train and evaluate a tiny model end to end on this machine",
+        description="Make the tiny model and data, register the demo experiment and "
+                    "materialize every asset with the local launcher on a local Dagster "
+                    "instance; print the report. Running it again reuses what exists.")
+    demo.add_argument("--folder", type=Path, default=Path("demo"),
+                      help="where the model, data, experiment and runs go (default: ./demo)")
+    demo.add_argument("--home", type=Path, default=Path(".dagster_home"),
+                      help="the Dagster instance folder (default: ./.dagster_home)")
+    demo.set_defaults(func=_demo)
     return parser
 
 
@@ -134,6 +145,13 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     if args.data:
         print(f"capitalization data written to "
               f"{make_capitalization_dataset(args.data, seed=args.seed)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ck_dagster.demo import run_demo
+
+    run_demo(args.folder.resolve(), args.home.resolve())
     return 0
 
 

@@ -103,7 +103,7 @@ _SPECS = [
     _qwen("Qwen2.5-1.5B-Instruct", "1_5b_instruct", ["model.safetensors"], "1B"),
     _qwen("Qwen2.5-3B-Instruct", "3b", _shards(2), "3B"),
     _qwen("Qwen2.5-7B-Instruct", "7b_instruct", _shards(4), "8B"),
-    # A ~140k-parameter Llama-3.2-shaped model made locally by `ck-dagster make-tiny-model`:
+    # A ~90k-parameter Llama-3.2-shaped model made locally by `ck-dagster make-tiny-model`:
     # trains on CPU in seconds, for tests, the demo and laptops.
     ModelSpec(
         name="tiny-llama",
@@ -116,15 +116,8 @@ _SPECS = [
         model_type="LLAMA3_2",
         size="tiny",
         recipe_family="llama3_2",
-        config_overrides={
-            "device": "cpu",
-            "dtype": "fp32",
-            "optimizer.fused": False,
-            "compile": False,
-            "enable_activation_checkpointing": False,
-            "enable_activation_offloading": False,
-            "tokenizer.max_seq_len": 256,
-        },
+        # the model's own context; device and precision follow from asking for no GPU
+        config_overrides={"tokenizer.max_seq_len": 256},
     ),
 ]
 

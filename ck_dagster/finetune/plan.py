@@ -306,7 +306,17 @@ class _RunPlanner:
         if reason:
             self.problems.append(Problem(source.field, f"`{name}: {value!r}` {reason}"))
             return
-        config.set(parameters.config_path(name), value, source)
+        path = parameters.config_path(name)
+        section = path.split(".", 1)[0]
+        given = [*self.controls, *self.run.parameters]
+        if "." in path and not isinstance(config.config.get(section), dict) and \
+                f"{section}._component_" not in map(parameters.config_path, given):
+            recipe = self.controls.get("base_recipe") or "the built-in defaults"
+            self.problems.append(Problem(
+                source.field, f"`{name}` sets `{path}`, but {recipe} has no `{section}` section",
+                f"remove it, or set `{section}._component_` too"))
+            return
+        config.set(path, value, source)
 
     def _derive_after(self, config: ProvenancedConfig) -> None:
         rank = config.get("model.lora_rank")

@@ -119,6 +119,8 @@ class JobScript:
         lines += ["", "set -eo pipefail"]
         lines += self.environment.lines()
         lines += [f"export {name}={shlex.quote(value)}" for name, value in self.variables.items()]
+        # torch would start a thread per core of the node, not per core the job was given
+        lines.append(f'export OMP_NUM_THREADS="${{SLURM_CPUS_PER_TASK:-{r.cpus}}}"')
         lines += [f"cd {shlex.quote(str(self.workdir))}",
                   "echo \"[ck_dagster] job ${SLURM_JOB_ID:-local} on $(hostname) "
                   "started $(date -Is)\""]

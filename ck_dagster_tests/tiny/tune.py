@@ -23,6 +23,7 @@ import ck_dagster
 from ck_dagster.finetune.catalog import recipe_catalog
 from ck_dagster.finetune.dataset import prompt_messages
 from ck_dagster.finetune.models import get_model
+from ck_dagster.finetune.plan import CPU_SETTINGS
 
 #: the prompt and system prompt of the capitalization demo (experiment-schema.md).
 PROMPT = "Capitalize the given word: {input}\n"
@@ -63,6 +64,7 @@ def write_tune_config(path: Path, recipe: str, *, model_dir: Path, data: Path, o
         "log_peak_memory_stats": False,
         # the shipped full-finetune config uses bitsandbytes' optimizer, not installed here.
         **({} if lora else {"optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-3}}),
+        **CPU_SETTINGS,  # the tiny model asks for no GPU
         **spec.config_overrides,
         **overrides,
     }
