@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ck_dagster.assets.instance import ensure_dagster_home
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RECIPE = "llama3_2/1B_lora_single_device"
@@ -75,9 +77,7 @@ def timed(command: list[str], env: dict[str, str]) -> float:
 
 
 def bench_ck_dagster(root: Path, count: int) -> dict[str, float]:
-    home = root / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    home = ensure_dagster_home(root / "dagster_home")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     file = experiment_yaml(root, count)
     register = timed([str(BIN / "ck-dagster"), "register", str(file)], env)

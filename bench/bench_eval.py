@@ -20,6 +20,7 @@ Run: .venv/bin/python bench/bench_eval.py
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -178,6 +179,10 @@ def main() -> None:
     same = sum(a == b for a, b in zip(ours[0].answers, theirs[0].answers))
     print(f"\nck_dagster / hf: throughput {throughput:.2f}x, wall time {wall:.2f}x; "
           f"identical answers: {same}/{len(ours[0].answers)}")
+    print(json.dumps({"bench": "eval", "samples_per_s": round(median(
+        f.samples_per_s for f in ours), 1), "baseline_samples_per_s": round(median(
+        f.samples_per_s for f in theirs), 1), "ratio": round(throughput, 2),
+        "wall_ratio": round(wall, 2), "identical_answers": same}))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ bench/bench_slurm_polling.py [--jobs 20]``. Other users of the cluster add to th
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import subprocess
@@ -139,6 +140,13 @@ def main() -> None:
     print(f"follower calls by command: {dict(launcher.calls)}. sdiag attributes by RPC type: a "
           "squeue for one job (the follower's last cycles too) is REQUEST_JOB_INFO_SINGLE, and "
           "any other squeue on the cluster in this window counts too.")
+    print(json.dumps({"bench": "slurm_polling", "jobs": count,
+                      "calls_per_min": round(calls[1][1], 1),
+                      "baseline_calls_per_min": round(calls[1][2], 1),
+                      "rpcs_per_min": round(calls[3][1], 1),
+                      "baseline_rpcs_per_min": round(calls[3][2], 1),
+                      "notice_delay_mean_s": round(latency[0][1], 1),
+                      "notice_delay_max_s": round(latency[1][1], 1)}))
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,83 @@
+"""`make bench`: run every benchmark in bench/, then print one table of figures and ratios.
+
+Each benchmark prints its own report and, last, one JSON line with its figures; this script
+shows the reports as they come and collects the JSON lines into the closing table.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+#: (script, arguments): the v1 baseline of the config benchmark costs ~5 s a run, so 20 of its
+#: 100 runs are measured and scaled (it is a process per run: linear by construction).
+BENCHMARKS = [
+    ("bench_configs.py", ["--runs", "100", "--baseline-runs", "20"]),
+    ("bench_slurm_polling.py", []),
+    ("bench_materialization_delay.py", []),
+    ("bench_eval.py", []),
+]
+
+
+def run(script: str, args: list[str]) -> dict | None:
+    """Run one benchmark, echoing its output; its JSON figures (None if it failed)."""
+    print(f"\n===== {script} {' '.join(args)}", flush=True)
+    process = subprocess.Popen([sys.executable, str(BENCH / script), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    figures = None
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        if line.startswith('{"bench"'):
+            figures = json.loads(line)
+    return figures if process.wait() == 0 else None
+
+
+def rows(figures: dict) -> list[tuple[str, str, str, str]]:
+    """(benchmark, ck_dagster, baseline, ratio) rows for one benchmark's figures."""
+    name = figures["bench"]
+    if name == "configs":
+        return [("100 run configs: one materialize vs v1 process per run",
+                 f"{figures['materialize_s']:.1f} s", f"{figures['v1_s']:.0f} s",
+                 f"{figures['ratio']:.1f}x faster"),
+                ("  the config work alone, in-process", f"{figures['config_work_s']:.2f} s",
+                 f"{figures['v1_s']:.0f} s",
+                 f"{figures['v1_s'] / figures['config_work_s']:.0f}x faster")]
+    if name == "slurm_polling":
+        return [(f"status calls/min following {figures['jobs']} jobs",
+                 f"{figures['calls_per_min']:.1f}", f"{figures['baseline_calls_per_min']:.1f}",
+                 f"{figures['baseline_calls_per_min'] / figures['calls_per_min']:.1f}x fewer"),
+                ("slurmctld RPCs/min (sdiag)", f"{figures['rpcs_per_min']:.1f}",
+                 f"{figures['baseline_rpcs_per_min']:.1f}",
+                 f"{figures['baseline_rpcs_per_min'] / figures['rpcs_per_min']:.1f}x fewer"),
+                ("job end to follower noticing, mean/max", f"{figures['notice_delay_mean_s']:.1f}"
+                 f"/{figures['notice_delay_max_s']:.1f} s", "-", "-")]
+    if name == "materialization_delay":
+        return [("job end to checkpoint materialization, mean/max",
+                 f"{figures['delay_mean_s']:.1f}/{figures['delay_max_s']:.1f} s", "-", "-")]
+    if name == "eval":
+        return [("eval throughput, samples/s (vs bare inspect eval hf/)",
+                 f"{figures['samples_per_s']:.1f}", f"{figures['baseline_samples_per_s']:.1f}",
+                 f"{figures['ratio']:.1f}x")]
+    return []
+
+
+def main() -> int:
+    results = {script: run(script, args) for script, args in BENCHMARKS}
+    table = [("benchmark", "ck_dagster", "baseline", "ratio")]
+    for script, figures in results.items():
+        table += rows(figures) if figures else [(script, "FAILED", "-", "-")]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    print("\n===== summary")
+    for index, row in enumerate(table):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+    return 0 if all(results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
