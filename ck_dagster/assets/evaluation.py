@@ -15,7 +15,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
-    AssetMaterialization,
     AssetSelection,
     AssetSpec,
     AutomationCondition,
@@ -40,7 +39,7 @@ from dagster import (
 from pydantic import Field
 
 from ck_dagster.assets.configs import plans_for
-from ck_dagster.assets.jobs import LauncherResource, raise_for_failures
+from ck_dagster.assets.jobs import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions, split_key
 from ck_dagster.assets.registry import (
     EVAL_SPEC,
@@ -119,14 +118,7 @@ def eval_log(context: AssetExecutionContext, config: EvalConfig, launcher: Launc
             assert results is not None, f"{key}: the eval job left no results.json"
             metadata[key] = results_metadata(specs[key], results, outcome.status,
                                              outcome.job_id)
-    if len(metadata) < len(plans):
-        for key, entry in metadata.items():
-            context.log_event(AssetMaterialization(context.asset_key, partition=key,
-                                                   metadata=entry))
-        raise_for_failures(outcomes, "evaluation jobs")
-    for key, entry in metadata.items():
-        context.add_asset_metadata(entry, partition_key=key)
-    return MaterializeResult()
+    return record_partitions(context, metadata, outcomes, "evaluation jobs")
 
 
 def registered_eval_specs(context: AssetExecutionContext,

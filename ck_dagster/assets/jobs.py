@@ -8,12 +8,15 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
+    AssetMaterialization,
     ConfigurableResource,
     DagsterInstance,
     Failure,
+    MaterializeResult,
     MetadataValue,
 )
 
@@ -150,13 +153,26 @@ def _process_gone(tags: dict[str, str]) -> bool:
     return False
 
 
-def raise_for_failures(outcomes: dict[str, JobOutcome], what: str) -> None:
+def record_partitions(context: AssetExecutionContext, metadata: dict[str, dict[str, Any]],
+                      outcomes: dict[str, JobOutcome], what: str) -> MaterializeResult:
+    """Give every partition of the step its metadata, or, when some jobs failed, record the
+    partitions that succeeded as materialized and fail the step naming the others."""
+    if any(not outcome.ok for outcome in outcomes.values()):
+        for key, entry in metadata.items():
+            context.log_event(AssetMaterialization(context.asset_key, partition=key,
+                                                   metadata=entry))
+        raise _failure(outcomes, what)
+    for key, entry in metadata.items():
+        context.add_asset_metadata(entry, partition_key=key)
+    return MaterializeResult()
+
+
+def _failure(outcomes: dict[str, JobOutcome], what: str) -> Failure:
     """A Failure naming every failed run with its state, exit code and log tail."""
     failed = [o for o in outcomes.values() if not o.ok]
-    if failed:
-        raise Failure(
-            description=f"{len(failed)} of {len(outcomes)} {what} failed:\n\n" +
-                        "\n\n".join(o.message for o in failed),
-            metadata={"failed": MetadataValue.json({o.key: o.message for o in failed})},
-            allow_retries=False,
-        )
+    return Failure(
+        description=f"{len(failed)} of {len(outcomes)} {what} failed:\n\n" +
+                    "\n\n".join(o.message for o in failed),
+        metadata={"failed": MetadataValue.json({o.key: o.message for o in failed})},
+        allow_retries=False,
+    )

@@ -9,7 +9,6 @@ from typing import Any
 
 from dagster import (
     AssetExecutionContext,
-    AssetMaterialization,
     BackfillPolicy,
     Config,
     MaterializeResult,
@@ -22,7 +21,7 @@ from dagster import (
 from pydantic import Field
 
 from ck_dagster.assets.configs import plans_for, run_config
-from ck_dagster.assets.jobs import LauncherResource, raise_for_failures
+from ck_dagster.assets.jobs import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions
 from ck_dagster.assets.resources import JobEnvironmentResource
 from ck_dagster.finetune.plan import RunPlan
@@ -63,15 +62,7 @@ def checkpoint(context: AssetExecutionContext, config: CheckpointConfig,
     for key, outcome in outcomes.items():
         if outcome.ok:
             metadata[key] = checkpoint_metadata(plans[key], outcome, requests[key].notes)
-    if len(metadata) < len(plans):
-        # Record the runs that did train before failing the step for the ones that did not.
-        for key, entry in metadata.items():
-            context.log_event(AssetMaterialization(context.asset_key, partition=key,
-                                                   metadata=entry))
-        raise_for_failures(outcomes, "training jobs")
-    for key, entry in metadata.items():
-        context.add_asset_metadata(entry, partition_key=key)
-    return MaterializeResult()
+    return record_partitions(context, metadata, outcomes, "training jobs")
 
 
 def control_metadata(plan: RunPlan) -> dict[str, Any]:
