@@ -51,7 +51,7 @@ from ck_dagster_tests.evaluation.tiny_experiment import (  # noqa: E402
     train,
     write_experiment,
 )
-from ck_dagster_tests.fixtures.tiny_model import _cached, cache_dir  # noqa: E402
+from ck_dagster.fileio import cache_dir, cached  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LAST = f"epoch_{EPOCHS - 1}"
@@ -78,7 +78,7 @@ def fine_tuned_checkpoint(model_dir: Path, data: Path) -> Path:
             shutil.copytree(plan.artifacts_dir / LAST, Path(scratch) / "done")
             os.replace(Path(scratch) / "done", path)
         return path
-    return _cached(cache_dir() / f"bench-eval-checkpoint-{VERSION}", make)
+    return cached(cache_dir() / f"bench-eval-checkpoint-{VERSION}", make)
 
 
 def run(command: list[str], cwd: Path) -> float:
@@ -152,8 +152,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each side, alternating; the figures are medians")
     rounds = parser.parse_args().rounds
-    model_dir = _cached(cache_dir() / f"tiny-llama-{VERSION}", make_tiny_model)
-    data = _cached(cache_dir() / f"capitalization-{VERSION}.json", make_capitalization_dataset)
+    model_dir = cached(cache_dir() / f"tiny-llama-{VERSION}", make_tiny_model)
+    data = cached(cache_dir() / f"capitalization-{VERSION}.json", make_capitalization_dataset)
     checkpoint = fine_tuned_checkpoint(model_dir, data)
     ours: list[Figures] = []
     theirs: list[Figures] = []

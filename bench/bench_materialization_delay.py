@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ck_dagster.assets.instance import ensure_dagster_home  # noqa: E402
+from ck_dagster.fileio import cache_dir, cached  # noqa: E402
 from ck_dagster.slurm.client import SlurmLauncher  # noqa: E402
 from ck_dagster.tiny import VERSION  # noqa: E402
 from ck_dagster.tiny.data import make_capitalization_dataset  # noqa: E402
@@ -33,19 +34,12 @@ from ck_dagster.tiny.make import make_tiny_model  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
-def cached(path: Path, make) -> Path:
-    if not path.exists():
-        make(path)
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    cache = Path(os.environ.get("CK_DAGSTER_CACHE") or Path.home() / ".cache" / "ck_dagster")
-    model = cached(cache / f"tiny-llama-{VERSION}", make_tiny_model)
-    data = cached(cache / f"capitalization-{VERSION}.json", make_capitalization_dataset)
+    model = cached(cache_dir() / f"tiny-llama-{VERSION}", make_tiny_model)
+    data = cached(cache_dir() / f"capitalization-{VERSION}.json", make_capitalization_dataset)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         name = f"delay{int(time.time())}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -52,3 +54,20 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where ck_dagster keeps what it can rebuild (``$CK_DAGSTER_CACHE``, else
+    ``~/.cache/ck_dagster``)."""
+    return Path(os.environ.get("CK_DAGSTER_CACHE") or Path.home() / ".cache" / "ck_dagster")
+
+
+def cached(path: Path, make: Callable[[Path], object]) -> Path:
+    """``path``, built by ``make`` unless a process before built it. A file lock keeps
+    concurrent processes from building it twice; ``make`` must write atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            make(path)
+    return path

@@ -7,11 +7,11 @@ directory on disk; Dagster keeps metadata, lineage and versions.
 
 
 import hashlib
+import importlib.metadata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torchtune
 import yaml
 from dagster import (
     AssetCheckExecutionContext,
@@ -116,7 +116,7 @@ def _recipe_metadata(name: str | None) -> dict[str, Any]:
     return {
         "base_recipe": name or "built-in defaults (no controls.base_recipe)",
         "recipe": catalog.get(name).recipe if name else BUILTIN_RECIPE,
-        "torchtune_version": torchtune.__version__,
+        "torchtune_version": importlib.metadata.version("torchtune"),
         "file": MetadataValue.path(str(catalog.get(name).file if name else BUILTIN_DEFAULTS)),
         "config_version": hashlib.sha256(text.encode()).hexdigest()[:16],
         "config": MetadataValue.md(f"```yaml\n{text}```"),

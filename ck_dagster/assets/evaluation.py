@@ -254,7 +254,7 @@ reevaluate_job = define_asset_job(
 
 
 @schedule(job=reevaluate_job, cron_schedule=os.environ.get("CK_REEVALUATE_CRON", "0 6 * * 1"),
-          default_status=DefaultScheduleStatus.STOPPED)
+          default_status=DefaultScheduleStatus.RUNNING)
 def reevaluate_runs(context: ScheduleEvaluationContext) -> Iterator[RunRequest | SkipReason]:
     """Re-evaluate every registered run that has a checkpoint (weekly by default; set
     CK_REEVALUATE_CRON), one run request per partition."""

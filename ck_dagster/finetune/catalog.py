@@ -1,24 +1,28 @@
 """The recipes and configs of the installed torchtune, read in-process and cached.
 
-These are the files ``tune ls`` lists and ``tune cp`` copies; reading them here costs
-milliseconds instead of the ~4 s a ``tune`` subprocess spends importing torchtune.
+These are the files ``tune ls`` lists and ``tune cp`` copies. torchtune's registry is a plain
+data module, read here without importing torchtune (which imports torch and torchao, ~3 s), so
+listing and loading configs costs milliseconds.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import torchtune
 from omegaconf import OmegaConf
-from torchtune._recipe_registry import get_all_recipes
 
+#: the installed torchtune package folder (found without importing it).
+TORCHTUNE_DIR = Path(importlib.util.find_spec("torchtune").origin).parent  # type: ignore[union-attr]
 #: where torchtune installs its recipes (the top-level ``recipes`` package).
-RECIPES_ROOT = Path(torchtune.__file__).parent.parent / "recipes"
+RECIPES_ROOT = TORCHTUNE_DIR.parent / "recipes"
 
 #: the base config for experiments without ``controls.base_recipe`` (v1's template).
 BUILTIN_DEFAULTS = Path(__file__).with_name("builtin_defaults.yaml")
@@ -48,7 +52,7 @@ class RecipeCatalog:
     def __init__(self) -> None:
         self.recipes: dict[str, list[str]] = {}
         self.configs: dict[str, RecipeConfig] = {}
-        for recipe in get_all_recipes():
+        for recipe in _recipe_registry().get_all_recipes():
             self.recipes[recipe.name] = [config.name for config in recipe.configs]
             for config in recipe.configs:
                 self.configs.setdefault(config.name, RecipeConfig(
@@ -92,6 +96,21 @@ class RecipeCatalog:
 def recipe_catalog() -> RecipeCatalog:
     """The process-wide catalog (torchtune's registry does not change while we run)."""
     return RecipeCatalog()
+
+
+def _recipe_registry() -> ModuleType:
+    """torchtune's ``_recipe_registry`` (stdlib-only), loaded from its file when torchtune
+    itself has not been imported."""
+    loaded = sys.modules.get("torchtune._recipe_registry")
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("ck_dagster_torchtune_recipe_registry",
+                                                  TORCHTUNE_DIR / "_recipe_registry.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
 
 
 @cache

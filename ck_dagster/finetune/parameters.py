@@ -11,6 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+#: where a row's input goes in a prompt template.
+INPUT_PLACEHOLDER = "{input}"
+
 
 @dataclass(frozen=True)
 class Parameter:
@@ -67,7 +70,8 @@ def _text(value: Any) -> str | None:
 def _prompt(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be text (quote it in YAML)"
-    return None if "{input}" in value else "must contain `{input}` where each row's input goes"
+    return None if INPUT_PLACEHOLDER in value else \
+        f"must contain `{INPUT_PLACEHOLDER}` where each row's input goes"
 
 
 def _names(value: Any) -> str | None:

@@ -6,37 +6,62 @@ back to the experiment field that set it.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import re
-from functools import lru_cache
+import sys
 from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from torchtune.config import validate
-from torchtune.config._errors import ConfigError, InstantiationError
+from ck_dagster.fileio import atomic_write_text, cache_dir
 
 _INTERPOLATION = re.compile(r"\$\{(\w+)")
 _ARGUMENT = re.compile(r"(?:unexpected keyword argument|missing a required argument:?) '(\w+)'")
+#: components whose code changes only with an installed version (or ck_dagster's own source),
+#: so their results can be kept between processes.
+_KEEPABLE = ("torch.", "torchtune.", "ck_dagster.")
+_PACKAGES = ("torch", "torchtune", "torchao", "omegaconf")
+
+Error = tuple[str, str | None, str]
 
 
-def component_errors(config: Mapping[str, Any]) -> list[tuple[str, str | None, str]]:
+def component_errors(config: Mapping[str, Any]) -> list[Error]:
     """Problems torchtune finds, as (node, argument or None, message); empty when valid."""
-    errors: list[tuple[str, str | None, str]] = []
+    errors: list[Error] = []
     for node, value in config.items():
         if _is_component(value):
             # Only the keys the node interpolates (${output_dir}) matter to it, so runs that
             # share a component share one validation.
             text = json.dumps(value, sort_keys=True)
             used = {key: config[key] for key in _INTERPOLATION.findall(text) if key in config}
-            errors += _node_errors(node, json.dumps({**used, node: value}, sort_keys=True))
+            errors += _node_errors(node, json.dumps({**used, node: value}, sort_keys=True),
+                                   str(value["_component_"]).startswith(_KEEPABLE))
     return errors
 
 
-@lru_cache(maxsize=4096)
-def _node_errors(node: str, config_json: str) -> tuple[tuple[str, str | None, str], ...]:
-    errors = []
+def _node_errors(node: str, config_json: str, keepable: bool) -> list[Error]:
+    """One node's errors: from this process's memory, from the on-disk results of earlier
+    processes with the same installed versions, or by running torchtune's validation (which
+    imports torchtune, ~3 s, so a materialization of already-registered runs skips it)."""
+    results = _results()
+    key = hashlib.sha256(config_json.encode()).hexdigest()
+    if key not in results:
+        results[key] = _validate(node, config_json)
+        if keepable:
+            _keep(key, results[key])
+    return [tuple(error) for error in results[key]]  # type: ignore[misc]
+
+
+def _validate(node: str, config_json: str) -> list[Error]:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from torchtune.config import validate
+    from torchtune.config._errors import ConfigError, InstantiationError
+
+    errors: list[Error] = []
     try:
         validate(OmegaConf.create(json.loads(config_json)))
     except ConfigError as exc:
@@ -48,7 +73,43 @@ def _node_errors(node: str, config_json: str) -> tuple[tuple[str, str | None, st
         errors.append((node, "_component_", f"cannot import the component: {message}"))
     except OmegaConfBaseException as exc:
         errors.append((node, None, f"cannot be read: {exc}"))
-    return tuple(errors)
+    return errors
+
+
+@cache
+def _results() -> dict[str, list[Error]]:
+    """Results kept by earlier processes for the installed versions (empty when none)."""
+    try:
+        return json.loads(_results_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _keep(key: str, errors: list[Error]) -> None:
+    """Add one result to the on-disk file (merged with what other processes wrote)."""
+    try:
+        kept = json.loads(_results_file().read_text())
+    except (OSError, ValueError):
+        kept = {}
+    kept[key] = errors
+    try:
+        atomic_write_text(_results_file(), json.dumps(kept))
+    except OSError:
+        pass  # a read-only cache only costs time
+
+
+@cache
+def _results_file() -> Path:
+    """Named by everything a validation depends on: Python and package versions, and the
+    source of ck_dagster's own components (dataset, tiny model builders)."""
+    digest = hashlib.sha256(sys.version.encode())
+    for package in _PACKAGES:
+        digest.update(f"{package}={importlib.metadata.version(package)}".encode())
+    root = Path(__file__).resolve().parents[1]
+    for source in sorted([*root.joinpath("finetune").glob("*.py"),
+                          *root.joinpath("tiny").glob("*.py")]):
+        digest.update(source.read_bytes())
+    return cache_dir() / f"torchtune-validation-{digest.hexdigest()[:16]}.json"
 
 
 def _argument_error(node: str, message: str) -> tuple[str, str | None, str]:

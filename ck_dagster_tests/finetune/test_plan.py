@@ -148,3 +148,32 @@ def test_spec_version_changes_only_with_the_run(tmp_path: Path) -> None:
     after = plan(text=text.replace("{lora_rank: 8}", "{lora_rank: 12}"), tmp=tmp_path).runs
     changed = {name for name in before if before[name].spec_version != after[name].spec_version}
     assert changed == {"rank8"}
+
+
+def test_validation_is_kept_between_processes_and_errors_too(tmp_path: Path) -> None:
+    """A second process plans from torchtune's kept answers without importing torch (~3 s)."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from ck_dagster.experiment.load import load_experiment
+from ck_dagster.experiment.problems import ExperimentFileError
+from ck_dagster.finetune.plan import plan_experiment
+plan_experiment(load_experiment({str(EXAMPLES / 'cap_rank_sweep.yaml')!r}))
+try:
+    plan_experiment(load_experiment(sys.argv[1]))
+except ExperimentFileError as exc:
+    print("refused:", "unexpected keyword argument 'lrr'" in str(exc))
+print("torch imported:", "torch" in sys.modules)
+"""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((EXAMPLES / "cap_rank_sweep.yaml").read_text()
+                   .replace("path: data/", f"path: {EXAMPLES}/data/")
+                   .replace("  epochs: 2\n", "  epochs: 2\n  optimizer.lrr: 0.1\n"))
+    env = {**os.environ, "CK_DAGSTER_CACHE": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", code, str(bad)], env=env, check=True,
+                           capture_output=True, text=True).stdout for _ in range(2)]
+    assert runs[0] == "refused: True\ntorch imported: True\n"
+    assert runs[1] == "refused: True\ntorch imported: False\n"
