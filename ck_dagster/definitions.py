@@ -38,6 +38,6 @@ defs = Definitions(
         "launcher": LauncherResource(),
     },
     # Steps run in one process: each step already handles a whole experiment (single-run
-    # backfills), and one torchtune import per run beats one per step.
+    # backfills) and its jobs run elsewhere, so a process per step would only add start-ups.
     executor=in_process_executor,
 )
