@@ -52,3 +52,8 @@ def test_recipes_lists_the_catalog() -> None:
     result = run_command(["ck-dagster", "recipes"])
     assert "lora_finetune_single_device" in result.stdout
     assert "llama3_2/1B_lora_single_device" in result.stdout
+
+
+def test_dagster_validates_the_definitions() -> None:
+    result = run_command(["dagster", "definitions", "validate", "-m", "ck_dagster"])
+    assert "All code locations passed validation" in result.stdout + result.stderr
