@@ -105,13 +105,11 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    from ck_dagster.experiment.load import load_experiment
     from ck_dagster.fileio import atomic_write_text
-    from ck_dagster.finetune.plan import plan_experiment
+    from ck_dagster.finetune.plan import plan_experiment_file
 
-    experiment = load_experiment(args.file)
-    plan = plan_experiment(experiment)
-    out = (args.out or Path("dry-run") / experiment.name).resolve()
+    plan = plan_experiment_file(args.file)
+    out = (args.out or Path("dry-run") / plan.experiment.name).resolve()
     for name, run in plan.runs.items():
         if run.is_control:
             print(f"{name}: control run (evaluated on {run.model_path}, not trained)")

@@ -28,7 +28,12 @@ from ck_dagster.errors import CkError
 from ck_dagster.evaluation.spec import EvalSpec, eval_spec_for
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.experiment.problems import ExperimentFileError, Problem
-from ck_dagster.finetune.plan import ExperimentPlan, RunPlan, plan_experiment
+from ck_dagster.finetune.plan import (
+    ExperimentPlan,
+    RunPlan,
+    plan_experiment,
+    plan_experiment_file,
+)
 from ck_dagster.slurm.script import JobEnvironment
 
 RUN_SPEC = AssetKey("run_spec")
@@ -145,8 +150,8 @@ def prepare_registration(instance: DagsterInstance, path: str | Path,
     Raises ``ExperimentFileError`` for a bad file, and ``CkError`` when another file already
     registered an experiment of the same name (its runs are never overwritten).
     """
-    experiment = load_experiment(path)
-    plan = plan_experiment(experiment, environment)
+    plan = plan_experiment_file(path, environment)
+    experiment = plan.experiment
     eval_specs = eval_specs_for(plan)
     known = [k for k in registered_keys(instance) if split_key(k)[0] == experiment.name]
     registered = registered_runs(instance, known)

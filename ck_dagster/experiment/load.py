@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import copy
+import re
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
@@ -14,13 +17,29 @@ from ck_dagster.experiment.problems import (
     FieldPath,
     Problem,
     did_you_mean,
+    format_path,
 )
 from ck_dagster.experiment.schema import Experiment, ExperimentFile
 from ck_dagster.experiment.yaml_lines import LoadedYaml, load_yaml
 from ck_dagster.finetune.models import MODELS
+from ck_dagster.finetune.parameters import CONTROL_KEYS, PARAMETERS
 
 #: parameters a control run may set: they change what the model is asked, not how it is trained.
 CONTROL_RUN_PARAMETERS = frozenset({"prompt", "system_prompt"})
+
+
+@dataclass(frozen=True)
+class ExperimentReading:
+    """What reading an experiment file found.
+
+    When there are problems, ``experiment`` is the part of the file that validates (invalid
+    runs and unknown keys left out), or None: it exists so later checks can report their
+    problems in the same pass, and must never be registered or written.
+    """
+
+    file: Path
+    experiment: Experiment | None
+    problems: list[Problem]
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -30,13 +49,21 @@ def load_experiment(path: str | Path) -> Experiment:
     with its paths resolved otherwise. Training configs are checked later, by
     :func:`ck_dagster.finetune.plan.plan_experiment`.
     """
+    reading = read_experiment(path)
+    if reading.problems or reading.experiment is None:
+        raise ExperimentFileError(reading.file, reading.problems)
+    return reading.experiment
+
+
+def read_experiment(path: str | Path) -> ExperimentReading:
+    """Parse and check an experiment file, collecting every problem instead of raising."""
     file = Path(path).expanduser().resolve()
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ExperimentFileError(file, [Problem((), "file not found", "check the path")]) from None
+        return ExperimentReading(file, None, [Problem((), "file not found", "check the path")])
     except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
-        raise ExperimentFileError(file, [Problem((), f"cannot be read: {exc}")]) from None
+        return ExperimentReading(file, None, [Problem((), f"cannot be read: {exc}")])
     loaded = load_yaml(text)
     problems = list(loaded.problems)
     if loaded.data is None and not problems:
@@ -45,16 +72,54 @@ def load_experiment(path: str | Path) -> Experiment:
         problems.append(Problem((), "the top level must be a mapping (experiment:, runs:, ...)",
                                 line=1))
     if problems:
-        raise ExperimentFileError(file, problems)
+        return ExperimentReading(file, None, problems)
     try:
-        spec = ExperimentFile.model_validate(loaded.data)
+        experiment: Experiment | None = Experiment(
+            ExperimentFile.model_validate(loaded.data), file, loaded)
     except ValidationError as exc:
-        raise ExperimentFileError(file, _schema_problems(exc, loaded)) from None
-    experiment = Experiment(spec, file, loaded)
-    problems = _cross_reference_problems(experiment)
-    if problems:
-        raise ExperimentFileError(file, [_with_line(p, loaded) for p in problems])
-    return experiment
+        problems = _schema_problems(exc, loaded)
+        experiment = _valid_part(exc, loaded, file)
+    if experiment is not None:
+        problems += [_with_line(p, loaded) for p in _cross_reference_problems(experiment)]
+    return ExperimentReading(file, experiment, problems)
+
+
+def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experiment | None:
+    """The refused file without its unknown keys, invalid runs and invalid evaluation section,
+    when that validates: the runs that are fine can then be checked further in the same pass."""
+    data = copy.deepcopy(loaded.data)
+    invalid_runs: set[int] = set()
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if error["type"] == "extra_forbidden":
+            path = _data_path(loaded.data, loc)
+            parent = _node(data, path[:-1])
+            if isinstance(parent, dict):
+                parent.pop(path[-1], None)
+        elif loc[:1] == ("runs",) and len(loc) >= 2 and isinstance(loc[1], int):
+            invalid_runs.add(loc[1])
+        elif loc[:1] == ("evaluation",):
+            data.pop("evaluation", None)
+        elif loc[:1] == ("experiment",) and len(loc) >= 2 and loc[1] != "dir":
+            # a name or description: the runs can be checked without it
+            data["experiment"][loc[1]] = "unnamed" if loc[1] == "name" else None
+        else:
+            return None  # experiment, models or data are wrong: nothing further can be checked
+    runs = data.get("runs")
+    if not isinstance(runs, list):
+        return None
+    positions = [i for i in range(len(runs)) if i not in invalid_runs]
+    data["runs"] = [runs[i] for i in positions]
+    try:
+        return Experiment(ExperimentFile.model_validate(data), file, loaded, positions)
+    except ValidationError:
+        return None
+
+
+def _node(data: Any, path: FieldPath) -> Any:
+    for part in path:
+        data = data[part]
+    return data
 
 
 def _with_line(problem: Problem, loaded: LoadedYaml) -> Problem:
@@ -104,7 +169,7 @@ def _describe(error: dict[str, Any], path: FieldPath) -> Problem:
     if kind == "extra_forbidden":
         key = str(path[-1])
         allowed = _allowed_keys(path[:-1])
-        fix = did_you_mean(key, allowed) or (
+        fix = did_you_mean(key, allowed) or _belongs_elsewhere(key, path[:-1]) or (
             "remove it; allowed here: " + ", ".join(sorted(allowed)) if allowed else "remove it")
         return Problem(path, f"unknown key `{key}`", fix)
     if kind == "missing":
@@ -141,6 +206,40 @@ def _allowed_keys(path: FieldPath) -> list[str]:
     return []
 
 
+def _belongs_elsewhere(key: str, parent: FieldPath) -> str | None:
+    """Where a key put at the wrong level goes: ``lr`` under a run goes in its ``parameters``,
+    ``base_recipe`` at the top level under ``controls``, ``dir`` under ``experiment``."""
+    if key in PARAMETERS or key in CONTROL_KEYS:
+        if len(parent) == 2 and parent[0] == "runs":
+            return f"training parameters go under `{format_path(parent)}.parameters:`"
+        return "it belongs under `controls:` (or a run's `parameters:`)" \
+            if key in PARAMETERS else "it belongs under `controls:`"
+    home = _field_homes().get(key)
+    here = re.sub(r"\[\d+\]", "[]", format_path(parent)) if parent else ""
+    if home is None or home == here:
+        return None
+    if here and home.startswith(here + "."):  # runs[].compute -> runs[2].compute
+        home = format_path(parent) + home[len(here):]
+    return f"it belongs under `{home}:`" if home else "it belongs at the top level"
+
+
+@lru_cache(maxsize=1)
+def _field_homes() -> dict[str, str]:
+    """The shallowest place each schema field name is allowed ("dir" -> "experiment")."""
+    homes: dict[str, str] = {}
+    queue: list[tuple[str, Any]] = [("", ExperimentFile)]
+    while queue:
+        where, model = queue.pop(0)
+        for name, field in model.model_fields.items():
+            homes.setdefault(name, where)
+            child, place = _unwrap(field.annotation), f"{where}.{name}" if where else name
+            if get_origin(child) is list:
+                child, place = _unwrap(get_args(child)[0]), place + "[]"
+            if isinstance(child, type) and issubclass(child, BaseModel):
+                queue.append((place, child))
+    return homes
+
+
 def _unwrap(annotation: Any) -> Any:
     """``X | None`` -> ``X``; the first model in a union otherwise."""
     if get_origin(annotation) in (Union, UnionType):
@@ -153,8 +252,10 @@ def _unwrap(annotation: Any) -> Any:
 def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
     spec = experiment.spec
     problems: list[Problem] = []
-    problems += _duplicates([r.name for r in spec.runs], ("runs",), "run name")
-    problems += _duplicates([m.name for m in spec.models.base], ("models", "base"), "model name")
+    runs = experiment.indexed_runs()
+    problems += _duplicates(_run_names_in_file(experiment), ("runs",), "run name")
+    problems += _duplicates(list(enumerate(m.name for m in spec.models.base)), ("models", "base"),
+                            "model name")
 
     for index, model in enumerate(spec.models.base):
         if model.name not in MODELS:
@@ -165,7 +266,7 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
                                     f"unknown model `{model.name}`", fix))
 
     base_names = [m.name for m in spec.models.base]
-    for index, run in enumerate(spec.runs):
+    for index, run in runs:
         if run.model not in base_names:
             fix = did_you_mean(run.model, base_names) or (
                 f"add it to models.base, or use one of: {', '.join(base_names)}")
@@ -194,13 +295,14 @@ def _evaluation_problems(experiment: Experiment) -> list[Problem]:
     evaluation = experiment.spec.evaluation
     if evaluation is None:
         return []
-    problems = _duplicates([t.name for t in evaluation.tasks], ("evaluation", "tasks"), "task name")
+    problems = _duplicates(list(enumerate(t.name for t in evaluation.tasks)),
+                           ("evaluation", "tasks"), "task name")
     for index, task in enumerate(evaluation.tasks):
         if task.script is not None and not experiment.resolve(task.script).is_file():
             problems.append(Problem(("evaluation", "tasks", index, "script"),
                                     f"task script {experiment.resolve(task.script)} not found",
                                     "fix the path, or leave `script` out for the built-in task"))
-    run_names = [r.name for r in experiment.runs]
+    run_names = [name for _, name in _run_names_in_file(experiment)]
     task_names = [t.name for t in evaluation.tasks]
     for index, entry in enumerate(evaluation.matrix or []):
         if entry.run not in run_names:
@@ -220,11 +322,19 @@ def _evaluation_problems(experiment: Experiment) -> list[Problem]:
     return problems
 
 
-def _duplicates(names: list[str], path: FieldPath, what: str) -> list[Problem]:
-    counts = Counter(names)
+def _run_names_in_file(experiment: Experiment) -> list[tuple[int, str]]:
+    """(index, name) of every run in the file, also of runs refused for another reason."""
+    return [(index, run["name"]) for index, run in enumerate(experiment.source.data["runs"])
+            if isinstance(run, dict) and isinstance(run.get("name"), str)]
+
+
+def _duplicates(names: list[tuple[int, str]], path: FieldPath, what: str) -> list[Problem]:
+    """A problem for every name (index, name) that an earlier entry already has."""
+    seen: set[str] = set()
     problems = []
-    for index, name in enumerate(names):
-        if counts[name] > 1 and names.index(name) != index:
+    for index, name in names:
+        if name in seen:
             problems.append(Problem((*path, index, "name"), f"duplicate {what} `{name}`",
                                     f"{what}s must be unique; rename one"))
+        seen.add(name)
     return problems

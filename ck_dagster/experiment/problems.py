@@ -53,10 +53,21 @@ class ExperimentFileError(CkError):
 
     def __init__(self, file: Path | str, problems: Sequence[Problem]):
         self.file = Path(file)
-        self.problems = list(problems)
+        self.problems = _in_file_order(problems)
         count = len(self.problems)
         header = (
             f"{self.file}: {count} problem{'s' if count != 1 else ''}; "
             "nothing was registered or written"
         )
         super().__init__("\n".join([header, *("  " + p.render(self.file) for p in self.problems)]))
+
+
+def _in_file_order(problems: Iterable[Problem]) -> list[Problem]:
+    """Each problem once, in the order of the file's lines (problems without a line first)."""
+    seen: set[tuple[FieldPath, str]] = set()
+    kept = []
+    for problem in problems:
+        if (problem.path, problem.message) not in seen:
+            seen.add((problem.path, problem.message))
+            kept.append(problem)
+    return sorted(kept, key=lambda p: p.line or 0)

@@ -200,11 +200,15 @@ class ExperimentFile(_Strict):
 class Experiment:
     """A validated experiment file, with paths resolved against the file's folder."""
 
-    def __init__(self, spec: ExperimentFile, file: Path, source: LoadedYaml):
+    def __init__(self, spec: ExperimentFile, file: Path, source: LoadedYaml,
+                 run_positions: list[int] | None = None):
+        """``run_positions``: where each of ``spec.runs`` stands in the file's ``runs:`` list,
+        when some runs were left out because they are invalid (see ``read_experiment``)."""
         self.spec = spec
         self.file = file
         #: the parsed document with field lines, for problems found after loading.
         self.source = source
+        self._run_positions = run_positions or list(range(len(spec.runs)))
 
     def line_of(self, path: FieldPath) -> int | None:
         """The line in the file of a field (or of its closest ancestor)."""
@@ -222,6 +226,10 @@ class Experiment:
     @property
     def runs(self) -> list[Run]:
         return self.spec.runs
+
+    def indexed_runs(self) -> list[tuple[int, Run]]:
+        """Every run with its index in the file's ``runs:`` list (the index problems name)."""
+        return list(zip(self._run_positions, self.spec.runs))
 
     def run(self, name: str) -> Run:
         """The run called ``name`` (KeyError if there is none)."""

@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Problem, did_you_mean
+from ck_dagster.experiment.load import read_experiment
+from ck_dagster.experiment.problems import ExperimentFileError, Problem, did_you_mean
 from ck_dagster.experiment.schema import Experiment, Run
 from ck_dagster.finetune import parameters
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
@@ -127,39 +128,52 @@ class ExperimentPlan:
 
 def plan_experiment(experiment: Experiment, environment: JobEnvironment | None = None,
                     only: Iterable[str] | None = None) -> ExperimentPlan:
-    """Plan every run (or the runs named in ``only``), collecting every problem at once.
+    """Plan every run of a loaded experiment (or the runs named in ``only``).
 
-    Raises :class:`ExperimentFileError` when any run's config is refused.
+    Raises :class:`ExperimentFileError` listing every run's problems when any config is refused.
     """
+    runs, problems = _plan_runs(experiment, environment, only)
+    if problems:
+        raise ExperimentFileError(experiment.file, problems)
+    return ExperimentPlan(experiment, runs)
+
+
+def plan_experiment_file(path: str | Path,
+                         environment: JobEnvironment | None = None) -> ExperimentPlan:
+    """Read and plan an experiment file, reporting the problems of every stage in one pass:
+    the file's structure, its cross-references and every valid run's merged config."""
+    reading = read_experiment(path)
+    problems = list(reading.problems)
+    runs: dict[str, RunPlan] = {}
+    if reading.experiment is not None:
+        runs, plan_problems = _plan_runs(reading.experiment, environment)
+        problems += plan_problems
+    if problems or reading.experiment is None:
+        raise ExperimentFileError(reading.file, problems)
+    return ExperimentPlan(reading.experiment, runs)
+
+
+def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
+               only: Iterable[str] | None = None) -> tuple[dict[str, RunPlan], list[Problem]]:
+    """The plans of the runs that are valid, and the problems of the others (with lines)."""
     environment = environment or JobEnvironment.from_env()
     wanted = set(only) if only is not None else None
+    base_models = {m.name for m in experiment.spec.models.base}
     problems: list[Problem] = []
     runs: dict[str, RunPlan] = {}
-    for index, run in enumerate(experiment.runs):
+    for index, run in experiment.indexed_runs():
         if wanted is not None and run.name not in wanted:
             continue
+        if run.model not in MODELS or run.model not in base_models:
+            continue  # reported when the file was read
         planner = _RunPlanner(experiment, run, index, environment)
         plan = planner.plan()
         problems += planner.problems
         if plan is not None:
             runs[run.name] = plan
     problems += _matrix_problems(experiment, runs)
-    if problems:
-        raise ExperimentFileError(experiment.file, _dedupe(problems, experiment))
-    return ExperimentPlan(experiment, runs)
-
-
-def _dedupe(problems: list[Problem], experiment: Experiment) -> list[Problem]:
-    """Controls problems repeat once per run: keep each once, with its line."""
-    seen: set[tuple[FieldPath, str]] = set()
-    kept = []
-    for problem in problems:
-        if (problem.path, problem.message) in seen:
-            continue
-        seen.add((problem.path, problem.message))
-        kept.append(Problem(problem.path, problem.message, problem.fix,
-                            problem.line or experiment.line_of(problem.path)))
-    return kept
+    return runs, [Problem(p.path, p.message, p.fix, p.line or experiment.line_of(p.path))
+                  for p in problems]
 
 
 class _RunPlanner:

@@ -120,14 +120,14 @@ evaluation:
     def version(**kwargs: str) -> str:
         return spec(experiment(**{"data": data, "evaluation": tasks, **kwargs})).version
 
-    unrelated = f"""
-  - {{name: tuned, type: fine-tuned, model: tiny-llama}}
-  - {{name: other, type: fine-tuned, model: tiny-llama, parameters: {{lr: 1e-2}}}}
+    unrelated = """
+  - {name: tuned, type: fine-tuned, model: tiny-llama}
+  - {name: other, type: fine-tuned, model: tiny-llama, parameters: {lr: 1e-2}}
 """
     assert version() == reference
     assert version(runs=unrelated) == reference
-    assert version(evaluation=tasks.replace("12", "13")) != reference
-    assert version(evaluation=tasks.replace("n: 1", "n: 2")) != reference
+    assert version(evaluation=tasks.replace("max_tokens: 12", "max_tokens: 13")) != reference
+    assert version(evaluation=tasks.replace("{n: 1}", "{n: 2}")) != reference
     assert version(evaluation=tasks + "  temperature: 0.5\n") != reference
     assert version(evaluation=tasks + "  matrix: [{run: tuned, epochs: [0]}]\n") != reference
     assert version(controls='  prompt: "Cap {input}"') != reference

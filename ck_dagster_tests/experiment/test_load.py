@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 from ck_dagster.experiment.load import load_experiment
-from ck_dagster.experiment.problems import ExperimentFileError
-from ck_dagster.finetune.plan import plan_experiment
+from ck_dagster.experiment.problems import ExperimentFileError, format_path
+from ck_dagster.finetune.plan import plan_experiment, plan_experiment_file
 from ck_dagster_tests.fixtures.dagster import EXAMPLES
 
 MALFORMED = sorted((Path(__file__).parent / "malformed").glob("*.yaml"))
 
 
 def check(path: Path) -> None:
-    plan_experiment(load_experiment(path))
+    """What ``ck-dagster register`` and ``dry-run`` do with a file before anything is written."""
+    plan_experiment_file(path)
 
 
 @pytest.mark.parametrize("name", ["cap_rank_sweep.yaml", "model_comparison.yaml"])
@@ -46,23 +47,67 @@ def test_malformed_file_is_refused_with_its_own_message(path: Path) -> None:
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    """Structure, cross-references and merged configs are all checked in one pass."""
     source = (Path(__file__).parent / "malformed" / "unknown_parameter.yaml").read_text()
-    text = (source.replace("type: fine-tuned", "type: finetuned")
-                  .replace("name: base", "name: base/x")
-                  .replace("epochs: 2", "epochs: 2\n  lr: fast"))
+    text = (source.replace("name: cap_test", "name: cap test")
+                  .replace("type: fine-tuned", "type: fine-tuned\n    lr: 1e-3")
+                  .replace("name: base", "name: rank4")
+                  .replace("epochs: 2", "epochs: 2\n  lr: fast")
+                  .replace("experiment:", "base_recipe: x\nexperiment:")
+                  + "  matrix:\n    - {run: rank5}\n")
     file = tmp_path / "many.yaml"
     file.write_text(text.replace("../../../examples", str(EXAMPLES)))
     with pytest.raises(ExperimentFileError) as caught:
         check(file)
     problems = caught.value.problems
-    assert {".".join(map(str, p.path)) for p in problems} == {"runs.0.type", "runs.1.name"}
-    # Structural problems stop before configs are merged; fix them and the rest appear.
-    file.write_text(file.read_text().replace("finetuned", "fine-tuned").replace("base/x", "b"))
+    assert [format_path(p.path) for p in problems] == [
+        "base_recipe",                  # unknown key, in the wrong place
+        "experiment.name",              # unsafe name
+        "controls.lr",                  # bad value, found when configs are merged
+        "runs[0].lr",                   # unknown key, in the wrong place
+        "runs[0].parameters.lora_rnk",  # unknown parameter, found when configs are merged
+        "runs[1].name",                 # duplicate run name
+        "evaluation.matrix[0].run",     # unknown run
+    ], caught.value
+    lines = [p.line for p in problems]
+    assert lines == sorted(lines) and None not in lines
+    message = str(caught.value)
+    assert "base_recipe: unknown key `base_recipe` (it belongs under `controls:`)" in message
+    assert "runs[0].lr: unknown key `lr` (training parameters go under `runs[0].parameters:`)" \
+        in message
+    assert "controls.lr: `lr: 'fast'` must be a number above 0" in message
+    assert "unknown run `rank5` (did you mean `rank4`?)" in message
+
+
+def test_a_run_refused_by_the_schema_is_left_out_of_later_checks(tmp_path: Path) -> None:
+    source = (Path(__file__).parent / "malformed" / "unknown_parameter.yaml").read_text()
+    file = tmp_path / "exp.yaml"
+    file.write_text(source.replace("../../../examples", str(EXAMPLES))
+                    .replace("type: fine-tuned", "type: finetuned"))
     with pytest.raises(ExperimentFileError) as caught:
         check(file)
-    messages = str(caught.value)
-    assert "controls.lr: `lr: 'fast'` must be a number above 0" in messages
-    assert "runs[0].parameters.lora_rnk: unknown parameter" in messages
+    # runs[0]'s parameters are not merged while its type is wrong: one problem, not two
+    assert [format_path(p.path) for p in caught.value.problems] == ["runs[0].type"]
+
+
+@pytest.mark.parametrize(("key", "parent", "fix"), [
+    ("dir", "", "it belongs under `experiment:`"),
+    ("epochs", "", "it belongs under `controls:` (or a run's `parameters:`)"),
+    ("tasks", "", "it belongs under `evaluation:`"),
+    ("time", "runs[0]", "it belongs under `runs[0].compute:`"),
+    ("path", "runs[0]", "it belongs under `models.base[]:`"),
+])
+def test_a_key_at_the_wrong_level_says_where_it_goes(tmp_path: Path, key: str, parent: str,
+                                                       fix: str) -> None:
+    source = (Path(__file__).parent / "malformed" / "unknown_parameter.yaml").read_text()
+    anchor = "experiment:" if not parent else "    type: fine-tuned"
+    text = source.replace(anchor, f"{anchor}\n{'    ' if parent else ''}{key}: 1" if parent
+                          else f"{key}: 1\n{anchor}")
+    file = tmp_path / "exp.yaml"
+    file.write_text(text.replace("../../../examples", str(EXAMPLES)))
+    with pytest.raises(ExperimentFileError) as caught:
+        check(file)
+    assert f"unknown key `{key}` ({fix})" in str(caught.value)
 
 
 def test_numbers_and_times_read_as_researchers_write_them(tmp_path: Path) -> None:
