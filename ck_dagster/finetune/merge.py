@@ -54,7 +54,7 @@ class ProvenancedConfig:
             return
         self._forget(path)
         node[last] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
-        for leaf_path, _ in _leaves(node[last], path):
+        for leaf_path, _ in config_leaves(node[last], path):
             self.sources[leaf_path] = source
 
     def remove(self, path: str) -> None:
@@ -78,7 +78,7 @@ class ProvenancedConfig:
 
     def leaves(self) -> Iterator[tuple[str, Any, Source]]:
         """Every leaf as (dotted path, value, source), in config order."""
-        for path, value in _leaves(self.config, ""):
+        for path, value in config_leaves(self.config):
             yield path, value, self.sources[path]
 
     def _forget(self, path: str) -> None:
@@ -87,9 +87,10 @@ class ProvenancedConfig:
             del self.sources[key]
 
 
-def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+def config_leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every leaf of a nested config as (dotted path, value)."""
     if isinstance(value, dict) and value:
         for key, item in value.items():
-            yield from _leaves(item, f"{path}.{key}" if path else key)
+            yield from config_leaves(item, f"{path}.{key}" if path else key)
     else:
         yield path, value

@@ -268,7 +268,8 @@ class JobRunner:
                 self._release(request)
             else:
                 self._fail(request, outcome, f"job {status.job_id} COMPLETED but its outputs "
-                                             "are not all there")
+                                             "are not all there (or not from the current "
+                                             "config)")
         elif state in RESUBMIT_STATES and self._requeued_by_scheduler(status.job_id):
             self.on_event(request.key, f"job {status.job_id} ended {state.value} and the "
                                        "scheduler requeued it: following it again")

@@ -1,7 +1,8 @@
 """What a training job leaves in ``<run>/artifacts``: epoch checkpoints and the loss log.
 
-torchtune writes ``epoch_<N>/`` folders (weights, adapter, config, tokenizer files) and, with
-its DiskLogger, ``logs/log_<unixtime>.txt`` lines such as ``Step 12 | loss:1.93 lr:0.0001``.
+torchtune writes ``epoch_<N>/`` folders (weights, adapter, config, tokenizer files), the config
+it trained with (``torchtune_config.yaml``, from every metric logger) and, with its DiskLogger,
+``logs/log_<unixtime>.txt`` lines such as ``Step 12 | loss:1.93 lr:0.0001``.
 """
 
 from __future__ import annotations
@@ -10,10 +11,20 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ck_dagster.finetune.merge import config_leaves
 
 _EPOCH = re.compile(r"^epoch_(\d+)$")
 _STEP = re.compile(r"^Step (\d+) \| (.*)$")
+#: the config torchtune records in its output_dir when training starts (CLI overrides included).
+TRAINED_CONFIG = "torchtune_config.yaml"
+#: what an out-of-memory retry changes, keeping their product (the effective batch) the same.
+_BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
 #: files that hold model weights in an epoch folder.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -69,6 +80,31 @@ def is_complete(artifacts: Path, epochs: int) -> bool:
     """Whether every epoch ``0..epochs-1`` has been saved with weights."""
     saved = {c.epoch for c in epoch_checkpoints(artifacts) if c.has_weights}
     return epochs > 0 and set(range(epochs)) <= saved
+
+
+def config_differences(artifacts: Path, config: Mapping[str, Any]) -> list[str]:
+    """Where the config the saved checkpoints were trained with differs from ``config``: the
+    dotted paths, ``[TRAINED_CONFIG + " missing"]`` when torchtune recorded none, [] when the
+    same. A halved batch with doubled accumulation (an out-of-memory retry) is the same."""
+    try:
+        trained = yaml.safe_load((artifacts / TRAINED_CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        trained = None
+    if not isinstance(trained, dict):
+        return [f"{TRAINED_CONFIG} missing"]
+    ours, theirs = dict(config_leaves(config)), dict(config_leaves(trained))
+    differences = [path for path in dict.fromkeys([*ours, *theirs])
+                   if path not in _BATCH_KEYS and ours.get(path) != theirs.get(path)]
+    if _effective_batch(ours) != _effective_batch(theirs):
+        differences.append("batch_size")
+    return differences
+
+
+def _effective_batch(leaves: Mapping[str, Any]) -> object:
+    batch, accumulation = leaves.get("batch_size"), leaves.get("gradient_accumulation_steps")
+    if isinstance(batch, int) and isinstance(accumulation, (int, type(None))):
+        return batch * (accumulation or 1)
+    return batch, accumulation
 
 
 def read_training_log(artifacts: Path) -> TrainingLog:

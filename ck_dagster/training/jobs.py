@@ -12,6 +12,7 @@ from ck_dagster.slurm.runner import JobOutcome, JobRequest
 from ck_dagster.training.artifacts import (
     EpochCheckpoint,
     TrainingLog,
+    config_differences,
     epoch_checkpoints,
     is_complete,
     read_training_log,
@@ -20,15 +21,23 @@ from ck_dagster.training.artifacts import (
 
 
 def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
-    """The job that trains ``plan``'s run: adopted when its epochs are all saved already."""
+    """The job that trains ``plan``'s run: adopted when its epochs are all saved already,
+    trained with the run's current config."""
     assert plan.job is not None and plan.config is not None, "control runs are not trained"
-    artifacts = plan.artifacts_dir
+    artifacts, config = plan.artifacts_dir, plan.config.config
+
+    def is_done() -> bool:
+        return is_complete(artifacts, plan.epochs) and not config_differences(artifacts, config)
 
     def before_submit() -> None:
         check_run_files(plan)
+        differences = config_differences(artifacts, config)
         moved = set_aside(artifacts)
         if moved is not None:
-            notes.append(f"earlier checkpoints kept in {moved}")
+            why = "" if not differences else (
+                f", trained with another config ({', '.join(differences[:5])}"
+                f"{', ...' if len(differences) > 5 else ''})")
+            notes.append(f"earlier checkpoints kept in {moved}{why}")
         artifacts.mkdir(parents=True, exist_ok=True)
 
     def oom_retry_args() -> list[str] | None:
@@ -39,7 +48,7 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
         key=plan.partition_key,
         script=plan.run_dir / "finetune.slurm",
         job_name=plan.job.job_name,
-        is_done=lambda: is_complete(artifacts, plan.epochs),
+        is_done=is_done,
         before_submit=before_submit,
         oom_retry_args=oom_retry_args,
         force=retrain,

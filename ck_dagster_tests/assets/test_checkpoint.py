@@ -116,6 +116,16 @@ def test_trains_every_run_through_slurm_then_adopts(experiment) -> None:
     assert len(kept) == 1 and (kept[0] / "epoch_1").is_dir()
     assert "kept in" in latest(exp.partition_key("lora8"))["notes"]
 
+    # checkpoints trained with another config are not adopted: trained again, old ones kept
+    exp.file.write_text(exp.file.read_text().replace("lr: 2e-3", "lr: 3e-3"))
+    run_command(["ck-dagster", "register", exp.file])
+    materialize("run_config,checkpoint", [exp.partition_key("lora16")])
+    assert len(jobs_named(exp, "lora16")) == 2
+    metadata = latest(exp.partition_key("lora16"))
+    assert metadata["status"] == "completed"
+    assert "trained with another config (optimizer.lr)" in metadata["notes"]
+    assert len(list(exp.run_dir("lora16").glob("artifacts.previous-*"))) == 1
+
 
 def test_terminating_the_run_cancels_the_job(experiment) -> None:
     exp = experiment(LONG_RUN)
