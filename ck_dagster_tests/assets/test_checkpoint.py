@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus
 
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.slurm.client import SlurmLauncher
@@ -19,6 +19,7 @@ from ck_dagster.slurm.states import JobState
 from ck_dagster.training.jobs import halved_batch_args
 from ck_dagster_tests.fixtures.dagster import BIN, run_command
 from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
+from ck_dagster_tests.fixtures.webserver import SERVE_TIMEOUT, WebServer
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -139,6 +140,37 @@ def test_terminating_the_run_cancels_the_job(experiment) -> None:
         assert time.monotonic() < deadline, jobs_named(exp, "long")
         time.sleep(0.5)
     assert f"cancelled job(s) {job_id}" in output
+
+
+def test_terminating_from_the_ui_cancels_the_job(experiment, dagster_home, tmp_path) -> None:
+    """Launched and terminated through the webserver's GraphQL API, as the UI's Materialize
+    and Terminate buttons do (`dagster dev`: the daemon runs what is launched)."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    exp = experiment(LONG_RUN)
+    server = WebServer(dagster_home, tmp_path / "dagster-dev.log", env={"CK_LAUNCHER": "slurm"},
+                       daemon=True)
+    try:
+        server.wait_until_serving(SERVE_TIMEOUT)
+        client = DagsterGraphQLClient("127.0.0.1", port_number=server.port)
+        run_id = client.submit_job_execution(
+            "__ASSET_JOB", repository_location_name="ck_dagster",
+            repository_name="__repository__", asset_selection=["checkpoint"],
+            tags={"dagster/partition": exp.partition_key("long")})
+        job_id = wait_running(exp, "long", limit=SERVE_TIMEOUT + 120)
+        client.terminate_run(run_id)
+        deadline = time.monotonic() + 60
+        while (jobs_named(exp, "long")[0].state is not JobState.CANCELLED
+               or client.get_run_status(run_id) is not DagsterRunStatus.CANCELED):
+            assert time.monotonic() < deadline, (jobs_named(exp, "long"),
+                                                 client.get_run_status(run_id))
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    with DagsterInstance.get() as instance:
+        logs = [e.user_message for e in instance.all_logs(run_id)]
+    assert any(f"cancelled job(s) {job_id}" in message for message in logs), logs
+    assert len(jobs_named(exp, "long")) == 1
 
 
 def test_reattaches_after_the_process_was_killed(experiment) -> None:

@@ -8,18 +8,11 @@ Full-page screenshots of every page checked go to `test-artifacts/ui/`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import operator
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +25,8 @@ import yaml
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.experiment.schema import Experiment
 from ck_dagster.assets.instance import ensure_dagster_home
-from ck_dagster_tests.fixtures.dagster import BIN, EXAMPLES, REPO, run_command
+from ck_dagster_tests.fixtures.dagster import EXAMPLES, REPO, run_command
+from ck_dagster_tests.fixtures.webserver import SERVE_TIMEOUT, WebServer
 
 if TYPE_CHECKING:
     from ck_dagster_tests.ui.browser import Browser
@@ -44,7 +38,6 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 EXAMPLE = "cap_rank_sweep.yaml"
 RUN = "rank16_lr3e-4"  # sets a parameter of its own (lr) besides the LoRA rank
-SERVE_TIMEOUT = 90  # s; its code server imports torch, slowly on a busy 2-core machine
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,51 +56,6 @@ def require_browser() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip", pytrace=False)
     pytest.skip(reason)
-
-
-class WebServer:
-    """dagster-webserver on a free loopback port for one Dagster home, started from the repo
-    root with its workspace.yaml. It runs in a process group of its own with the code server
-    it starts, so that stopping it stops both."""
-
-    def __init__(self, home: Path, log: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        with log.open("w") as out:
-            self.process = subprocess.Popen(
-                [str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"),
-                 "-h", "127.0.0.1", "-p", str(port)],
-                cwd=REPO, env={**os.environ, "DAGSTER_HOME": str(home)},
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_until_serving(self, timeout: float) -> None:
-        """Poll /server_info until it answers 200; fail with the server's log otherwise."""
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/server_info", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.2)
-        state = (f"exited {self.process.returncode}" if self.process.poll() is not None
-                 else f"not serving after {timeout} s")
-        raise AssertionError(f"dagster-webserver {state}; its log:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        """SIGTERM the group, give it 15 s, then SIGKILL whatever of it is left (a hung
-        server, or a code server that outlived it)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
 
 
 @dataclass(frozen=True)
