@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import subprocess
 import threading
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ck_dagster.slurm.client import SlurmLauncher
+from ck_dagster.slurm.follow import JobFollower
 from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.local import LocalLauncher
 from ck_dagster.slurm.runner import JobRequest, JobRunner
@@ -78,22 +78,23 @@ def test_failure_carries_state_exit_code_and_log_tail(launcher, tmp_path):
 
 
 def test_interrupt_cancels_the_jobs(launcher, tmp_path):
+    """An interruption while the runner waits (Ctrl-C, Dagster's termination) cancels its
+    jobs. It is raised from the runner's own sleep, in the main thread, once the job runs: the
+    signals that carry it in real use are tested end to end in assets/test_checkpoint.py."""
     request = writes_done(tmp_path, "sleep 60")
     job_ids: list[str] = []
 
-    def interrupt_once_running() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            found = launcher.find(request.job_name)
-            if found and found[0].state is JobState.RUNNING:
-                job_ids.append(found[0].job_id)
-                _thread.interrupt_main()
-                return
-            time.sleep(0.2)
+    def sleep_until_running(seconds: float) -> None:
+        found = launcher.find(request.job_name)
+        if found and found[0].state is JobState.RUNNING:
+            job_ids.append(found[0].job_id)
+            raise KeyboardInterrupt
+        time.sleep(seconds)
 
-    threading.Thread(target=interrupt_once_running, daemon=True).start()
+    follower = JobFollower(launcher, poll_initial=0.3, poll_max=1.0, cancel_on_interrupt=False,
+                           sleep=sleep_until_running)
     with pytest.raises(KeyboardInterrupt):
-        runner(launcher).run([request])
+        runner(launcher, follower=follower).run([request])
     assert job_ids
     wait_for_state(launcher, job_ids[0], "CANCELLED")
 
