@@ -137,7 +137,7 @@ def eval_specs_for(plan: ExperimentPlan) -> dict[str, EvalSpec]:
         try:
             specs[run_plan.partition_key] = eval_spec_for(run_plan)
         except ExperimentFileError as exc:
-            problems += [p for p in exc.problems if p not in problems]
+            problems += exc.problems  # ExperimentFileError keeps each problem once
     if problems:
         raise ExperimentFileError(plan.experiment.file, problems)
     return specs

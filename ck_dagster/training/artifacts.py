@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
