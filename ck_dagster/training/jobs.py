@@ -6,18 +6,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ck_dagster.errors import CkError
 from ck_dagster.finetune.plan import RunPlan
 from ck_dagster.slurm.runner import JobOutcome, JobRequest
 from ck_dagster.training.artifacts import (
     EpochCheckpoint,
     TrainingLog,
+    compare_configs,
     config_differences,
     epoch_checkpoints,
     is_complete,
     read_training_log,
     set_aside,
 )
+
+
+#: the finetune.yaml the run's latest job was submitted with (a job reads its config when it
+#: starts; this says what a queued or running job trains, after the run was edited).
+SUBMITTED_CONFIG = "finetune.submitted.yaml"
 
 
 def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
@@ -39,10 +47,19 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
                 f"{', ...' if len(differences) > 5 else ''})")
             notes.append(f"earlier checkpoints kept in {moved}{why}")
         artifacts.mkdir(parents=True, exist_ok=True)
+        submitted.write_text(plan.finetune_yaml)
+
+    def changes_since_submitted() -> list[str]:
+        try:
+            before = yaml.safe_load(submitted.read_text())
+        except (OSError, yaml.YAMLError):
+            return []  # submitted by hand or by an older version: cannot tell
+        return compare_configs(before, config) if isinstance(before, dict) else []
 
     def oom_retry_args() -> list[str] | None:
         return halved_batch_args(plan.config.config if plan.config else {})
 
+    submitted = plan.run_dir / SUBMITTED_CONFIG
     notes: list[str] = []
     return JobRequest(
         key=plan.partition_key,
@@ -53,6 +70,8 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
         oom_retry_args=oom_retry_args,
         force=retrain,
         notes=notes,
+        verb="trained",
+        changes_since_submitted=changes_since_submitted,
     )
 
 
