@@ -289,11 +289,12 @@ class JobRunner:
         if not changes:
             return False
         changed = ", ".join(changes[:5]) + (", ..." if len(changes) > 5 else "")
-        self.launcher.cancel(job.job_id)
-        self._await_end(job.job_id)
         note = (f"job {job.job_id} ({job.state.value}) was submitted before the run was edited "
                 f"(changed: {changed}): cancelled it")
+        # claimed first: the holder that sees its job cancelled finds out why
         self.claims.take_over(request, note + (f" (it was {holder}'s)" if holder else ""))
+        self.launcher.cancel(job.job_id)
+        self._await_end(job.job_id)
         request.notes.append(note)
         self.on_event(request.key, f"{note}; submitting the edited run")
         return True

@@ -13,13 +13,21 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from ck_dagster.assets.jobs import InstanceClaims
 from ck_dagster.slurm.runner import JobRequest
+from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixture)
     experiment,
     jobs_named,
     latest,
+    materialize,
     start_materialize,
+    wait_running,
 )
+from ck_dagster_tests.fixtures.dagster import run_command
 
+#: a run that trains for minutes, unless edited: the edit trains a few seconds
+EDITED_RUN = """
+  - {name: long, type: fine-tuned, model: tiny-llama, parameters: {epochs: 8, max_steps_per_epoch: 60}}
+"""
 #: one short run (a few seconds of training)
 SHORT_RUN = """
   - {name: one, type: fine-tuned, model: tiny-llama, parameters: {epochs: 1}}
@@ -81,3 +89,33 @@ def test_two_materializations_at_once_make_one_job(experiment) -> None:
     assert holder and holder.group(2) == job.job_id, other
     assert all(p.returncode == 0 for p in processes), outputs
     assert latest(partition)["job_id"] == job.job_id
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_run_edited_while_its_job_runs_is_cancelled_and_trained_again(experiment) -> None:
+    """The next materialization cancels the stale job at once and trains the edit; the
+    process that followed the stale job fails naming the edit."""
+    exp = experiment(EDITED_RUN)
+    partition = exp.partition_key("long")
+    first = start_materialize(partition)
+    stale = wait_running(exp, "long")
+    exp.file.write_text(exp.file.read_text().replace("epochs: 8, max_steps_per_epoch: 60",
+                                                     "epochs: 1, max_steps_per_epoch: 4"))
+    run_command(["ck-dagster", "register", exp.file])
+    materialize("run_config", [partition])
+    second = start_materialize(partition)
+    first_output, _ = first.communicate(timeout=300)
+    assert first.returncode != 0
+    assert f"job {stale} ended CANCELLED: {partition} was edited meanwhile" in first_output
+    changed = re.search(r"\(changed: ([^)]*)\): cancelled it", first_output)
+    assert changed and set(changed.group(1).split(", ")) == {"epochs", "max_steps_per_epoch"}
+    second_output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, second_output
+    jobs = jobs_named(exp, "long")
+    assert len(jobs) == 2 and {j.state for j in jobs} == {JobState.CANCELLED, JobState.COMPLETED}
+    fresh = next(j for j in jobs if j.state is JobState.COMPLETED)
+    metadata = latest(partition)
+    assert metadata["job_id"] == fresh.job_id and metadata["epochs_saved"] == 1
+    assert f"job {stale} (RUNNING) was submitted before the run was edited (changed: " \
+        f"{changed.group(1)}): cancelled it" in metadata["notes"]
