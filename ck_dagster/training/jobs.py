@@ -76,13 +76,16 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
 
 
 def halved_batch_args(config: dict[str, Any]) -> list[str] | None:
-    """torchtune overrides with half the batch and twice the accumulation (same effective
-    batch), or None when the batch cannot be halved."""
+    """torchtune overrides with a smaller batch and more accumulation, keeping the effective
+    batch (batch x accumulation): the batch is divided by its smallest prime factor (halved
+    when even, 5 -> 1 x 5), or None when it is 1 already."""
     batch = int(config.get("batch_size", 1))
     accumulation = int(config.get("gradient_accumulation_steps", 1) or 1)
     if batch < 2:
         return None
-    return [f"batch_size={batch // 2}", f"gradient_accumulation_steps={accumulation * 2}"]
+    factor = next(f for f in range(2, batch + 1) if batch % f == 0)
+    return [f"batch_size={batch // factor}",
+            f"gradient_accumulation_steps={accumulation * factor}"]
 
 
 def check_run_files(plan: RunPlan) -> None:
