@@ -194,6 +194,7 @@ class JobRunner:
         self._by_job: dict[str, JobRequest] = {}
         self._holding: set[str] = set()
         self._watching: set[str] = set()  # jobs another process submitted and holds
+        self._told_waiting: set[str] = set()  # keys whose wait for a slot was logged
         todo = []
         for request in requests:
             outcome = outcomes[request.key] = JobOutcome(request.key, "running")
@@ -331,6 +332,10 @@ class JobRunner:
         still_waiting = []
         for request in waiting:
             if not self.slots.acquire(request.key):
+                if request.key not in self._told_waiting:
+                    self._told_waiting.add(request.key)
+                    self.on_event(request.key, "waiting for a free slot of the job pool (every "
+                                               "slot is held by a job in the queue)")
                 still_waiting.append(request)
                 continue
             self._holding.add(request.key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import string
 import uuid
 from pathlib import Path
@@ -14,7 +15,16 @@ import pytest
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.states import JobState
-from ck_dagster_tests.assets.test_checkpoint import jobs_named, latest, materialize
+from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixture)
+    LONG_RUN,
+    experiment,
+    jobs_named,
+    latest,
+    materialize,
+    start_materialize,
+    wait_running,
+)
+from ck_dagster_tests.assets.test_claims import SHORT_RUN
 from ck_dagster_tests.fixtures.dagster import run_command
 from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
 
@@ -66,3 +76,32 @@ def test_out_of_memory_is_retried_with_a_smaller_batch_and_adopted(
     materialize("checkpoint", [partition])  # trained with the retry's batch: adopted
     assert latest(partition)["status"] == "adopted"
     assert len(jobs_named(exp, "big")) == 2
+
+
+def test_the_default_pool_holds_jobs_back_and_frees_a_killed_runs_slot(experiment) -> None:
+    """`slurm_jobs` at 1 slot: a second run waits (and says so) while the first one's job is
+    in the queue; once that run is killed (SIGKILL, its job cancelled), its slot is freed and
+    the waiting run's job submitted."""
+    exp = experiment(LONG_RUN + SHORT_RUN)
+    run_command(["dagster", "instance", "concurrency", "set", "slurm_jobs", "1"])
+    holder = start_materialize(exp.partition_key("long"))
+    long_job = wait_running(exp, "long")
+    waiting = start_materialize(exp.partition_key("one"))
+    lines = []
+    assert waiting.stdout is not None
+    for line in waiting.stdout:
+        lines.append(line)
+        if "waiting for a free slot of the job pool" in line:
+            break
+    assert jobs_named(exp, "one") == [], "submitted although the only slot was taken"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    SlurmLauncher().cancel(long_job)
+    output = "".join(lines) + waiting.communicate(timeout=600)[0]
+    assert waiting.returncode == 0, output
+    assert "freed pool slots of run" in output
+    [job] = jobs_named(exp, "one")
+    assert job.state is JobState.COMPLETED
+    started = SlurmLauncher().accounting(job.job_id).start_time
+    ended = SlurmLauncher().accounting(long_job).end_time
+    assert started and ended and started >= ended, "both jobs were in the queue at once"
