@@ -7,6 +7,7 @@ import json
 import random
 import signal
 import string
+import time
 import uuid
 from pathlib import Path
 
@@ -105,3 +106,18 @@ def test_the_default_pool_holds_jobs_back_and_frees_a_killed_runs_slot(experimen
     started = SlurmLauncher().accounting(job.job_id).start_time
     ended = SlurmLauncher().accounting(long_job).end_time
     assert started and ended and started >= ended, "both jobs were in the queue at once"
+
+
+def test_ctrl_c_cancels_the_training_job(experiment) -> None:
+    """SIGINT, as Ctrl-C in a terminal sends it, to `dagster asset materialize`."""
+    exp = experiment(LONG_RUN)
+    process = start_materialize(exp.partition_key("long"))
+    job_id = wait_running(exp, "long")
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert f"cancelled job(s) {job_id}" in output, output
+    deadline = time.monotonic() + 30
+    while jobs_named(exp, "long")[0].state is not JobState.CANCELLED:
+        assert time.monotonic() < deadline, jobs_named(exp, "long")
+        time.sleep(0.5)
