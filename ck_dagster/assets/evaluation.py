@@ -206,7 +206,8 @@ def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult
 def experiment_report(context: AssetExecutionContext,
                       job_environment: JobEnvironmentResource) -> MaterializeResult:
     """Runs x epochs x tasks for every registered experiment, with the varied parameters, the
-    final training loss and scores with their 95% interval; CSV and PNG in <experiment.dir>/report/."""
+    final training loss and scores with their 95% interval; CSV and PNG in
+    <experiment.dir>/report/."""
     keys = registered_keys(context.instance)
     plans = load_registered_plans(context.instance, keys, job_environment.environment())
     by_experiment: dict[str, list[RunPlan]] = {}

@@ -21,8 +21,8 @@ from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Probl
 from ck_dagster.experiment.schema import EvalTask, Evaluation, MatrixEntry, Scorer
 from ck_dagster.fileio import atomic_write_text
 from ck_dagster.finetune import parameters
-from ck_dagster.finetune.parameters import INPUT_PLACEHOLDER
 from ck_dagster.finetune.models import ModelSpec
+from ck_dagster.finetune.parameters import INPUT_PLACEHOLDER
 from ck_dagster.finetune.plan import RunPlan, file_digest
 
 #: the folder of a run that holds everything evaluation writes.

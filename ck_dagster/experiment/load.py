@@ -177,7 +177,8 @@ def _describe(error: dict[str, Any], path: FieldPath) -> Problem:
     message = error["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
-        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",")
+                   if c.strip()]
         fix = did_you_mean(str(value), choices) or f"use one of: {expected}"
         return Problem(path, f"`{value}` is not allowed", fix)
     return Problem(path, f"{message} (got {value!r})" if _is_scalar(value) else message)

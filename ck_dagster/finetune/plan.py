@@ -25,12 +25,12 @@ import yaml
 from ck_dagster.experiment.load import read_experiment
 from ck_dagster.experiment.problems import ExperimentFileError, Problem, did_you_mean
 from ck_dagster.experiment.schema import Experiment, Run
+from ck_dagster.fileio import sha256_file
 from ck_dagster.finetune import parameters
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
 from ck_dagster.finetune.merge import ProvenancedConfig, Source
 from ck_dagster.finetune.models import MODELS, ModelSpec
 from ck_dagster.finetune.validate import component_errors
-from ck_dagster.fileio import sha256_file
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
 
@@ -335,7 +335,8 @@ class _RunPlanner:
     def _derive_after(self, config: ProvenancedConfig) -> None:
         rank = config.get("model.lora_rank")
         alpha_source = config.sources.get("model.lora_alpha")
-        if rank is not None and (alpha_source is None or alpha_source.kind in ("recipe", "derived")):
+        derived = alpha_source is None or alpha_source.kind in ("recipe", "derived")
+        if rank is not None and derived:
             config.set("model.lora_alpha", 2 * rank, Source("derived", "2 x model.lora_rank"))
 
     # -- checks and job -----------------------------------------------------------------------

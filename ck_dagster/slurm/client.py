@@ -17,12 +17,26 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ck_dagster.errors import CkError
-from ck_dagster.slurm.launcher import (BatchHeader, ControllerUnavailable, SubmissionRefused,
-                                       expand_log_pattern, order_found)
-from ck_dagster.slurm.states import (JobAccounting, JobState, JobStatus,
-                                     exit_code_from_wait_status, parse_duration, split_exit_code)
+from ck_dagster.slurm.launcher import (
+    BatchHeader,
+    ControllerUnavailable,
+    SubmissionRefused,
+    expand_log_pattern,
+    order_found,
+)
+from ck_dagster.slurm.states import (
+    JobAccounting,
+    JobState,
+    JobStatus,
+    exit_code_from_wait_status,
+    parse_duration,
+    split_exit_code,
+)
 
 _log = logging.getLogger(__name__)
+
+#: how a command runs: ``subprocess.run``'s signature (tests inject a fake SLURM here).
+CommandRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 # What SLURM's clients print when the controller (or the network to it) does not answer.
 _CONTROLLER_DOWN = (
@@ -58,9 +72,11 @@ class SlurmLauncher:
                  retry_max_s: float = 30.0, command_timeout_s: float = 120.0,
                  find_window_days: int = 30,
                  sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 run: CommandRunner = subprocess.run) -> None:
         """``retry_*`` bound how long an unanswering controller is retried (total, first and
-        longest pause); ``find_window_days`` is how far back ``find`` asks accounting."""
+        longest pause); ``find_window_days`` is how far back ``find`` asks accounting;
+        ``run`` runs each SLURM command (``subprocess.run``)."""
         self.retry_total_s = retry_total_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -69,6 +85,7 @@ class SlurmLauncher:
         self.calls: Counter[str] = Counter()
         self._sleep = sleep
         self._clock = clock
+        self._run_command = run
         self._user = getpass.getuser()
 
     # -- the Launcher interface ----------------------------------------------------------------
@@ -216,7 +233,7 @@ class SlurmLauncher:
         while True:
             self.calls[argv[0]] += 1
             try:
-                result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                result = self._run_command(argv, cwd=cwd, env=env, capture_output=True, text=True,
                                         timeout=self.command_timeout_s, stdin=subprocess.DEVNULL)
             except FileNotFoundError as exc:
                 raise CkError(f"{argv[0]} is not on PATH: install the SLURM client or set "

@@ -74,7 +74,7 @@ def tail(path: str | os.PathLike[str] | None, lines: int = 40) -> str:
     if path is None or lines <= 0:
         return ""
     try:
-        handle = open(path, "rb")
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the `with` below)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         return ""
     with handle:

@@ -247,8 +247,8 @@ class _Wrapper:
         spec = self.spec
         started = time.time()
         mode = "ab" if spec["append"] else "wb"
-        out = open(spec["stdout"], mode)
-        err = open(spec["stderr"], mode) if spec["stderr"] else None
+        out = open(spec["stdout"], mode)  # noqa: SIM115 (the child holds them; closed below)
+        err = open(spec["stderr"], mode) if spec["stderr"] else None  # noqa: SIM115
         try:
             self.child = subprocess.Popen(
                 spec["command"], cwd=spec["workdir"], stdin=subprocess.DEVNULL, stdout=out,

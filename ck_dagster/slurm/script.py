@@ -70,7 +70,8 @@ class JobEnvironment:
         if self.modules:
             lines += ["module purge", "module load " + " ".join(map(shlex.quote, self.modules))]
         if self.conda_env:
-            lines += ['eval "$(conda shell.bash hook)"', f"conda activate {shlex.quote(self.conda_env)}"]
+            lines += ['eval "$(conda shell.bash hook)"',
+                      f"conda activate {shlex.quote(self.conda_env)}"]
         if self.venv:
             lines.append(f"source {shlex.quote(str(Path(self.venv) / 'bin' / 'activate'))}")
         return lines

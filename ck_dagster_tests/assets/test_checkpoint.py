@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 #: one run that trains long enough (~30 s) to be caught while running
 LONG_RUN = """
-  - {name: long, type: fine-tuned, model: tiny-llama, parameters: {lora_rank: 8, epochs: 4, max_steps_per_epoch: 40}}
+  - {name: long, type: fine-tuned, model: tiny-llama,
+     parameters: {lora_rank: 8, epochs: 4, max_steps_per_epoch: 40}}
 """
 
 

@@ -12,6 +12,8 @@ from ck_dagster.experiment.problems import ExperimentFileError, format_path
 from ck_dagster.finetune.plan import plan_experiment, plan_experiment_file
 from ck_dagster_tests.fixtures.dagster import EXAMPLES
 
+pytestmark = pytest.mark.unit
+
 MALFORMED = sorted((Path(__file__).parent / "malformed").glob("*.yaml"))
 
 

@@ -29,6 +29,7 @@ def test_loaded_configs_equal_what_tune_cp_writes(tmp_path: Path) -> None:
         assert catalog.load(name) == copied, name
 
 
+@pytest.mark.unit
 def test_loaded_configs_are_copies() -> None:
     catalog = recipe_catalog()
     config = catalog.load(SAMPLE[0])
@@ -36,6 +37,7 @@ def test_loaded_configs_are_copies() -> None:
     assert catalog.load(SAMPLE[0])["epochs"] != 999
 
 
+@pytest.mark.unit
 def test_unknown_names_get_close_matches() -> None:
     catalog = recipe_catalog()
     with pytest.raises(KeyError):
@@ -43,6 +45,7 @@ def test_unknown_names_get_close_matches() -> None:
     assert "llama3_2/1B_lora_single_device" in catalog.closest("llama3_2/1B_lora_singledevice")
 
 
+@pytest.mark.unit
 def test_unknown_key_check_knows_what_recipes_read() -> None:
     read = keys_read_by("lora_finetune_single_device")
     assert {"epochs", "batch_size", "optimizer", "save_adapter_weights_only"} <= read
