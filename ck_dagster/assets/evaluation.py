@@ -39,7 +39,7 @@ from dagster import (
 from pydantic import Field
 
 from ck_dagster.assets.configs import plans_for
-from ck_dagster.assets.jobs import LauncherResource, record_partitions
+from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions, split_key
 from ck_dagster.assets.registry import (
     EVAL_SPEC,

@@ -20,7 +20,8 @@ from dagster import (
     MetadataValue,
 )
 
-from ck_dagster.slurm.launcher import Launcher, choose_launcher
+from ck_dagster.slurm.choose import choose_launcher
+from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.runner import JobOutcome, JobRunner
 from ck_dagster.training.progress import is_trouble
 

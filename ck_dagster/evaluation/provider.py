@@ -57,9 +57,9 @@ from torchtune.generation import (
 from torchtune.modules import TransformerDecoder, local_kv_cache
 from torchtune.modules.transforms import Transform
 
+from ck_dagster.catalog.models import get_model
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.spec import TorchtuneModel
-from ck_dagster.finetune.models import get_model
 
 #: how torchtune names the index of a sharded (or any saved) safetensors checkpoint.
 SAFETENSORS_INDEX = "model.safetensors.index.json"

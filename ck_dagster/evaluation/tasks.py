@@ -31,11 +31,11 @@ from inspect_ai.scorer import Scorer as InspectScorer
 from inspect_ai.scorer import exact, includes, match
 from inspect_ai.solver import generate
 
+from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.spec import DEFAULT_SCORERS, TEST_SPLIT, EvalSpec, TaskSpec
 from ck_dagster.experiment.schema import Scorer
 from ck_dagster.finetune.dataset import prompt_messages
-from ck_dagster.finetune.parameters import INPUT_PLACEHOLDER
 
 #: ``evaluation.scorers`` names and the inspect scorers they make (with the entry's params).
 SCORERS = {"match": match, "includes": includes, "exact": exact}

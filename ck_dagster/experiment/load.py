@@ -12,6 +12,8 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from ck_dagster.catalog.models import MODELS
+from ck_dagster.catalog.parameters import CONTROL_KEYS, PARAMETERS
 from ck_dagster.experiment.problems import (
     ExperimentFileError,
     FieldPath,
@@ -21,8 +23,6 @@ from ck_dagster.experiment.problems import (
 )
 from ck_dagster.experiment.schema import Experiment, ExperimentFile
 from ck_dagster.experiment.yaml_lines import LoadedYaml, load_yaml
-from ck_dagster.finetune.models import MODELS
-from ck_dagster.finetune.parameters import CONTROL_KEYS, PARAMETERS
 
 #: parameters a control run may set: they change what the model is asked, not how it is trained.
 CONTROL_RUN_PARAMETERS = frozenset({"prompt", "system_prompt"})
@@ -262,7 +262,7 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
         if model.name not in MODELS:
             fix = did_you_mean(model.name, MODELS) or (
                 "known models: " + ", ".join(MODELS) + " (adding one is one entry in "
-                "ck_dagster/finetune/models.py)")
+                "ck_dagster/catalog/models.py)")
             problems.append(Problem(("models", "base", index, "name"),
                                     f"unknown model `{model.name}`", fix))
 

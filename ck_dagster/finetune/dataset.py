@@ -15,10 +15,9 @@ from torchtune.datasets import PackedDataset, SFTDataset
 from torchtune.modules.transforms import Transform
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
-from ck_dagster.errors import CkError
-
 # the placeholder a prompt must contain; nothing else in a prompt is interpreted
-from ck_dagster.finetune.parameters import INPUT_PLACEHOLDER
+from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
+from ck_dagster.errors import CkError
 
 
 def prompt_messages(input_text: str, *, prompt: str, system_prompt: str,

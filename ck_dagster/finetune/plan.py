@@ -22,14 +22,14 @@ from typing import Any
 
 import yaml
 
+from ck_dagster.catalog import parameters
+from ck_dagster.catalog.models import MODELS, ModelSpec
 from ck_dagster.experiment.load import read_experiment
 from ck_dagster.experiment.problems import ExperimentFileError, Problem, did_you_mean
 from ck_dagster.experiment.schema import Experiment, Run
 from ck_dagster.fileio import sha256_file
-from ck_dagster.finetune import parameters
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
 from ck_dagster.finetune.merge import ProvenancedConfig, Source
-from ck_dagster.finetune.models import MODELS, ModelSpec
 from ck_dagster.finetune.validate import component_errors
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for

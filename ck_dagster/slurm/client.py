@@ -17,13 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ck_dagster.errors import CkError
-from ck_dagster.slurm.launcher import (
-    BatchHeader,
-    ControllerUnavailable,
-    SubmissionRefused,
-    expand_log_pattern,
-    order_found,
-)
+from ck_dagster.slurm.batch_header import BatchHeader, expand_log_pattern
+from ck_dagster.slurm.launcher import ControllerUnavailable, SubmissionRefused, order_found
 from ck_dagster.slurm.states import (
     JobAccounting,
     JobState,

@@ -30,7 +30,8 @@ from typing import Any
 
 from ck_dagster.errors import CkError
 from ck_dagster.fileio import atomic_write_text
-from ck_dagster.slurm.launcher import BatchHeader, order_found
+from ck_dagster.slurm.batch_header import BatchHeader
+from ck_dagster.slurm.launcher import order_found
 from ck_dagster.slurm.states import JobAccounting, JobState, JobStatus, split_exit_code
 
 DEFAULT_STATE_DIR = Path("~/.local/state/ck_dagster/local-jobs")

@@ -16,7 +16,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.states import JobState
-from ck_dagster.training.jobs import halved_batch_args
+from ck_dagster.training.submit import halved_batch_args
 from ck_dagster_tests.fixtures.dagster import BIN, run_command
 from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
 from ck_dagster_tests.fixtures.webserver import SERVE_TIMEOUT, WebServer
