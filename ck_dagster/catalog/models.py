@@ -1,6 +1,6 @@
 """The models ck_dagster knows: torchtune builders, tokenizer, checkpointer and SLURM size.
 
-Adding a model is one :class:`ModelSpec` entry in :data:`MODELS`. ``models.base[].name`` in an
+Adding a model is one :class:`KnownModel` entry in :data:`MODELS`. ``models.base[].name`` in an
 experiment file must be one of these names; ``models.base[].path`` is the HF-format model folder
 on disk, and every path below is relative to it.
 """
@@ -15,7 +15,7 @@ from ck_dagster.slurm.resources import RESOURCES_BY_SIZE, Resources
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class KnownModel:
     """One model family member as torchtune and SLURM need to know it."""
 
     name: str
@@ -55,8 +55,8 @@ _QWEN_TOKENIZER_FILES = {"path": "vocab.json", "merges_file": "merges.txt"}
 
 
 def _llama(name: str, module: str, suffix: str, files: list[str] | dict[str, str],
-           model_type: str, size: str, family: str) -> ModelSpec:
-    return ModelSpec(
+           model_type: str, size: str, family: str) -> KnownModel:
+    return KnownModel(
         name=name,
         builder=f"torchtune.models.{module}.{module}_{suffix}",
         lora_builder=f"torchtune.models.{module}.lora_{module}_{suffix}",
@@ -69,8 +69,8 @@ def _llama(name: str, module: str, suffix: str, files: list[str] | dict[str, str
     )
 
 
-def _qwen(name: str, suffix: str, files: list[str], size: str) -> ModelSpec:
-    return ModelSpec(
+def _qwen(name: str, suffix: str, files: list[str], size: str) -> KnownModel:
+    return KnownModel(
         name=name,
         builder=f"torchtune.models.qwen2_5.qwen2_5_{suffix}",
         lora_builder=f"torchtune.models.qwen2_5.lora_qwen2_5_{suffix}",
@@ -88,7 +88,7 @@ _SPECS = [
            "LLAMA3_2", "1B", "llama3_2"),
     _llama("Llama-3.2-3B-Instruct", "llama3_2", "3b", _shards(2), "LLAMA3_2", "3B", "llama3_2"),
     _llama("Llama-3.1-8B-Instruct", "llama3_1", "8b", _shards(4), "LLAMA3", "8B", "llama3_1"),
-    ModelSpec(
+    KnownModel(
         name="Llama-3.3-70B-Instruct",
         builder="torchtune.models.llama3_3.llama3_3_70b",
         lora_builder="torchtune.models.llama3_3.lora_llama3_3_70b",
@@ -105,7 +105,7 @@ _SPECS = [
     _qwen("Qwen2.5-7B-Instruct", "7b_instruct", _shards(4), "8B"),
     # A ~90k-parameter Llama-3.2-shaped model made locally by `ck-dagster make-tiny-model`:
     # trains on CPU in seconds, for tests, the demo and laptops.
-    ModelSpec(
+    KnownModel(
         name="tiny-llama",
         builder="ck_dagster.tiny.model.tiny_llama",
         lora_builder="ck_dagster.tiny.model.lora_tiny_llama",
@@ -122,10 +122,10 @@ _SPECS = [
 ]
 
 #: every known model by name.
-MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+MODELS: dict[str, KnownModel] = {spec.name: spec for spec in _SPECS}
 
 
-def get_model(name: str) -> ModelSpec:
+def get_model(name: str) -> KnownModel:
     """The spec for ``name``; ``KeyError`` names the closest known models."""
     try:
         return MODELS[name]

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ck_dagster.catalog import parameters
-from ck_dagster.catalog.models import ModelSpec
+from ck_dagster.catalog.models import KnownModel
 from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
 from ck_dagster.errors import CkError
 from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Problem
@@ -64,7 +64,7 @@ class TorchtuneModel(_Frozen):
     dtype: str = "fp32"
 
     @classmethod
-    def of(cls, model: ModelSpec, model_dir: Path, *, device: str = "cpu",
+    def of(cls, model: KnownModel, model_dir: Path, *, device: str = "cpu",
            dtype: str = "fp32") -> TorchtuneModel:
         """The registry's settings for ``model``, with its tokenizer files in ``model_dir``."""
         tokenizer: dict[str, Any] = {"_component_": model.tokenizer, **{

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from ck_dagster.catalog import parameters
-from ck_dagster.catalog.models import MODELS, ModelSpec
+from ck_dagster.catalog.models import MODELS, KnownModel
 from ck_dagster.experiment.load import read_experiment
 from ck_dagster.experiment.problems import ExperimentFileError, Problem, did_you_mean
 from ck_dagster.experiment.schema import Experiment, Run
@@ -50,7 +50,7 @@ class RunPlan:
     experiment: Experiment
     run: Run
     index: int
-    model: ModelSpec
+    model: KnownModel
     model_path: Path
     #: the ``tune ls`` config the run starts from; None means the built-in defaults.
     base_recipe: str | None
