@@ -77,7 +77,7 @@ def control_metadata(plan: RunPlan) -> dict[str, Any]:
 
 def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) -> dict[str, Any]:
     """Job, epochs and loss of a trained (or adopted) run, as asset metadata."""
-    trained = describe(plan, outcome)
+    trained = describe(plan)
     accounting = outcome.accounting
     metadata: dict[str, Any] = {
         "run_type": "fine-tuned",

@@ -39,8 +39,6 @@ from ck_dagster.finetune.dataset import prompt_messages
 
 #: ``evaluation.scorers`` names and the inspect scorers they make (with the entry's params).
 SCORERS = {"match": match, "includes": includes, "exact": exact}
-#: run values a user task function receives when it has a parameter of that name.
-CONTEXT_PARAMETERS = ("prompt", "system_prompt", "data_path")
 
 
 def chat_messages(input_text: str, *, prompt: str, system_prompt: str) -> list[ChatMessage]:

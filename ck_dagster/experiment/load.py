@@ -14,11 +14,11 @@ from pydantic import BaseModel, ValidationError
 
 from ck_dagster.catalog.models import MODELS
 from ck_dagster.catalog.parameters import CONTROL_KEYS, PARAMETERS
+from ck_dagster.errors import did_you_mean
 from ck_dagster.experiment.problems import (
     ExperimentFileError,
     FieldPath,
     Problem,
-    did_you_mean,
     format_path,
 )
 from ck_dagster.experiment.schema import Experiment, ExperimentFile

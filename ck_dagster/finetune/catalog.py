@@ -8,7 +8,6 @@ listing and loading configs costs milliseconds.
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from types import ModuleType
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from ck_dagster.errors import did_you_mean
 
 #: the installed torchtune package folder (found without importing it).
 TORCHTUNE_DIR = Path(importlib.util.find_spec("torchtune").origin).parent  # type: ignore[union-attr]
@@ -43,7 +44,6 @@ class RecipeConfig:
     name: str
     recipe: str
     file: Path
-    supports_distributed: bool
 
 
 class RecipeCatalog:
@@ -59,19 +59,14 @@ class RecipeCatalog:
                     name=config.name,
                     recipe=recipe.name,
                     file=RECIPES_ROOT / "configs" / config.file_path,
-                    supports_distributed=recipe.supports_distributed,
                 ))
 
     def get(self, name: str) -> RecipeConfig:
-        """The config called ``name``; ``KeyError`` carries the closest names."""
+        """The config called ``name``; ``KeyError`` carries the "did you mean" hint."""
         try:
             return self.configs[name]
         except KeyError:
-            raise KeyError(name, self.closest(name)) from None
-
-    def closest(self, name: str, n: int = 3) -> list[str]:
-        """Config names closest to ``name`` (for "did you mean")."""
-        return difflib.get_close_matches(name, self.configs, n=n, cutoff=0.5)
+            raise KeyError(name, did_you_mean(name, self.configs)) from None
 
     def load(self, name: str) -> dict[str, Any]:
         """The config as a plain mapping, interpolations (``${output_dir}``) left as written."""

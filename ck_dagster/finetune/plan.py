@@ -24,8 +24,9 @@ import yaml
 
 from ck_dagster.catalog import parameters
 from ck_dagster.catalog.models import MODELS, KnownModel
+from ck_dagster.errors import did_you_mean
 from ck_dagster.experiment.load import read_experiment
-from ck_dagster.experiment.problems import ExperimentFileError, Problem, did_you_mean
+from ck_dagster.experiment.problems import ExperimentFileError, Problem
 from ck_dagster.experiment.schema import Experiment, Run
 from ck_dagster.fileio import sha256_file
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
@@ -226,9 +227,8 @@ class _RunPlanner:
             return BUILTIN_RECIPE, catalog.builtin_defaults()
         field = ("controls", "base_recipe")
         if not isinstance(base_recipe, str) or base_recipe not in catalog.configs:
-            close = catalog.closest(str(base_recipe))
-            fix = ("did you mean " + " or ".join(f"`{c}`" for c in close) + "?" if close else
-                   "run `ck-dagster recipes` for the configs torchtune has")
+            fix = (did_you_mean(str(base_recipe), catalog.configs)
+                   or "run `ck-dagster recipes` for the configs torchtune has")
             self.problems.append(Problem(field, f"unknown base recipe `{base_recipe}`", fix))
             return "", None
         recipe = catalog.get(base_recipe).recipe

@@ -104,14 +104,6 @@ class JobOutcome:
         return self.status in ("adopted", "completed")
 
 
-class JobFailed(CkError):
-    """One or more jobs failed; each outcome says how."""
-
-    def __init__(self, outcomes: Sequence[JobOutcome]):
-        self.outcomes = list(outcomes)
-        super().__init__("\n\n".join(o.message for o in self.outcomes))
-
-
 class JobRunner:
     """Runs :class:`JobRequest` s through a launcher; see the module docstring."""
 
