@@ -51,7 +51,7 @@ def load_experiment(path: str | Path) -> Experiment:
     """
     reading = read_experiment(path)
     if reading.problems or reading.experiment is None:
-        raise ExperimentFileError(reading.file, reading.problems)
+        raise ExperimentFileError(Path(path).expanduser(), reading.problems)  # as typed
     return reading.experiment
 
 
@@ -85,10 +85,13 @@ def read_experiment(path: str | Path) -> ExperimentReading:
 
 
 def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experiment | None:
-    """The refused file without its unknown keys, invalid runs and invalid evaluation section,
-    when that validates: the runs that are fine can then be checked further in the same pass."""
+    """The refused file without its unknown keys and invalid evaluation section, when that
+    validates, so later checks report their problems in the same pass. A refused run is kept
+    with a stand-in for its wrong ``type`` (its parameters are checked as a fine-tuned run's),
+    else left out."""
     data = copy.deepcopy(loaded.data)
     invalid_runs: set[int] = set()
+    repairable: set[int] = set()
     for error in exc.errors(include_url=False):
         loc = error["loc"]
         if error["type"] == "extra_forbidden":
@@ -97,7 +100,7 @@ def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experim
             if isinstance(parent, dict):
                 parent.pop(path[-1], None)
         elif loc[:1] == ("runs",) and len(loc) >= 2 and isinstance(loc[1], int):
-            invalid_runs.add(loc[1])
+            (repairable if loc[2:] == ("type",) else invalid_runs).add(loc[1])
         elif loc[:1] == ("evaluation",):
             data.pop("evaluation", None)
         elif loc[:1] == ("experiment",) and len(loc) >= 2 and loc[1] != "dir":
@@ -108,6 +111,8 @@ def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experim
     runs = data.get("runs")
     if not isinstance(runs, list):
         return None
+    for index in repairable - invalid_runs:
+        runs[index]["type"] = "fine-tuned"
     positions = [i for i in range(len(runs)) if i not in invalid_runs]
     data["runs"] = [runs[i] for i in positions]
     try:

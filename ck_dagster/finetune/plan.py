@@ -149,8 +149,8 @@ def plan_experiment_file(path: str | Path,
     if reading.experiment is not None:
         runs, plan_problems = _plan_runs(reading.experiment, environment)
         problems += plan_problems
-    if problems or reading.experiment is None:
-        raise ExperimentFileError(reading.file, problems)
+    if problems or reading.experiment is None:  # named as the user typed it
+        raise ExperimentFileError(Path(path).expanduser(), problems)
     return ExperimentPlan(reading.experiment, runs)
 
 
@@ -166,7 +166,9 @@ def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
         if wanted is not None and run.name not in wanted:
             continue
         if run.model not in MODELS or run.model not in base_models:
-            continue  # reported when the file was read
+            # the model is reported when the file was read; its values are checked all the same
+            problems += _value_problems(experiment, run, index)
+            continue
         planner = _RunPlanner(experiment, run, index, environment)
         plan = planner.plan()
         problems += planner.problems
@@ -175,6 +177,19 @@ def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
     problems += _matrix_problems(experiment, runs)
     return runs, [Problem(p.path, p.message, p.fix, p.line or experiment.line_of(p.path))
                   for p in problems]
+
+
+def _value_problems(experiment: Experiment, run: Run, index: int) -> list[Problem]:
+    """The friendly parameters of controls and ``run`` whose values are wrong, checked without
+    a recipe (for runs that cannot be planned), so that no problem waits for the next pass."""
+    given = [(name, value, ("controls", name)) for name, value in experiment.spec.controls.items()
+             if name not in parameters.CONTROL_KEYS]
+    given += [(name, value, ("runs", index, "parameters", name))
+              for name, value in run.parameters.items()]
+    return [Problem(field, f"`{name}: {value!r}` {reason}")
+            for name, value, field in given
+            if name in parameters.PARAMETERS
+            and (reason := parameters.check_value(name, value))]
 
 
 class _RunPlanner:
@@ -200,6 +215,7 @@ class _RunPlanner:
                            base_recipe, None, 0, resources, None, None)
         recipe, base = self._base(base_recipe)
         if base is None:
+            self.problems += _value_problems(self.experiment, self.run, self.index)
             return None
         recipe, nproc = self._recipe_for_gpus(recipe, resources.gpus)
         config = ProvenancedConfig()
