@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ck_dagster.settings import Settings
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> bool:
     """Write ``data`` to ``path`` through a temp file and a rename.
@@ -60,7 +62,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def cache_dir() -> Path:
     """Where ck_dagster keeps what it can rebuild (``$CK_DAGSTER_CACHE``, else
     ``~/.cache/ck_dagster``)."""
-    return Path(os.environ.get("CK_DAGSTER_CACHE") or Path.home() / ".cache" / "ck_dagster")
+    return Settings.from_env().cache_dir
 
 
 def cached(path: Path, make: Callable[[Path], object]) -> Path:

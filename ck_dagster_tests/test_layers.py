@@ -113,3 +113,17 @@ def test_domain_packages_never_import_dagster() -> None:
             if names:
                 offenders[module] = sorted(names)
     assert offenders == {}
+
+
+def test_only_the_settings_module_reads_the_environment() -> None:
+    """Settings in one place: no other module touches ``os.environ`` or ``os.getenv``."""
+    readers = set()
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv") \
+                    and isinstance(node.value, ast.Name) and node.value.id == "os":
+                readers.add(module)
+            elif isinstance(node, ast.ImportFrom) and node.module == "os" and any(
+                    a.name in ("environ", "getenv") for a in node.names):
+                readers.add(module)
+    assert readers == {"ck_dagster.settings"}

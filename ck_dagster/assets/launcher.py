@@ -47,10 +47,7 @@ class LauncherResource(ConfigurableResource):
 
     def launcher(self, log: Callable[[str], object]) -> Launcher:
         """The launcher for this deployment; the choice, and why, goes to ``log``."""
-        env = dict(os.environ)
-        if self.kind:
-            env["CK_LAUNCHER"] = self.kind
-        return choose_launcher(env, log=log)
+        return choose_launcher(log=log, kind=self.kind)
 
     def runner(self, context: AssetExecutionContext, label: str,
                summarize: Callable[[str], str | None]) -> JobRunner:

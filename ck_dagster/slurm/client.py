@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import os
 import subprocess
 import time
 from collections import Counter
@@ -17,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ck_dagster.errors import CkError
+from ck_dagster.settings import child_environment
 from ck_dagster.slurm.batch_header import BatchHeader, expand_log_pattern
 from ck_dagster.slurm.launcher import ControllerUnavailable, SubmissionRefused, order_found
 from ck_dagster.slurm.states import (
@@ -99,7 +99,7 @@ class SlurmLauncher:
                           "first)")
         BatchHeader.read(script).make_log_dirs(job_name=job_name, user=self._user)
         argv = ["sbatch", "--parsable", f"--job-name={job_name}", str(script), *map(str, args)]
-        run_env = None if env is None else {**os.environ, **env}
+        run_env = None if env is None else child_environment(env)
         try:
             result = self._run(argv, cwd=script.parent, env=run_env,
                                adopt=lambda: self._live_job_named(job_name))

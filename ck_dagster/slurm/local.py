@@ -30,6 +30,7 @@ from typing import Any
 
 from ck_dagster.errors import CkError
 from ck_dagster.fileio import atomic_write_text
+from ck_dagster.settings import Settings, child_environment
 from ck_dagster.slurm.batch_header import BatchHeader
 from ck_dagster.slurm.launcher import order_found
 from ck_dagster.slurm.states import JobAccounting, JobState, JobStatus, split_exit_code
@@ -49,7 +50,7 @@ class LocalLauncher:
     def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
         """``state_dir``: where job records live (default ``CK_LOCAL_JOBS_DIR``, else
         ``~/.local/state/ck_dagster/local-jobs``)."""
-        chosen = state_dir or os.environ.get("CK_LOCAL_JOBS_DIR") or DEFAULT_STATE_DIR
+        chosen = state_dir or Settings.from_env().local_jobs_dir or DEFAULT_STATE_DIR
         self.state_dir = Path(chosen).expanduser().resolve()
         self.calls: Counter[str] = Counter()
 
@@ -78,7 +79,7 @@ class LocalLauncher:
             "time_limit_s": header.time_limit_s, "node": node, "submit_time": time.time(),
         }
         atomic_write_text(job_dir / "job.json", json.dumps(record, indent=1), mode=0o600)
-        job_env = {**os.environ, **(env or {}), "SLURM_JOB_ID": job_id, "SLURM_JOBID": job_id,
+        job_env = {**child_environment(env), "SLURM_JOB_ID": job_id, "SLURM_JOBID": job_id,
                    "SLURM_JOB_NAME": job_name, "SLURM_SUBMIT_DIR": str(script.parent),
                    "SLURM_JOB_NODELIST": node}
         self.calls["spawn"] += 1
