@@ -8,22 +8,15 @@ listing and loading configs costs milliseconds.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from ck_dagster.errors import did_you_mean
-
-#: the installed torchtune package folder (found without importing it).
-TORCHTUNE_DIR = Path(importlib.util.find_spec("torchtune").origin).parent  # type: ignore[union-attr]
-#: where torchtune installs its recipes (the top-level ``recipes`` package).
-RECIPES_ROOT = TORCHTUNE_DIR.parent / "recipes"
+from ck_dagster.finetune.torchtune_internals import RECIPES_ROOT, recipe_registry
 
 #: the base config for experiments without ``controls.base_recipe`` (v1's template).
 BUILTIN_DEFAULTS = Path(__file__).with_name("builtin_defaults.yaml")
@@ -52,7 +45,7 @@ class RecipeCatalog:
     def __init__(self) -> None:
         self.recipes: dict[str, list[str]] = {}
         self.configs: dict[str, RecipeConfig] = {}
-        for recipe in _recipe_registry().get_all_recipes():
+        for recipe in recipe_registry().get_all_recipes():
             self.recipes[recipe.name] = [config.name for config in recipe.configs]
             for config in recipe.configs:
                 self.configs.setdefault(config.name, RecipeConfig(
@@ -91,21 +84,6 @@ class RecipeCatalog:
 def recipe_catalog() -> RecipeCatalog:
     """The process-wide catalog (torchtune's registry does not change while we run)."""
     return RecipeCatalog()
-
-
-def _recipe_registry() -> ModuleType:
-    """torchtune's ``_recipe_registry`` (stdlib-only), loaded from its file when torchtune
-    itself has not been imported."""
-    loaded = sys.modules.get("torchtune._recipe_registry")
-    if loaded is not None:
-        return loaded
-    spec = importlib.util.spec_from_file_location("ck_dagster_torchtune_recipe_registry",
-                                                  TORCHTUNE_DIR / "_recipe_registry.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
 
 
 @cache

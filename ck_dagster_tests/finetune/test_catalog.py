@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
-from ck_dagster.finetune.config_checks import keys_read_by, unknown_key_problems
+from ck_dagster.finetune.config_checks import unknown_key_problems
+from ck_dagster.finetune.torchtune_internals import keys_read_by
 from ck_dagster_tests.fixtures.dagster import run_command
 
 SAMPLE = ["llama3_2/1B_lora_single_device", "qwen2_5/7B_lora", "llama3_1/8B_full_single_device"]
