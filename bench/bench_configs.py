@@ -125,8 +125,9 @@ from dagster import DagsterInstance
 instance = DagsterInstance.get()
 run = instance.get_runs(limit=1)[0]
 logs = instance.all_logs(run.run_id)
-starts = [e.timestamp for e in logs if e.dagster_event and e.dagster_event_type.value == "STEP_START"]
-ends = [e.timestamp for e in logs if e.dagster_event and e.dagster_event_type.value == "STEP_SUCCESS"]
+steps = [e for e in logs if e.dagster_event]
+starts = [e.timestamp for e in steps if e.dagster_event_type.value == "STEP_START"]
+ends = [e.timestamp for e in steps if e.dagster_event_type.value == "STEP_SUCCESS"]
 print(len(logs), max(ends) - min(starts))
 '''
 

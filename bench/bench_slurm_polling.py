@@ -36,7 +36,6 @@ from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.follow import JobFollower
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobScript
-from ck_dagster.slurm.states import JobState
 
 #: dagster-slurm's SlurmClient polling: first interval, growth per poll, ceiling (seconds).
 BASELINE_POLICY = (2.0, 1.5, 5.0)

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ck_dagster.errors import CkError
+from ck_dagster.fileio import tail
 from ck_dagster.slurm.follow import JobEvent, JobFollower
-from ck_dagster.slurm.launcher import Launcher, tail
+from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.states import JobAccounting, JobState, JobStatus
 
 #: end states after which a job is simply run again (the job did nothing wrong).
@@ -101,14 +102,6 @@ class JobOutcome:
     @property
     def ok(self) -> bool:
         return self.status in ("adopted", "completed")
-
-
-class JobFailed(CkError):
-    """One or more jobs failed; each outcome says how."""
-
-    def __init__(self, outcomes: Sequence[JobOutcome]):
-        self.outcomes = list(outcomes)
-        super().__init__("\n\n".join(o.message for o in self.outcomes))
 
 
 class JobRunner:

@@ -6,13 +6,13 @@ script is safe to read, to submit by hand with ``sbatch`` and passes ``bash -n``
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ck_dagster.settings import Settings
 from ck_dagster.slurm.resources import Resources
 
 #: variables every job exports: offline model and dataset hubs, no telemetry, no stale caches.
@@ -62,15 +62,15 @@ class JobEnvironment:
     venv: str | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> JobEnvironment:
-        """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV`` and ``CK_JOB_VENV``.
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
+        """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV`` and ``CK_JOB_VENV``
+        (from ``environ``, default this process's environment) through the settings.
 
         With none of them set, jobs activate the virtual environment this Python runs in (if
         any); ``CK_JOB_VENV=none`` turns that off.
         """
-        modules = tuple(environ.get("CK_JOB_MODULES", "").split())
-        conda_env = environ.get("CK_JOB_CONDA_ENV") or None
-        venv = environ.get("CK_JOB_VENV")
+        settings = Settings.from_env(environ)
+        modules, conda_env, venv = settings.job_modules, settings.job_conda_env, settings.job_venv
         if venv is None and not modules and conda_env is None:
             venv = sys.prefix if sys.prefix != sys.base_prefix else None
         if venv in ("", "none"):
@@ -83,7 +83,8 @@ class JobEnvironment:
         if self.modules:
             lines += ["module purge", "module load " + " ".join(map(shlex.quote, self.modules))]
         if self.conda_env:
-            lines += ['eval "$(conda shell.bash hook)"', f"conda activate {shlex.quote(self.conda_env)}"]
+            lines += ['eval "$(conda shell.bash hook)"',
+                      f"conda activate {shlex.quote(self.conda_env)}"]
         if self.venv:
             lines.append(f"source {shlex.quote(str(Path(self.venv) / 'bin' / 'activate'))}")
         return lines

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ck_dagster.assets.registry import name_list
+
+pytestmark = pytest.mark.unit
 
 
 def test_long_lists_are_summarized() -> None:

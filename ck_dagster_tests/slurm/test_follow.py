@@ -14,6 +14,8 @@ from ck_dagster.slurm.launcher import ControllerUnavailable
 from ck_dagster.slurm.script import exit_marker
 from ck_dagster.slurm.states import JobState, JobStatus
 
+pytestmark = pytest.mark.unit
+
 
 class ScriptedLauncher:
     """A launcher whose jobs follow a timetable: (seconds, state) steps per job."""

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from ck_dagster.fileio import tail
 from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.follow import JobFollower
-from ck_dagster.slurm.launcher import SubmissionRefused, tail
+from ck_dagster.slurm.launcher import SubmissionRefused
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobScript, exit_marker
 from ck_dagster.slurm.states import JobState

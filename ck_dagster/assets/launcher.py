@@ -20,7 +20,8 @@ from dagster import (
     MetadataValue,
 )
 
-from ck_dagster.slurm.launcher import Launcher, choose_launcher
+from ck_dagster.slurm.choose import choose_launcher
+from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.runner import JobOutcome, JobRunner
 from ck_dagster.training.progress import is_trouble
 
@@ -46,10 +47,7 @@ class LauncherResource(ConfigurableResource):
 
     def launcher(self, log: Callable[[str], object]) -> Launcher:
         """The launcher for this deployment; the choice, and why, goes to ``log``."""
-        env = dict(os.environ)
-        if self.kind:
-            env["CK_LAUNCHER"] = self.kind
-        return choose_launcher(env, log=log)
+        return choose_launcher(log=log, kind=self.kind)
 
     def runner(self, context: AssetExecutionContext, label: str,
                summarize: Callable[[str], str | None]) -> JobRunner:
