@@ -42,7 +42,7 @@ class LauncherResource(ConfigurableResource):
     pool: str = "slurm_jobs"
     pool_limit: int = 25
     poll_initial: float = 2.0
-    poll_max: float = 60.0
+    poll_max: float = 30.0
     max_resubmits: int = 2
 
     def launcher(self, log: Callable[[str], object]) -> Launcher:

@@ -82,15 +82,21 @@ class Registration:
         lines = [f"{experiment.name} ({experiment.file}): {len(self.plan.runs)} runs, "
                  f"{len(self.new)} new, {len(self.changed)} changed, "
                  f"{len(self.unchanged)} unchanged"]
-        if self.changed:
-            lines.append("  changed (their configs are now stale): " + ", ".join(self.changed))
-        if self.eval_changed:
-            lines.append("  evaluation changed (their eval logs are now stale): "
-                         + ", ".join(self.eval_changed))
-        if self.removed:
-            lines.append("  no longer in the file (kept, nothing deleted): "
-                         + ", ".join(self.removed))
+        for keys, what in (
+                (self.changed, "changed (their configs are now stale)"),
+                (self.eval_changed, "evaluation changed (their eval logs are now stale)"),
+                (self.removed, "no longer in the file (kept, nothing deleted)")):
+            if keys:
+                lines.append(f"  {what}: {name_list(keys)}")
         return "\n".join(lines)
+
+
+def name_list(names: list[str], shown: int = 10) -> str:
+    """``a, b, c``; past ``shown`` names, ``a, b, ... and 240 more`` (a 1000-run sweep's edit
+    stays one readable line)."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, ... and {len(names) - shown} more"
 
 
 def run_spec_observation(plan: RunPlan) -> AssetObservation:

@@ -110,7 +110,7 @@ class JobRunner:
     def __init__(self, launcher: Launcher, *, slots: Slots | None = None,
                  on_event: Callable[[str, str], object] = lambda key, message: None,
                  on_log: Callable[[str, str], object] = lambda key, line: None,
-                 max_resubmits: int = 2, poll_initial: float = 2.0, poll_max: float = 60.0,
+                 max_resubmits: int = 2, poll_initial: float = 2.0, poll_max: float = 30.0,
                  slot_wait: float = 5.0, requeue_checks: int = 3, requeue_wait: float = 2.0,
                  follower: JobFollower | None = None):
         """``on_event(key, message)`` receives what happens to the jobs (submitted, state

@@ -27,6 +27,19 @@ OFFLINE_ENVIRONMENT: dict[str, str] = {
 }
 
 
+EXIT_MARKER_PREFIX = ".ck-exit-"
+
+
+def exit_marker(log_path: Path, job_id: str) -> Path:
+    """The file a job writes as its script exits, beside its log: its exit code.
+
+    Followers look for it on every log read (a ``stat``, no controller call), so a job's end is
+    seen within seconds however far the status calls have backed off; SLURM stays the judge
+    of how it ended.
+    """
+    return Path(log_path).parent / f"{EXIT_MARKER_PREFIX}{job_id}"
+
+
 def job_name_for(experiment: str, run: str, kind: str) -> str:
     """The SLURM job name of one run's job, e.g. ``ck:cap_sweep/rank4:train``.
 
@@ -118,6 +131,7 @@ class JobScript:
             lines += [f"# {line}" for line in self.description.splitlines()]
         lines += [f"#SBATCH {_quote_option(option)}" for option in header]
         lines += ["", "set -eo pipefail"]
+        lines += self._exit_marker_lines()
         lines += self.environment.lines()
         lines += [f"export {name}={shlex.quote(value)}" for name, value in self.variables.items()]
         # torch would start a thread per core of the node, not per core the job was given
@@ -128,6 +142,17 @@ class JobScript:
         command = " ".join(shlex.quote(str(part)) for part in self.command)
         lines.append(f"{command} \"$@\"" if self.forward_arguments else command)
         return "\n".join(lines) + "\n"
+
+    def _exit_marker_lines(self) -> list[str]:
+        """Write :func:`exit_marker` when the script exits, however it exits (a requeued job
+        removes its previous run's marker first)."""
+        folder = str(self.log_path.parent)
+        if "%" in folder:  # a per-job log folder: no fixed place to leave the marker
+            return []
+        return [f'CK_EXIT_MARKER={shlex.quote(folder)}/{EXIT_MARKER_PREFIX}'
+                '"${SLURM_JOB_ID:-local}"',
+                'rm -f "$CK_EXIT_MARKER"',
+                "trap 'echo \"$?\" > \"$CK_EXIT_MARKER\"' EXIT"]
 
 
 def _quote_option(option: str) -> str:
