@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-from ck_dagster.assets.jobs import InstanceClaims
+from ck_dagster.assets.launcher import InstanceClaims
 from ck_dagster.slurm.runner import JobRequest
 from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixture)
@@ -26,7 +26,8 @@ from ck_dagster_tests.fixtures.dagster import run_command
 
 #: a run that trains for minutes, unless edited: the edit trains a few seconds
 EDITED_RUN = """
-  - {name: long, type: fine-tuned, model: tiny-llama, parameters: {epochs: 8, max_steps_per_epoch: 60}}
+  - {name: long, type: fine-tuned, model: tiny-llama,
+     parameters: {epochs: 8, max_steps_per_epoch: 60}}
 """
 #: one short run (a few seconds of training)
 SHORT_RUN = """
@@ -76,7 +77,7 @@ def test_claims_made_at_the_same_moment_have_one_winner(dagster_home) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_two_materializations_at_once_make_one_job(experiment) -> None:
+def test_two_materializations_at_once_make_one_job(experiment) -> None:  # noqa: F811  (the imported fixture)
     exp = experiment(SHORT_RUN)
     partition = exp.partition_key("one")
     processes = [start_materialize(partition), start_materialize(partition)]
@@ -93,15 +94,15 @@ def test_two_materializations_at_once_make_one_job(experiment) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_a_run_edited_while_its_job_runs_is_cancelled_and_trained_again(experiment) -> None:
+def test_a_run_edited_while_its_job_runs_is_cancelled_and_trained_again(experiment) -> None:  # noqa: F811  (the imported fixture)
     """The next materialization cancels the stale job at once and trains the edit; the
     process that followed the stale job fails naming the edit."""
     exp = experiment(EDITED_RUN)
     partition = exp.partition_key("long")
     first = start_materialize(partition)
     stale = wait_running(exp, "long")
-    exp.file.write_text(exp.file.read_text().replace("epochs: 8, max_steps_per_epoch: 60",
-                                                     "epochs: 1, max_steps_per_epoch: 4"))
+    exp.file.write_text(exp.file.read_text().replace("{epochs: 8, max_steps_per_epoch: 60}",
+                                                     "{epochs: 1, max_steps_per_epoch: 4}"))
     run_command(["ck-dagster", "register", exp.file])
     materialize("run_config", [partition])
     second = start_materialize(partition)

@@ -79,7 +79,7 @@ def test_out_of_memory_is_retried_with_a_smaller_batch_and_adopted(
     assert len(jobs_named(exp, "big")) == 2
 
 
-def test_the_default_pool_holds_jobs_back_and_frees_a_killed_runs_slot(experiment) -> None:
+def test_the_default_pool_holds_jobs_back_and_frees_a_killed_runs_slot(experiment) -> None:  # noqa: F811  (the imported fixture)
     """`slurm_jobs` at 1 slot: a second run waits (and says so) while the first one's job is
     in the queue; once that run is killed (SIGKILL, its job cancelled), its slot is freed and
     the waiting run's job submitted."""
@@ -108,7 +108,7 @@ def test_the_default_pool_holds_jobs_back_and_frees_a_killed_runs_slot(experimen
     assert started and ended and started >= ended, "both jobs were in the queue at once"
 
 
-def test_ctrl_c_cancels_the_training_job(experiment) -> None:
+def test_ctrl_c_cancels_the_training_job(experiment) -> None:  # noqa: F811  (the imported fixture)
     """SIGINT, as Ctrl-C in a terminal sends it, to `dagster asset materialize`."""
     exp = experiment(LONG_RUN)
     process = start_materialize(exp.partition_key("long"))

@@ -38,8 +38,8 @@ def test_whole_chain_on_postgres(dagster_home, tmp_path, tiny_model_dir, capital
     """Register, configs, checkpoint through SLURM, eval, report: all recorded in Postgres."""
     file = write_experiment(tmp_path, tiny_model_dir, capitalization_data)
     run_command(["ck-dagster", "register", file])
-    experiment = load_experiment(file)
-    keys = [experiment.partition_key(run) for run in experiment.runs]
+    loaded = load_experiment(file)
+    keys = [loaded.partition_key(run) for run in loaded.runs]
     log = materialize("--select", "recipe_config,run_config,checkpoint,eval_log",
                       "--partition-range", f"{keys[0]}...{keys[-1]}")
     assert "tiny_eval/tuned: submitted job" in log
