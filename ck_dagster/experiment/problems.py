@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ck_dagster.errors import CkError
+
+#: Unicode categories of characters that must never reach a file or terminal as they are:
+#: control characters and the line and paragraph separators.
+CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")
 
 #: a field path inside the experiment file, e.g. ("runs", 1, "parameters", "lora_rank").
 FieldPath = tuple[str | int, ...]
@@ -45,7 +50,14 @@ class Problem:
         """``file:line: field: message; fix`` (the form editors and terminals link)."""
         where = f"{file}:{self.line}" if self.line else str(file)
         text = f"{where}: {format_path(self.path)}: {self.message}"
-        return f"{text} ({self.fix})" if self.fix else text
+        return printable(f"{text} ({self.fix})" if self.fix else text)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\x1b``), so a message quoting a hostile
+    value cannot move the cursor, clear the screen or split a line of a terminal or log."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(ch) in CONTROL_CATEGORIES else ch for ch in text)
 
 
 class ExperimentFileError(CkError):
@@ -59,7 +71,8 @@ class ExperimentFileError(CkError):
             f"{self.file}: {count} problem{'s' if count != 1 else ''}; "
             "nothing was registered or written"
         )
-        super().__init__("\n".join([header, *("  " + p.render(self.file) for p in self.problems)]))
+        super().__init__("\n".join([printable(header),
+                                    *("  " + p.render(self.file) for p in self.problems)]))
 
 
 def _in_file_order(problems: Iterable[Problem]) -> list[Problem]:
