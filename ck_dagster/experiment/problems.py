@@ -14,6 +14,9 @@ from ck_dagster.errors import CkError
 #: control characters and the line and paragraph separators.
 CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")
 
+#: the most problems a message lists (all are kept in ``ExperimentFileError.problems``).
+MAX_SHOWN = 100
+
 #: a field path inside the experiment file, e.g. ("runs", 1, "parameters", "lora_rank").
 FieldPath = tuple[str | int, ...]
 
@@ -71,8 +74,10 @@ class ExperimentFileError(CkError):
             f"{self.file}: {count} problem{'s' if count != 1 else ''}; "
             "nothing was registered or written"
         )
-        super().__init__("\n".join([printable(header),
-                                    *("  " + p.render(self.file) for p in self.problems)]))
+        shown = ["  " + p.render(self.file) for p in self.problems[:MAX_SHOWN]]
+        if count > MAX_SHOWN:
+            shown.append(f"  ... and {count - MAX_SHOWN} more problems")
+        super().__init__("\n".join([printable(header), *shown]))
 
 
 def _in_file_order(problems: Iterable[Problem]) -> list[Problem]:
