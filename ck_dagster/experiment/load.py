@@ -333,10 +333,10 @@ def _path_problems(experiment: Experiment) -> list[Problem]:
     if problems:
         return problems
     directory = spec.experiment.dir
-    if any(c in directory for c in "%\\"):
-        problems.append(Problem(("experiment", "dir"), "contains `%` or `\\`, which SLURM reads "
-                                "as a log-name pattern or an escape in #SBATCH lines",
-                                "choose a directory without them"))
+    if any(c in directory for c in "%\\") or "${" in directory:
+        problems.append(Problem(("experiment", "dir"), "contains `%`, `\\` or `${`, which SLURM "
+                                "reads as a log-name pattern or an escape in #SBATCH lines, or "
+                                "torchtune as an interpolation", "choose a directory without them"))
     blocker = file_in_the_way(experiment.dir)
     if blocker is not None:
         problems.append(Problem(("experiment", "dir"), f"{blocker} is a file, so "

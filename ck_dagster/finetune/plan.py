@@ -430,7 +430,12 @@ add_yaml12_numbers(_ConfigDumper)
 def written_config(config: ProvenancedConfig) -> dict[str, Any]:
     """The config as ``finetune.yaml`` holds it: text that did not come from the recipe (a
     prompt, a path, any parameter) has OmegaConf's ``${`` escaped, so it trains as written
-    instead of being resolved (``${oc.env:HOME}`` stays those characters)."""
+    instead of being resolved (``${oc.env:HOME}`` stays those characters).
+
+    torchtune resolves a component's node twice (``OmegaConf.resolve``, then ``to_object``
+    in ``config.instantiate``), so text inside a component is escaped twice; a top-level value
+    the recipe reads itself, once.
+    """
     written = copy.deepcopy(config.config)
     for path, value, source in config.leaves():
         if source.kind != "recipe" and "${" in json.dumps(value):
@@ -438,7 +443,10 @@ def written_config(config: ProvenancedConfig) -> dict[str, Any]:
             node = written
             for part in parents:
                 node = node[part]
-            node[last] = _escaped(value)
+            top = config.config.get(parents[0]) if parents else None
+            times = 2 if isinstance(top, dict) and "_component_" in top else 1
+            for _ in range(times):
+                node[last] = _escaped(node[last])
     return written
 
 
