@@ -114,6 +114,7 @@ def _register(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace) -> int:
     from ck_dagster.evaluation.spec import eval_specs_for
     from ck_dagster.finetune.plan import plan_experiment_file
+    from ck_dagster.slurm.script import check_script
 
     plan = plan_experiment_file(args.file)
     eval_specs_for(plan)  # the data and evaluation are checked as `register` checks them
@@ -124,7 +125,8 @@ def _dry_run(args: argparse.Namespace) -> int:
             print(f"{name}: control run (evaluated on {run.model_path}, not trained)")
             continue
         assert run.finetune_yaml is not None and run.slurm_script is not None
-        files[name] = {"finetune.yaml": run.finetune_yaml, "finetune.slurm": run.slurm_script}
+        files[name] = {"finetune.yaml": run.finetune_yaml,
+                       "finetune.slurm": check_script(run.slurm_script)}
         print(f"{name}: {out / name}/finetune.yaml, finetune.slurm  ({run.recipe}, "
               f"{run.resources.gpus} GPU, {run.resources.mem})")
     write_tree(out, files)
@@ -205,11 +207,14 @@ def _demo(args: argparse.Namespace) -> int:
 def _instance():  # -> DagsterInstance (imported lazily: dagster is slow to import)
     from dagster import DagsterInstance
 
-    if not os.environ.get("DAGSTER_HOME"):
+    from ck_dagster.settings import Settings
+
+    configured = Settings.from_env().dagster_home
+    if not configured:
         raise CkError("DAGSTER_HOME is not set: point it at the folder of the Dagster instance "
                       "to register with (e.g. export DAGSTER_HOME=$PWD/.dagster_home; "
                       "mkdir -p $DAGSTER_HOME)")
-    home = Path(os.environ["DAGSTER_HOME"])
+    home = Path(configured)
     if not home.is_dir():
         raise CkError(f"DAGSTER_HOME={home} does not exist: create it (mkdir -p {home})")
     return DagsterInstance.get()

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ck_dagster.errors import CkError
-
-#: Unicode categories of characters that must never reach a file or terminal as they are:
-#: control characters and the line and paragraph separators.
-CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")
+from ck_dagster.errors import CkError, printable
 
 #: the most problems a message lists (all are kept in ``ExperimentFileError.problems``).
 MAX_SHOWN = 100
@@ -32,14 +26,6 @@ def format_path(path: FieldPath) -> str:
     return text or "(top level)"
 
 
-def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A "did you mean `x`?" hint naming the closest candidates, or None."""
-    close = difflib.get_close_matches(word, list(dict.fromkeys(candidates)), n=3, cutoff=0.6)
-    if not close:
-        return None
-    return "did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
-
-
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with an experiment file."""
@@ -54,13 +40,6 @@ class Problem:
         where = f"{file}:{self.line}" if self.line else str(file)
         text = f"{where}: {format_path(self.path)}: {self.message}"
         return printable(f"{text} ({self.fix})" if self.fix else text)
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped (``\x1b``), so a message quoting a hostile
-    value cannot move the cursor, clear the screen or split a line of a terminal or log."""
-    return "".join(ch.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(ch) in CONTROL_CATEGORIES else ch for ch in text)
 
 
 class ExperimentFileError(CkError):

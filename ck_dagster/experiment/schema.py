@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from ck_dagster.catalog.parameters import MAX_SEED
 from ck_dagster.experiment.problems import FieldPath
 from ck_dagster.experiment.yaml_lines import LoadedYaml
 
@@ -21,8 +22,6 @@ from ck_dagster.experiment.yaml_lines import LoadedYaml
 # trailing newline through, and a newline splits the lines of the files these values go into.
 #: names that become directories, partition keys and SLURM job names.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
-#: the largest seed torchtune and numpy accept (2^32 - 1).
-MAX_SEED = 2**32 - 1
 #: longest name: a run folder and its files stay well under a file system's 255-byte names.
 MAX_NAME_LENGTH = 100
 #: SLURM option values: partition, constraint expressions, account names, times, memory.
@@ -86,7 +85,8 @@ class ExperimentInfo(_Strict):
     """``experiment:``: what the experiment is and where its runs live."""
 
     name: SafeName
-    dir: Folder = Field(description="where run directories go; relative paths are relative to the file")
+    dir: Folder = Field(
+        description="where run directories go; relative paths are relative to the file")
     project: str | None = None
     question: str | None = None
     hypothesis: str | None = None
@@ -158,7 +158,8 @@ class Compute(_Strict):
         if value is None:
             return value
         if not _TIME.fullmatch(value):
-            raise ValueError("is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
+            raise ValueError(
+                "is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
         if not any(int(n) for n in re.findall(r"[0-9]+", value)):
             raise ValueError("is zero: give the job some time, e.g. \"1:00:00\"")
         if len(value) > 20:

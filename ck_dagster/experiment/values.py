@@ -13,7 +13,8 @@ import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
-from ck_dagster.experiment.problems import CONTROL_CATEGORIES, FieldPath, Problem
+from ck_dagster.errors import CONTROL_CATEGORIES
+from ck_dagster.experiment.problems import FieldPath, Problem
 
 #: fields whose text may span lines (and hold tabs): prompts and free-text descriptions.
 MULTILINE_FIELDS = frozenset({"prompt", "system_prompt", "description", "question",

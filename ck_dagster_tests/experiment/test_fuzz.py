@@ -26,6 +26,7 @@ from ck_dagster.finetune.merge import ProvenancedConfig, Source
 from ck_dagster.finetune.plan import written_config
 from ck_dagster_tests.fixtures.dagster import EXAMPLES
 
+
 def fuzz(examples: int) -> settings:
     """Deterministic examples (the same in CI every run), no timing, nothing kept on disk."""
     return settings(max_examples=examples, derandomize=True, deadline=None, database=None,

@@ -178,7 +178,8 @@ def test_user_text_cannot_inject_into_the_job_script(
     monkeypatch.setenv("CK_JOB_VENV", "none")
     owned = tmp_path / "owned"
     folder = tmp_path / f"x$(touch {owned})'\"`touch {owned}`;"
-    edit(experiment, f"dir: {tmp_path / 'runs' / 'cap_rank_sweep'}", f"dir: {json.dumps(str(folder))}")
+    edit(experiment, f"dir: {tmp_path / 'runs' / 'cap_rank_sweep'}",
+         f"dir: {json.dumps(str(folder))}")
     out = tmp_path / "out"
     code, err = dry_run(experiment, out, capsys)
     assert code == 0, err

@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ck_dagster.experiment.schema import MAX_SEED
-
 #: where a row's input goes in a prompt template.
 INPUT_PLACEHOLDER = "{input}"
+#: the largest seed torchtune and numpy accept (2^32 - 1).
+MAX_SEED = 2**32 - 1
 #: the largest LoRA rank: the hidden size of the largest model ck_dagster knows (70B: 8192).
 MAX_LORA_RANK = 8192
 #: the most epochs a run trains: beyond this a value is a typo, not a plan.
