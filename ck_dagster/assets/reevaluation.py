@@ -79,12 +79,14 @@ def reevaluate_runs(context: ScheduleEvaluationContext, reevaluation: Reevaluati
     instance = context.instance
     keys = registered_keys(instance)
     materialized = instance.get_materialized_partitions(checkpoint.key)
-    trained = [key for key in keys if key in materialized]
+    versions = registered_versions(instance, EVAL_SPEC, [k for k in keys if k in materialized])
+    trained = [key for key in keys if key in versions]
     if not trained:
-        yield SkipReason("no registered run has a checkpoint yet")
+        yield SkipReason("no registered run with an evaluation has a checkpoint yet")
         return
     force = reevaluation.forced()
-    stale = {key: "forced" for key in trained} if force else stale_evaluations(instance, trained)
+    stale = {key: "forced" for key in trained} if force else stale_evaluations(instance,
+                                                                               versions)
     for reason in sorted(set(stale.values())):
         context.log.info(f"{reason}: " + ", ".join(k for k, r in stale.items() if r == reason))
     drifted = [] if force else changed_on_disk(instance, [k for k in trained if k not in stale])
@@ -103,11 +105,10 @@ def reevaluate_runs(context: ScheduleEvaluationContext, reevaluation: Reevaluati
                          run_config=RunConfig(ops={"eval_log": EvalConfig(force=force)}))
 
 
-def stale_evaluations(instance: DagsterInstance, keys: list[str]) -> dict[str, str]:
-    """The runs among ``keys`` whose evaluation must run again, with why; runs of experiments
-    without an evaluation are left out."""
-    versions = registered_versions(instance, EVAL_SPEC, keys)
-    runs = registered_runs(instance, keys)
+def stale_evaluations(instance: DagsterInstance, versions: dict[str, str]) -> dict[str, str]:
+    """The runs whose evaluation must run again, with why, among those whose registered
+    evaluation version ``versions`` gives."""
+    runs = registered_runs(instance, list(versions))
     stale = {}
     for key, version in versions.items():
         reason = stale_reason(runs[key].run_dir, version) if key in runs else "not registered"

@@ -87,7 +87,7 @@ def test_a_tick_requests_nothing_when_nothing_changed_and_what_is_missing_or_ret
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
     with DagsterInstance.get() as instance:
         specs = register(instance, file)
-        assert "no registered run has a checkpoint" in skipped(tick(instance))
+        assert "no registered run with an evaluation has a checkpoint" in skipped(tick(instance))
         evaluate(instance, specs)
         assert "nothing to re-evaluate: the evaluations of all 3 trained runs are current" in \
             skipped(tick(instance))
@@ -192,8 +192,15 @@ def test_data_and_tokenizer_edits_request_every_run_they_feed(
 def test_a_forced_tick_covers_every_trained_run(dagster_home, tmp_path, tiny_model_dir,
                                                 capitalization_data, monkeypatch) -> None:
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
+    # trained too, but with no evaluation: never requested
+    (tmp_path / "other").mkdir()
+    other = write_tiny_experiment(tmp_path / "other", tiny_model_dir, capitalization_data,
+                                  name="other")
+    other.write_text(other.read_text().split("evaluation:")[0])
     with DagsterInstance.get() as instance:
         evaluate(instance, register(instance, file), trained=("tiny/lora8", "tiny/lora16"))
+        assert register(instance, other) == {}
+        materialized(instance, CHECKPOINT, "other/lora8")
         assert "nothing to re-evaluate" in skipped(tick(instance))
         assert ranges(tick(instance, force=True), force=True) == [("tiny/lora8", "tiny/lora16")]
         monkeypatch.setenv("CK_REEVALUATE_FORCE", "1")
