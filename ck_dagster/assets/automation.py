@@ -38,7 +38,7 @@ class SpecObserved(AutomationCondition):
     def name(self) -> str:
         return f"{self.spec.to_user_string()}_observed"
 
-    def evaluate(self, context: AutomationContext) -> AutomationResult:  # type: ignore[override]
+    def evaluate(self, context: AutomationContext) -> AutomationResult:
         """The candidates observed after the cursor (the newest observation seen so far); the
         first evaluation only sets the cursor."""
         instance = context.asset_graph_view.instance

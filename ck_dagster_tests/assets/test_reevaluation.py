@@ -82,7 +82,7 @@ def skipped(result: list[RunRequest | SkipReason]) -> str:
     return result[0].skip_message or ""
 
 
-def test_a_tick_requests_nothing_when_nothing_changed_and_what_is_missing_or_retrained(
+def test_a_tick_requests_nothing_when_nothing_changed_and_what_is_missing_retrained_or_failed(
         dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
     with DagsterInstance.get() as instance:
@@ -91,13 +91,19 @@ def test_a_tick_requests_nothing_when_nothing_changed_and_what_is_missing_or_ret
         evaluate(instance, specs)
         assert "nothing to re-evaluate: the evaluations of all 3 trained runs are current" in \
             skipped(tick(instance))
-        # a retrained checkpoint, and a run trained but never evaluated
+        # a retrained checkpoint
         weights = Path(specs["tiny/lora16"].targets[1].path) / "model.safetensors"
         weights.write_bytes(b"retrained")
+        assert ranges(tick(instance)) == [("tiny/lora16", "tiny/lora16")]
+        # and a run trained but never evaluated
         (Path(specs["tiny/base"].run_dir) / "eval" / "results.json").unlink()
         requests = tick(instance)
-    assert ranges(requests) == [("tiny/lora16", "tiny/base")]
-    assert requests[0].run_key == "tiny/lora16...tiny/base@20261123T0600"
+        assert ranges(requests) == [("tiny/lora16", "tiny/base")]
+        assert requests[0].run_key == "tiny/lora16...tiny/base@20261123T0600"
+        # and an evaluation that failed
+        finished(specs["tiny/lora8"], errors=1, error="boom").write(
+            Path(specs["tiny/lora8"].run_dir))
+        assert ranges(tick(instance)) == [("tiny/lora8", "tiny/base")]
 
 
 def test_an_evaluation_edit_requests_exactly_the_affected_runs(
