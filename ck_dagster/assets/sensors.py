@@ -27,8 +27,9 @@ def experiments_sensor(context: SensorEvaluationContext,
                        job_environment: JobEnvironmentResource) -> SensorResult | SkipReason:
     """Register experiment files that appear or change under the experiments folder.
 
-    A file is looked at again only when its content changes; a refused file is logged with
-    all its problems (and registers nothing) until it is fixed.
+    A file is looked at again only when its content changes, or that of a file its evaluations
+    read (task scripts and the modules they import, data, tokenizer); a refused file is logged
+    with all its problems (and registers nothing) until it is fixed.
     """
     folder = experiments_folder.folder()
     if folder is None:
