@@ -19,7 +19,7 @@ from ck_dagster.assets.evaluation import (
     every_sample_scored,
     experiment_report,
 )
-from ck_dagster.assets.jobs import LauncherResource
+from ck_dagster.assets.launcher import LauncherResource
 from ck_dagster.assets.reevaluation import ReevaluationResource, reevaluate_job, reevaluate_runs
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.assets.sensors import experiments_sensor

@@ -45,14 +45,20 @@ class SpecObserved(AutomationCondition):
         after = int(context.cursor) if context.cursor else None
         if after is None:
             latest = instance.fetch_observations(self.spec, limit=1).records
-            return AutomationResult(context, context.get_empty_subset(),
-                                    cursor=str(latest[0].storage_id if latest else 0))
+            return AutomationResult(
+                context,
+                context.get_empty_subset(),
+                cursor=str(latest[0].storage_id if latest else 0),
+            )
         keys: set[str] = set()
         cursor = None
         while True:
             result = instance.fetch_observations(
-                AssetRecordsFilter(asset_key=self.spec, after_storage_id=after), limit=PAGE,
-                cursor=cursor, ascending=True)
+                AssetRecordsFilter(asset_key=self.spec, after_storage_id=after),
+                limit=PAGE,
+                cursor=cursor,
+                ascending=True,
+            )
             for record in result.records:
                 if record.partition_key is not None:
                     keys.add(record.partition_key)
@@ -67,16 +73,25 @@ class SpecObserved(AutomationCondition):
 def eager_or_spec_observed(spec: AssetKey) -> AutomationCondition:
     """``eager()`` (a dependency updated, nothing missing or in progress) that also fires when
     the observed ``spec`` dependency changes, and does not wait for it to be materialized."""
-    return AutomationCondition.eager().replace(
-        "any_deps_updated", AutomationCondition.any_deps_updated() | SpecObserved(spec),
-    ).replace(
-        "any_deps_missing",
-        AutomationCondition.any_deps_missing().ignore(AssetSelection.assets(spec)))
+    return (
+        AutomationCondition.eager()
+        .replace(
+            "any_deps_updated",
+            AutomationCondition.any_deps_updated() | SpecObserved(spec),
+        )
+        .replace(
+            "any_deps_missing",
+            AutomationCondition.any_deps_missing().ignore(AssetSelection.assets(spec)),
+        )
+    )
 
 
 #: the automation sensor, evaluated in the code server (custom conditions need it).
 automation_sensor = AutomationConditionSensorDefinition(
-    "ck_automation", target=AssetSelection.all(), use_user_code_server=True,
+    "ck_automation",
+    target=AssetSelection.all(),
+    use_user_code_server=True,
     default_status=DefaultSensorStatus.RUNNING,
     description="Materializes what declarative automation asks for: evaluations of new "
-                "checkpoints and of re-registered evaluations, then the report.")
+    "checkpoints and of re-registered evaluations, then the report.",
+)

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from ck_dagster.assets.automation import eager_or_spec_observed
 from ck_dagster.assets.configs import plans_for
-from ck_dagster.assets.jobs import LauncherResource, record_partitions
+from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions, split_key
 from ck_dagster.assets.registry import (
     EVAL_SPEC,
@@ -198,7 +198,8 @@ def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult
 def experiment_report(context: AssetExecutionContext,
                       job_environment: JobEnvironmentResource) -> MaterializeResult:
     """Runs x epochs x tasks for every registered experiment, with the varied parameters, the
-    final training loss and scores with their 95% interval; CSV and PNG in <experiment.dir>/report/."""
+    final training loss and scores with their 95% interval; CSV and PNG in
+    <experiment.dir>/report/."""
     keys = registered_keys(context.instance)
     plans = load_registered_plans(context.instance, keys, job_environment.environment())
     by_experiment: dict[str, list[RunPlan]] = {}

@@ -16,7 +16,6 @@ run of another experiment (whose problems would fail this one's request).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 from dagster import (
@@ -43,10 +42,10 @@ from ck_dagster.assets.registry import (
 from ck_dagster.assets.training import checkpoint
 from ck_dagster.evaluation.results import stale_reason
 from ck_dagster.evaluation.spec import EVAL_DIR, SPEC_FILE, EvalSpec
+from ck_dagster.settings import Settings
 
 #: the run tags that make a run request cover a partition range.
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-TRUE = ("1", "true", "yes", "on")
 
 
 class ReevaluationResource(ConfigurableResource):
@@ -58,22 +57,26 @@ class ReevaluationResource(ConfigurableResource):
 
     def forced(self) -> bool:
         """Whether ticks re-evaluate every trained run, current or not."""
-        if self.force is not None:
-            return self.force
-        return os.environ.get("CK_REEVALUATE_FORCE", "").strip().lower() in TRUE
+        return self.force if self.force is not None else Settings.from_env().reevaluate_force
 
 
 reevaluate_job = define_asset_job(
-    "reevaluate_runs_job", selection=AssetSelection.assets(eval_log),
+    "reevaluate_runs_job",
+    selection=AssetSelection.assets(eval_log),
     partitions_def=runs_partitions,
     description="Evaluate a range of runs; run config `force: true` evaluates them again even "
-                "when their results are current.")
+    "when their results are current.",
+)
 
 
-@schedule(job=reevaluate_job, cron_schedule=os.environ.get("CK_REEVALUATE_CRON", "0 6 * * 1"),
-          default_status=DefaultScheduleStatus.RUNNING)
-def reevaluate_runs(context: ScheduleEvaluationContext, reevaluation: ReevaluationResource
-                    ) -> Iterator[RunRequest | SkipReason]:
+@schedule(
+    job=reevaluate_job,
+    cron_schedule=Settings.from_env().reevaluate_cron,
+    default_status=DefaultScheduleStatus.RUNNING,
+)
+def reevaluate_runs(
+    context: ScheduleEvaluationContext, reevaluation: ReevaluationResource
+) -> Iterator[RunRequest | SkipReason]:
     """Evaluate again, one run request per experiment, the trained runs whose scores could
     change (weekly by default; set CK_REEVALUATE_CRON); every trained run when forced."""
     instance = context.instance
@@ -85,24 +88,27 @@ def reevaluate_runs(context: ScheduleEvaluationContext, reevaluation: Reevaluati
         yield SkipReason("no registered run with an evaluation has a checkpoint yet")
         return
     force = reevaluation.forced()
-    stale = {key: "forced" for key in trained} if force else stale_evaluations(instance,
-                                                                               versions)
+    stale = {key: "forced" for key in trained} if force else stale_evaluations(instance, versions)
     for reason in sorted(set(stale.values())):
         context.log.info(f"{reason}: " + ", ".join(k for k, r in stale.items() if r == reason))
     drifted = [] if force else changed_on_disk(instance, [k for k in trained if k not in stale])
     if drifted:
         context.log.warning(drift_message(drifted))
     if not stale:
-        yield SkipReason(f"nothing to re-evaluate: the evaluations of all {len(trained)} "
-                         "trained runs are current (same checkpoint files, same evaluation "
-                         "as registered, every log in place)"
-                         + (f"; {drift_message(drifted)}" if drifted else ""))
+        yield SkipReason(
+            f"nothing to re-evaluate: the evaluations of all {len(trained)} "
+            "trained runs are current (same checkpoint files, same evaluation "
+            "as registered, every log in place)"
+            + (f"; {drift_message(drifted)}" if drifted else "")
+        )
         return
     tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
     for block in contiguous_blocks(keys, set(stale)):
-        yield RunRequest(run_key=f"{block[0]}...{block[-1]}@{tick}",
-                         tags={RANGE_START: block[0], RANGE_END: block[-1]},
-                         run_config=RunConfig(ops={"eval_log": EvalConfig(force=force)}))
+        yield RunRequest(
+            run_key=f"{block[0]}...{block[-1]}@{tick}",
+            tags={RANGE_START: block[0], RANGE_END: block[-1]},
+            run_config=RunConfig(ops={"eval_log": EvalConfig(force=force)}),
+        )
 
 
 def stale_evaluations(instance: DagsterInstance, versions: dict[str, str]) -> dict[str, str]:
@@ -131,9 +137,11 @@ def changed_on_disk(instance: DagsterInstance, keys: list[str]) -> list[str]:
 
 def drift_message(keys: list[str]) -> str:
     """What to do about runs whose evaluation inputs changed without being registered."""
-    return (f"the evaluation inputs of {', '.join(keys)} changed since they were registered: "
-            "register their experiment files again (ck-dagster register FILE, or let the "
-            "experiments sensor do it) and they are evaluated")
+    return (
+        f"the evaluation inputs of {', '.join(keys)} changed since they were registered: "
+        "register their experiment files again (ck-dagster register FILE, or let the "
+        "experiments sensor do it) and they are evaluated"
+    )
 
 
 def contiguous_blocks(keys: list[str], wanted: set[str]) -> list[list[str]]:

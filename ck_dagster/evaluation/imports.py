@@ -22,8 +22,11 @@ def local_imports(script: Path, roots: Sequence[Path]) -> list[Path]:
     while pending:
         current = pending.pop()
         for module in _imported_files(current, roots):
-            if module not in found and module != script.resolve() and \
-                    any(module.is_relative_to(root) for root in roots):
+            if (
+                module not in found
+                and module != script.resolve()
+                and any(module.is_relative_to(root) for root in roots)
+            ):
                 found.add(module)
                 pending.append(module)
     return sorted(found)
@@ -41,8 +44,11 @@ def _imported_files(file: Path, roots: list[Path]) -> Iterator[Path]:
                 yield from _module_files(alias.name.split("."), roots)
         elif isinstance(node, ast.ImportFrom):
             parts = node.module.split(".") if node.module else []
-            bases = [file.parent.parents[node.level - 2] if node.level > 1 else file.parent] \
-                if node.level else roots
+            bases = (
+                [file.parent.parents[node.level - 2] if node.level > 1 else file.parent]
+                if node.level
+                else roots
+            )
             for alias in node.names:
                 yield from _module_files(parts + [alias.name], bases)
             if parts:

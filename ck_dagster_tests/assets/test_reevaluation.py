@@ -48,8 +48,11 @@ def register(instance: DagsterInstance, file: Path) -> dict[str, EvalSpec]:
     return registration.eval_specs
 
 
-def evaluate(instance: DagsterInstance, specs: dict[str, EvalSpec],
-             trained: tuple[str, ...] = ("tiny/lora8", "tiny/lora16", "tiny/base")) -> None:
+def evaluate(
+    instance: DagsterInstance,
+    specs: dict[str, EvalSpec],
+    trained: tuple[str, ...] = ("tiny/lora8", "tiny/lora16", "tiny/base"),
+) -> None:
     """Leave runs trained and evaluated with ``specs`` as their jobs would."""
     for key in trained:
         spec = specs[key]
@@ -63,9 +66,11 @@ def evaluate(instance: DagsterInstance, specs: dict[str, EvalSpec],
 
 
 def tick(instance: DagsterInstance, **settings: bool) -> list[RunRequest | SkipReason]:
-    with build_schedule_context(instance=instance, scheduled_execution_time=TICK,
-                                resources={"reevaluation": ReevaluationResource(**settings)}
-                                ) as context:
+    with build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=TICK,
+        resources={"reevaluation": ReevaluationResource(**settings)},
+    ) as context:
         return list(reevaluate_runs(context))
 
 
@@ -83,14 +88,17 @@ def skipped(result: list[RunRequest | SkipReason]) -> str:
 
 
 def test_a_tick_requests_nothing_when_nothing_changed_and_what_is_missing_retrained_or_failed(
-        dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data
+) -> None:
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
     with DagsterInstance.get() as instance:
         specs = register(instance, file)
         assert "no registered run with an evaluation has a checkpoint" in skipped(tick(instance))
         evaluate(instance, specs)
-        assert "nothing to re-evaluate: the evaluations of all 3 trained runs are current" in \
-            skipped(tick(instance))
+        assert (
+            "nothing to re-evaluate: the evaluations of all 3 trained runs are current"
+            in skipped(tick(instance))
+        )
         # a retrained checkpoint
         weights = Path(specs["tiny/lora16"].targets[1].path) / "model.safetensors"
         weights.write_bytes(b"retrained")
@@ -102,12 +110,14 @@ def test_a_tick_requests_nothing_when_nothing_changed_and_what_is_missing_retrai
         assert requests[0].run_key == "tiny/lora16...tiny/base@20261123T0600"
         # and an evaluation that failed
         finished(specs["tiny/lora8"], errors=1, error="boom").write(
-            Path(specs["tiny/lora8"].run_dir))
+            Path(specs["tiny/lora8"].run_dir)
+        )
         assert ranges(tick(instance)) == [("tiny/lora8", "tiny/base")]
 
 
 def test_an_evaluation_edit_requests_exactly_the_affected_runs(
-        dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data
+) -> None:
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
     original = file.read_text()
     with DagsterInstance.get() as instance:
@@ -116,9 +126,10 @@ def test_an_evaluation_edit_requests_exactly_the_affected_runs(
         register(instance, file)
         assert ranges(tick(instance)) == [("tiny/lora16", "tiny/lora16")]
         # a second task for every run but lora16: two runs that are not neighbours
-        file.write_text(original.replace("[{name: capitalization}]",
-                                         "[{name: capitalization}, {name: second}]")
-                        + "  matrix: [{run: lora16, tasks: [capitalization]}]\n")
+        file.write_text(
+            original.replace("[{name: capitalization}]", "[{name: capitalization}, {name: second}]")
+            + "  matrix: [{run: lora16, tasks: [capitalization]}]\n"
+        )
         register(instance, file)
         assert ranges(tick(instance)) == [("tiny/lora8", "tiny/lora8"), ("tiny/base", "tiny/base")]
 
@@ -137,21 +148,24 @@ def words() -> Task:
 
 
 def test_a_helper_module_edit_is_picked_up_by_the_sensor_and_evaluated_by_automation_and_schedule(
-        dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data
+) -> None:
     folder = tmp_path / "experiments"
     (folder / "words").mkdir(parents=True)
     (folder / "words" / "__init__.py").write_text("")
     (folder / "words" / "helper.py").write_text(HELPER)
     (folder / "task.py").write_text(TASK)
     file = write_tiny_experiment(folder, tiny_model_dir, capitalization_data)
-    file.write_text(file.read_text().replace("[{name: capitalization}]",
-                                             "[{name: words, script: task.py}]"))
-    resources = {"experiments_folder": ExperimentsFolderResource(path=str(folder)),
-                 "job_environment": JobEnvironmentResource()}
+    file.write_text(
+        file.read_text().replace("[{name: capitalization}]", "[{name: words, script: task.py}]")
+    )
+    resources = {
+        "experiments_folder": ExperimentsFolderResource(path=str(folder)),
+        "job_environment": JobEnvironmentResource(),
+    }
 
     def sense(cursor: str | None) -> str | None:
-        with build_sensor_context(instance=instance, resources=resources,
-                                  cursor=cursor) as context:
+        with build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
             result = experiments_sensor(context)
         for request in result.dynamic_partitions_requests:
             instance.add_dynamic_partitions("runs", list(request.partition_keys))
@@ -167,18 +181,24 @@ def test_a_helper_module_edit_is_picked_up_by_the_sensor_and_evaluated_by_automa
 
         (folder / "words" / "helper.py").write_text("LETTERS = 'abcd'\n")
         # until it is registered, a tick says so and does nothing
-        assert "the evaluation inputs of tiny/lora8, tiny/lora16, tiny/base changed since " \
+        assert (
+            "the evaluation inputs of tiny/lora8, tiny/lora16, tiny/base changed since "
             "they were registered" in skipped(tick(instance))
+        )
         cursor = sense(cursor)
         assert ranges(tick(instance)) == [ALL]
         picked_up = evaluate_automation_conditions(defs, instance, cursor=first.cursor)
-        assert picked_up.get_requested_partitions(EVAL) == {"tiny/lora8", "tiny/lora16",
-                                                            "tiny/base"}
+        assert picked_up.get_requested_partitions(EVAL) == {
+            "tiny/lora8",
+            "tiny/lora16",
+            "tiny/base",
+        }
         assert sense(cursor) == cursor  # nothing more to pick up
 
 
 def test_data_and_tokenizer_edits_request_every_run_they_feed(
-        dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data
+) -> None:
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
     data = Path(shutil.copy(capitalization_data, tmp_path / "data.json"))
     file = write_tiny_experiment(tmp_path, model, data)
@@ -195,13 +215,15 @@ def test_data_and_tokenizer_edits_request_every_run_they_feed(
         assert ranges(tick(instance)) == [ALL]
 
 
-def test_a_forced_tick_covers_every_trained_run(dagster_home, tmp_path, tiny_model_dir,
-                                                capitalization_data, monkeypatch) -> None:
+def test_a_forced_tick_covers_every_trained_run(
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data, monkeypatch
+) -> None:
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
     # trained too, but with no evaluation: never requested
     (tmp_path / "other").mkdir()
-    other = write_tiny_experiment(tmp_path / "other", tiny_model_dir, capitalization_data,
-                                  name="other")
+    other = write_tiny_experiment(
+        tmp_path / "other", tiny_model_dir, capitalization_data, name="other"
+    )
     other.write_text(other.read_text().split("evaluation:")[0])
     with DagsterInstance.get() as instance:
         evaluate(instance, register(instance, file), trained=("tiny/lora8", "tiny/lora16"))
@@ -214,11 +236,17 @@ def test_a_forced_tick_covers_every_trained_run(dagster_home, tmp_path, tiny_mod
         assert "nothing to re-evaluate" in skipped(tick(instance, force=False))
 
 
-@pytest.mark.parametrize(("keys", "wanted", "blocks"), [
-    (["a/1", "a/2", "a/3"], {"a/1", "a/2", "a/3"}, [["a/1", "a/2", "a/3"]]),
-    (["a/1", "a/2", "a/3"], {"a/1", "a/3"}, [["a/1"], ["a/3"]]),
-    (["a/1", "b/1", "a/2", "a/3"], {"a/1", "b/1", "a/2", "a/3"}, [["a/1"], ["b/1"],
-                                                                   ["a/2", "a/3"]]),
-])
+@pytest.mark.parametrize(
+    ("keys", "wanted", "blocks"),
+    [
+        (["a/1", "a/2", "a/3"], {"a/1", "a/2", "a/3"}, [["a/1", "a/2", "a/3"]]),
+        (["a/1", "a/2", "a/3"], {"a/1", "a/3"}, [["a/1"], ["a/3"]]),
+        (
+            ["a/1", "b/1", "a/2", "a/3"],
+            {"a/1", "b/1", "a/2", "a/3"},
+            [["a/1"], ["b/1"], ["a/2", "a/3"]],
+        ),
+    ],
+)
 def test_a_range_never_spans_a_run_it_does_not_need(keys, wanted, blocks) -> None:
     assert contiguous_blocks(keys, wanted) == blocks
