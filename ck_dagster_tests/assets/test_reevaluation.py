@@ -236,6 +236,7 @@ def test_a_forced_tick_covers_every_trained_run(
         assert "nothing to re-evaluate" in skipped(tick(instance, force=False))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("keys", "wanted", "blocks"),
     [
