@@ -90,7 +90,7 @@ def reevaluate_runs(
     force = reevaluation.forced()
     stale = {key: "forced" for key in trained} if force else stale_evaluations(instance, versions)
     for reason in sorted(set(stale.values())):
-        context.log.info(f"{reason}: " + ", ".join(k for k, r in stale.items() if r == reason))
+        context.log.info(f"{reason}: " + some([k for k, r in stale.items() if r == reason]))
     drifted = [] if force else changed_on_disk(instance, [k for k in trained if k not in stale])
     if drifted:
         context.log.warning(drift_message(drifted))
@@ -135,10 +135,16 @@ def changed_on_disk(instance: DagsterInstance, keys: list[str]) -> list[str]:
     return drifted
 
 
+def some(keys: list[str], shown: int = 10) -> str:
+    """The first ``shown`` keys, and how many more (a log line stays short on 1000 runs)."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
 def drift_message(keys: list[str]) -> str:
     """What to do about runs whose evaluation inputs changed without being registered."""
     return (
-        f"the evaluation inputs of {', '.join(keys)} changed since they were registered: "
+        f"the evaluation inputs of {some(keys)} changed since they were registered: "
         "register their experiment files again (ck-dagster register FILE, or let the "
         "experiments sensor do it) and they are evaluated"
     )
