@@ -21,6 +21,8 @@ from dagster import (
     DefaultSensorStatus,
 )
 
+from ck_dagster.assets.dagster_internals import candidates_among, condition_instance
+
 #: observation records read per page.
 PAGE = 1000
 
@@ -41,7 +43,7 @@ class SpecObserved(AutomationCondition):
     def evaluate(self, context: AutomationContext) -> AutomationResult:
         """The candidates observed after the cursor (the newest observation seen so far); the
         first evaluation only sets the cursor."""
-        instance = context.asset_graph_view.instance
+        instance = condition_instance(context)
         after = int(context.cursor) if context.cursor else None
         if after is None:
             latest = instance.fetch_observations(self.spec, limit=1).records
@@ -66,8 +68,7 @@ class SpecObserved(AutomationCondition):
             if not result.has_more:
                 break
             cursor = result.cursor
-        true_subset = context.candidate_subset.compute_intersection_with_partition_keys(keys)
-        return AutomationResult(context, true_subset, cursor=str(after))
+        return AutomationResult(context, candidates_among(context, keys), cursor=str(after))
 
 
 def eager_or_spec_observed(spec: AssetKey) -> AutomationCondition:
