@@ -27,10 +27,11 @@ check: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -m unit -q
 
-## test: `make check`, then the whole test suite (starts a local SLURM cluster when run as root)
+## test: `make check`, then the whole test suite (starts a local SLURM cluster and Postgres
+## when run as root)
 test: check
-	@if [ "$$(id -u)" = 0 ]; then bash scripts/local-slurm/start.sh; \
-	else echo "not root: SLURM tests need a running cluster (see README)"; fi
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/local-slurm/start.sh && bash scripts/local-postgres/start.sh; \
+	else echo "not root: SLURM and Postgres tests need a running cluster and server (see README)"; fi
 	$(PY) -m pytest
 
 ## bench: every benchmark in bench/, then one table of figures and ratios

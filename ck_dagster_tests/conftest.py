@@ -17,6 +17,7 @@ pytest_plugins: list[str] = [
     "pytester",  # test_conftest.py runs the unit-tier guard in a pytest of its own
     "ck_dagster_tests.fixtures.dagster",
     "ck_dagster_tests.fixtures.slurm",
+    "ck_dagster_tests.fixtures.postgres",  # after slurm: it imports slurm's skip-or-fail helper
     "ck_dagster_tests.fixtures.tiny_model",
 ]
 

@@ -4,10 +4,11 @@ Shared by ``checkpoint`` and ``eval_log``: both submit one job per run through t
 :class:`~ck_dagster.slurm.runner.JobRunner`, capped by one Dagster concurrency pool.
 """
 
+import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dagster import (
@@ -22,11 +23,13 @@ from dagster import (
 
 from ck_dagster.slurm.choose import choose_launcher
 from ck_dagster.slurm.launcher import Launcher
-from ck_dagster.slurm.runner import JobOutcome, JobRunner
+from ck_dagster.slurm.runner import JobOutcome, JobRequest, JobRunner
 from ck_dagster.training.progress import is_trouble
 
 #: run tags that let a later run see whether the process behind a run is gone (SIGKILL).
 PID_TAG, HOST_TAG = "ck_dagster/pid", "ck_dagster/host"
+#: prefix of the instance's key-value entries that say which Dagster run submits a job.
+CLAIM_PREFIX = "ck_dagster/claim/"
 
 
 class LauncherResource(ConfigurableResource):
@@ -56,7 +59,8 @@ class LauncherResource(ConfigurableResource):
         mark_process(context.instance, context.run_id)
         slots = PoolSlots(context.instance, self.pool, context.run_id, label, self.pool_limit,
                           context.log.info)
-        return JobRunner(self.launcher(context.log.info), slots=slots,
+        claims = InstanceClaims(context.instance, context.run_id)
+        return JobRunner(self.launcher(context.log.info), slots=slots, claims=claims,
                          on_event=lambda key, message: context.log.info(
                              f"{key}: {message}" if key else message),
                          on_log=ProgressLog(context.log.info, summarize),
@@ -132,6 +136,83 @@ class PoolSlots:
                 self.log(f"freed pool slots of run {run_id}, which is no longer running")
                 freed = True
         return freed
+
+
+class InstanceClaims:
+    """Which Dagster run submits each job, kept in the instance's key-value storage (the
+    table sensors keep their cursors in): shared by every process on SQLite and Postgres, and
+    kept across restarts.
+
+    That storage has no compare-and-set, so a claim follows Fischer's timed mutual exclusion:
+    a process writes its claim only where none is held by a live run, waits ``settle_s`` (far
+    longer than a write takes), then reads back: of processes that claimed at the same moment,
+    only the last writer finds its own claim. A claim whose run has finished, or whose process
+    on this host is gone (SIGKILL), is free to take.
+    """
+
+    def __init__(self, instance: DagsterInstance, run_id: str, settle_s: float = 2.0):
+        self.instance = instance
+        self.storage = instance.daemon_cursor_storage
+        self.run_id = run_id
+        self.settle_s = settle_s
+
+    def claim(self, requests: Sequence[JobRequest]) -> dict[str, str]:
+        held: dict[str, str] = {}
+        mine = []
+        for request, holder in zip(requests, self._holders(requests), strict=True):
+            if holder.get("run_id") not in (None, self.run_id) and self._alive(holder["run_id"]):
+                held[request.key] = _describe(holder)
+            else:
+                self._write(request)
+                mine.append(request)
+        if mine:
+            time.sleep(self.settle_s)
+            for request, holder in zip(mine, self._holders(mine), strict=True):
+                if holder.get("run_id") != self.run_id:
+                    held[request.key] = _describe(holder)
+        return held
+
+    def take_over(self, request: JobRequest, note: str) -> None:
+        self._write(request, note=f"Dagster run {self.run_id}: {note}")
+
+    def lost(self, request: JobRequest) -> str | None:
+        [holder] = self._holders([request])
+        if holder.get("run_id") in (None, self.run_id):
+            return None
+        return holder.get("note") or None
+
+    def release(self, request: JobRequest) -> None:
+        [holder] = self._holders([request])
+        if holder.get("run_id") == self.run_id:
+            self.storage.set_cursor_values({_claim_key(request): "{}"})
+
+    def _write(self, request: JobRequest, note: str = "") -> None:
+        value = {"run_id": self.run_id, "since": time.time(), "note": note}
+        self.storage.set_cursor_values({_claim_key(request): json.dumps(value)})
+
+    def _holders(self, requests: Sequence[JobRequest]) -> list[dict[str, Any]]:
+        keys = [_claim_key(r) for r in requests]
+        values = self.storage.get_cursor_values(set(keys))
+        holders = []
+        for key in keys:
+            try:
+                holder = json.loads(values.get(key) or "{}")
+            except ValueError:
+                holder = {}
+            holders.append(holder if isinstance(holder, dict) else {})
+        return holders
+
+    def _alive(self, run_id: str) -> bool:
+        run = self.instance.get_run_by_id(run_id)
+        return run is not None and not run.is_finished and not _process_gone(run.tags)
+
+
+def _claim_key(request: JobRequest) -> str:
+    return CLAIM_PREFIX + request.job_name
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    return f"Dagster run {holder.get('run_id', '?')}"
 
 
 def mark_process(instance: DagsterInstance, run_id: str) -> None:

@@ -101,8 +101,10 @@ def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) ->
     }
     if outcome.oom_retried:
         args = outcome.attempts[-1].args
-        metadata["oom_retry_note"] = ("the first job ran out of memory; trained with "
-                                      + " ".join(args) + " (same effective batch)")
+        first = outcome.attempts[0]
+        metadata["oom_retry_note"] = (f"job {first.job_id} ran out of memory; job "
+                                      f"{outcome.job_id} trained with " + " ".join(args)
+                                      + " (same effective batch)")
     if accounting is not None:
         metadata.update({
             "state": accounting.state.value, "exit_code": accounting.exit_code,

@@ -53,4 +53,4 @@ def eval_request(spec: EvalSpec, script: JobScript, *, force: bool = False) -> J
 
     return JobRequest(key=spec.partition_key, script=run_dir / EVAL_SCRIPT,
                       job_name=script.job_name, is_done=lambda: is_current(run_dir, spec),
-                      before_submit=before_submit, force=force)
+                      before_submit=before_submit, force=force, verb="evaluated")

@@ -3,9 +3,12 @@
 For each request, in order of preference:
 
 1. its outputs are already in place: **adopt** them, no job;
-2. a job of its name is pending or running (submitted by an earlier, maybe killed, process):
-   **re-attach** to it;
-3. otherwise **submit** it, once a slot is free (a shared cap on jobs in the queue).
+2. another live process holds its claim (a record shared by every process, so that one run
+   never gets two jobs): **follow** that process's job to its end, never submitting;
+3. a job of its name is pending or running (submitted by an earlier, maybe killed, process):
+   **re-attach** to it, unless it was submitted with a config that changed since: then it is
+   cancelled at once and the run submitted again;
+4. otherwise **submit** it, once a slot is free (a shared cap on jobs in the queue).
 
 Jobs are followed together (one status call per cycle). PREEMPTED and NODE_FAIL jobs are
 resubmitted (bounded); an OUT_OF_MEMORY job is retried once with the arguments the request
@@ -15,6 +18,7 @@ submitted or re-attached to, and gives back the slots.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +44,44 @@ class Slots(Protocol):
     def release(self, key: str) -> None:
         """Give back ``key``'s slot (or its place in the queue for one)."""
         ...
+
+
+class Claims(Protocol):
+    """Which process submits each request's job: one at a time across every process (the
+    Dagster instance in production), so that two materializations never start two jobs."""
+
+    def claim(self, requests: Sequence[JobRequest]) -> dict[str, str]:
+        """Claim every request for this process; for those another live process holds, who
+        holds it (e.g. ``Dagster run X``), by key."""
+        ...
+
+    def take_over(self, request: JobRequest, note: str) -> None:
+        """Claim ``request`` from a holder whose job is stale, saying why in ``note``."""
+        ...
+
+    def lost(self, request: JobRequest) -> str | None:
+        """What the process that took ``request`` over from this one said, else None."""
+        ...
+
+    def release(self, request: JobRequest) -> None:
+        """Give back this process's claim on ``request``."""
+        ...
+
+
+class NoClaims:
+    """Every request is this process's: for a runner that is alone (tests, tools)."""
+
+    def claim(self, requests: Sequence[JobRequest]) -> dict[str, str]:
+        return {}
+
+    def take_over(self, request: JobRequest, note: str) -> None:
+        return None
+
+    def lost(self, request: JobRequest) -> str | None:
+        return None
+
+    def release(self, request: JobRequest) -> None:
+        return None
 
 
 class UnlimitedSlots:
@@ -69,6 +111,11 @@ class JobRequest:
     force: bool = False
     #: what ``before_submit`` did that a person should know (e.g. old outputs set aside).
     notes: list[str] = field(default_factory=list)
+    #: what the job does to the run, for messages ("EXP/RUN is being trained by ...").
+    verb: str = "run"
+    #: what changed since a live job of this request was submitted ([] when nothing did or
+    #: it cannot be told); such a job is stale: cancelled, and the request submitted again.
+    changes_since_submitted: Callable[[], list[str]] = lambda: []
 
 
 @dataclass(frozen=True)
@@ -94,6 +141,8 @@ class JobOutcome:
     message: str = ""
     log_tail: str = ""
     oom_retried: bool = False
+    #: who holds the claim when this process only follows another one's job.
+    following: str = ""
 
     @property
     def job_id(self) -> str | None:
@@ -112,12 +161,16 @@ class JobRunner:
                  on_log: Callable[[str, str], object] = lambda key, line: None,
                  max_resubmits: int = 2, poll_initial: float = 2.0, poll_max: float = 30.0,
                  slot_wait: float = 5.0, requeue_checks: int = 3, requeue_wait: float = 2.0,
-                 follower: JobFollower | None = None):
+                 follower: JobFollower | None = None, claims: Claims | None = None,
+                 join_wait: float = 30.0):
         """``on_event(key, message)`` receives what happens to the jobs (submitted, state
         changes, resubmissions, failures); ``on_log(key, line)`` each line a job writes to its
-        log. ``slot_wait``: how often to look for a free slot."""
+        log. ``slot_wait``: how often to look for a free slot; ``join_wait``: how long to wait
+        for the job of a run another process has claimed to reach the queue."""
         self.launcher = launcher
         self.slots = slots or UnlimitedSlots()
+        self.claims = claims or NoClaims()
+        self.join_wait = join_wait
         self.on_event = on_event
         self.on_log = on_log
         self.max_resubmits = max_resubmits
@@ -133,11 +186,23 @@ class JobRunner:
         waiting: list[JobRequest] = []
         self._by_job: dict[str, JobRequest] = {}
         self._holding: set[str] = set()
+        self._watching: set[str] = set()  # jobs another process submitted and holds
+        self._told_waiting: set[str] = set()  # keys whose wait for a slot was logged
+        todo = []
         for request in requests:
             outcome = outcomes[request.key] = JobOutcome(request.key, "running")
             if request.is_done() and not request.force:
                 outcome.status = "adopted"
                 self._note_adopted(request, outcome)
+            else:
+                todo.append(request)
+        held = self.claims.claim(todo) if todo else {}
+        self._claimed = [r for r in todo if r.key not in held]
+        for request in todo:
+            outcome = outcomes[request.key]
+            if request.key in held:
+                if self._join(request, outcome, held[request.key]):
+                    waiting.append(request)
             elif not self._reattach(request, outcome):
                 waiting.append(request)
         try:
@@ -160,6 +225,8 @@ class JobRunner:
             for key in list(self._holding) + [r.key for r in waiting]:
                 self.slots.release(key)
             self._holding.clear()
+            for request in self._claimed:
+                self.claims.release(request)
         return outcomes
 
     # -- starting jobs --------------------------------------------------------------------
@@ -179,11 +246,72 @@ class JobRunner:
         self.on_event(request.key, "outputs already in place: adopted, no job submitted"
                       + (f" (from job {done[0].job_id})" if done else ""))
 
+    def _join(self, request: JobRequest, outcome: JobOutcome, holder: str) -> bool:
+        """Follow the job of the process that holds ``request``'s claim; True when that job
+        is stale and was cancelled, so that this process claims the run and submits it."""
+        alive = self._live_jobs(request, wait_s=self.join_wait)
+        if not alive:
+            self._fail(request, outcome, f"{request.key} is being {request.verb} by {holder}, "
+                                         "whose job is not in the queue yet: not submitting "
+                                         "another (wait for that run, or terminate it)")
+            return False
+        job = alive[0]
+        if self._cancel_if_stale(request, job, holder):
+            self._claimed.append(request)
+            return True
+        outcome.following = holder
+        outcome.attempts.append(Attempt(job.job_id, (), reattached=True))
+        self._watching.add(job.job_id)
+        self._follow(request, job.job_id)
+        self.on_event(request.key, f"{request.key} is being {request.verb} by {holder}, job "
+                                   f"{job.job_id}: following that job, not submitting another")
+        return False
+
+    def _live_jobs(self, request: JobRequest, wait_s: float = 0.0) -> list[JobStatus]:
+        """The request's pending or running jobs; waits up to ``wait_s`` for one to appear
+        (the claim's holder submits right after claiming)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            alive = [s for s in self._found(request) if not s.state.is_final]
+            if alive or time.monotonic() >= deadline:
+                return alive
+            self.follower.sleep(1.0)
+
+    def _cancel_if_stale(self, request: JobRequest, job: JobStatus, holder: str = "") -> bool:
+        """Cancel a live job submitted before the request's config changed; True if it was."""
+        changes = request.changes_since_submitted()
+        if not changes:
+            return False
+        changed = ", ".join(changes[:5]) + (", ..." if len(changes) > 5 else "")
+        note = (f"job {job.job_id} ({job.state.value}) was submitted before the run was edited "
+                f"(changed: {changed}): cancelled it")
+        # claimed first: the holder that sees its job cancelled finds out why
+        self.claims.take_over(request, note + (f" (it was {holder}'s)" if holder else ""))
+        self.launcher.cancel(job.job_id)
+        self._await_end(job.job_id)
+        request.notes.append(note)
+        self.on_event(request.key, f"{note}; submitting the edited run")
+        return True
+
+    def _await_end(self, job_id: str, limit_s: float = 120.0) -> None:
+        """Wait until a cancelled job has ended, so two jobs never write one folder."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                status = self.launcher.statuses([job_id]).get(job_id)
+            except CkError:
+                status = None
+            if status is not None and status.state.is_final:
+                return
+            self.follower.sleep(1.0)
+
     def _reattach(self, request: JobRequest, outcome: JobOutcome) -> bool:
-        alive = [s for s in self._found(request) if not s.state.is_final]
+        alive = self._live_jobs(request)
         if not alive:
             return False
         job = alive[0]
+        if self._cancel_if_stale(request, job):
+            return False
         outcome.attempts.append(Attempt(job.job_id, (), reattached=True))
         self.slots.acquire(request.key)  # it is in the queue already, slot or not
         self._holding.add(request.key)
@@ -197,6 +325,10 @@ class JobRunner:
         still_waiting = []
         for request in waiting:
             if not self.slots.acquire(request.key):
+                if request.key not in self._told_waiting:
+                    self._told_waiting.add(request.key)
+                    self.on_event(request.key, "waiting for a free slot of the job pool (every "
+                                               "slot is held by a job in the queue)")
                 still_waiting.append(request)
                 continue
             self._holding.add(request.key)
@@ -255,7 +387,15 @@ class JobRunner:
                                        status.reason)
         state = status.state
         resubmits = sum(1 for a in outcome.attempts if a.state in RESUBMIT_STATES)
-        if state is JobState.COMPLETED:
+        taken_over = self.claims.lost(request)
+        if taken_over and not (state is JobState.COMPLETED and request.is_done()):
+            self._fail(request, outcome, f"job {status.job_id} ended {state.value}: "
+                                         f"{request.key} was edited meanwhile: {taken_over}")
+        elif outcome.following and state is not JobState.COMPLETED:
+            self._fail(request, outcome, f"job {status.job_id}, submitted by "
+                                         f"{outcome.following}, ended {state.value} "
+                                         f"({state.describe()}); that run decides what follows")
+        elif state is JobState.COMPLETED:
             if request.is_done():
                 outcome.status = "completed"
                 self._release(request)
@@ -332,7 +472,17 @@ class JobRunner:
             self.slots.release(request.key)
 
     def _cancel_all(self) -> None:
-        cancelled = self.follower.cancel_unfinished()
+        """Cancel the unfinished jobs this runner submitted or re-attached to (never those it
+        only follows for another process)."""
+        cancelled = []
+        for job_id in self.follower.unfinished:
+            if job_id in self._watching:
+                continue
+            try:
+                self.launcher.cancel(job_id)
+                cancelled.append(job_id)
+            except CkError as exc:
+                self.on_event("", f"could not cancel job {job_id}: {exc}")
         if cancelled:
             self.on_event("", f"interrupted: cancelled job(s) {', '.join(cancelled)}")
 

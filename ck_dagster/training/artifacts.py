@@ -92,6 +92,12 @@ def config_differences(artifacts: Path, config: Mapping[str, Any]) -> list[str]:
         trained = None
     if not isinstance(trained, dict):
         return [f"{TRAINED_CONFIG} missing"]
+    return compare_configs(trained, config)
+
+
+def compare_configs(trained: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """The dotted paths where two torchtune configs differ (the same effective batch is the
+    same)."""
     ours, theirs = dict(config_leaves(config)), dict(config_leaves(trained))
     differences = [path for path in dict.fromkeys([*ours, *theirs])
                    if path not in _BATCH_KEYS and ours.get(path) != theirs.get(path)]

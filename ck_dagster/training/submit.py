@@ -6,18 +6,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ck_dagster.errors import CkError
 from ck_dagster.finetune.plan import RunPlan
 from ck_dagster.slurm.runner import JobRequest
 from ck_dagster.training.artifacts import (
     EpochCheckpoint,
     TrainingLog,
+    compare_configs,
     config_differences,
     epoch_checkpoints,
     is_complete,
     read_training_log,
     set_aside,
 )
+
+#: the finetune.yaml the run's latest job was submitted with (a job reads its config when it
+#: starts; this says what a queued or running job trains, after the run was edited).
+SUBMITTED_CONFIG = "finetune.submitted.yaml"
 
 
 def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
@@ -39,10 +46,19 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
                 f"{', ...' if len(differences) > 5 else ''})")
             notes.append(f"earlier checkpoints kept in {moved}{why}")
         artifacts.mkdir(parents=True, exist_ok=True)
+        submitted.write_text(plan.finetune_yaml)
+
+    def changes_since_submitted() -> list[str]:
+        try:
+            before = yaml.safe_load(submitted.read_text())
+        except (OSError, yaml.YAMLError):
+            return []  # submitted by hand or by an older version: cannot tell
+        return compare_configs(before, config) if isinstance(before, dict) else []
 
     def oom_retry_args() -> list[str] | None:
         return halved_batch_args(plan.config.config if plan.config else {})
 
+    submitted = plan.run_dir / SUBMITTED_CONFIG
     notes: list[str] = []
     return JobRequest(
         key=plan.partition_key,
@@ -53,17 +69,22 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
         oom_retry_args=oom_retry_args,
         force=retrain,
         notes=notes,
+        verb="trained",
+        changes_since_submitted=changes_since_submitted,
     )
 
 
 def halved_batch_args(config: dict[str, Any]) -> list[str] | None:
-    """torchtune overrides with half the batch and twice the accumulation (same effective
-    batch), or None when the batch cannot be halved."""
+    """torchtune overrides with a smaller batch and more accumulation, keeping the effective
+    batch (batch x accumulation): the batch is divided by its smallest prime factor (halved
+    when even, 5 -> 1 x 5), or None when it is 1 already."""
     batch = int(config.get("batch_size", 1))
     accumulation = int(config.get("gradient_accumulation_steps", 1) or 1)
     if batch < 2:
         return None
-    return [f"batch_size={batch // 2}", f"gradient_accumulation_steps={accumulation * 2}"]
+    factor = next(f for f in range(2, batch + 1) if batch % f == 0)
+    return [f"batch_size={batch // factor}",
+            f"gradient_accumulation_steps={accumulation * factor}"]
 
 
 def check_run_files(plan: RunPlan) -> None:

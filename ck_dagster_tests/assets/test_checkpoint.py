@@ -241,4 +241,8 @@ def test_the_pool_caps_jobs_in_the_queue(experiment) -> None:
 def test_oom_retry_halves_the_batch_and_keeps_the_effective_batch() -> None:
     assert halved_batch_args({"batch_size": 8, "gradient_accumulation_steps": 2}) == \
         ["batch_size=4", "gradient_accumulation_steps=4"]
+    assert halved_batch_args({"batch_size": 9}) == \
+        ["batch_size=3", "gradient_accumulation_steps=3"]
+    assert halved_batch_args({"batch_size": 5, "gradient_accumulation_steps": 2}) == \
+        ["batch_size=1", "gradient_accumulation_steps=10"]
     assert halved_batch_args({"batch_size": 1}) is None

@@ -1,0 +1,53 @@
+"""The shared deployment: the whole chain and the concurrency tests on a real PostgreSQL,
+with the README's dagster.yaml (every test of this module runs on a fresh database)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from ck_dagster.experiment.load import load_experiment
+from ck_dagster_tests.assets.test_checkpoint import experiment  # noqa: F401  (the fixture)
+from ck_dagster_tests.assets.test_claims import (  # noqa: F401  (collected here, on Postgres)
+    test_claims_made_at_the_same_moment_have_one_winner,
+    test_two_materializations_at_once_make_one_job,
+)
+from ck_dagster_tests.assets.test_evaluation_e2e import materialize, metadata
+from ck_dagster_tests.evaluation.tiny_experiment import write_experiment
+from ck_dagster_tests.fixtures.dagster import run_command
+
+
+@pytest.fixture
+def dagster_home(postgres_home: Path) -> Path:
+    """Every Dagster instance of this module is the README's Postgres one."""
+    return postgres_home
+
+
+def test_the_instance_is_postgres(dagster_home: Path) -> None:
+    with DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_whole_chain_on_postgres(dagster_home, tmp_path, tiny_model_dir, capitalization_data,
+                                 slurm_cluster) -> None:
+    """Register, configs, checkpoint through SLURM, eval, report: all recorded in Postgres."""
+    file = write_experiment(tmp_path, tiny_model_dir, capitalization_data)
+    run_command(["ck-dagster", "register", file])
+    loaded = load_experiment(file)
+    keys = [loaded.partition_key(run) for run in loaded.runs]
+    log = materialize("--select", "recipe_config,run_config,checkpoint,eval_log",
+                      "--partition-range", f"{keys[0]}...{keys[-1]}")
+    assert "tiny_eval/tuned: submitted job" in log
+    materialize("--select", "experiment_report")
+    with DagsterInstance.get() as instance:
+        tuned = metadata(instance, "checkpoint", "tiny_eval/tuned")
+        assert tuned["state"] == "COMPLETED" and tuned["epochs_saved"] > 0
+        assert metadata(instance, "eval_log", "tiny_eval/tuned")["errored_samples"] == 0
+        assert "| tuned | fine-tuned |" in metadata(instance, "experiment_report", None)["report"]
+        assert instance.get_latest_materialization_event(AssetKey("experiment_report"))
+        assert "slurm_jobs" in instance.event_log_storage.get_concurrency_keys()
