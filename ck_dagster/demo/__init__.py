@@ -45,7 +45,7 @@ def run_demo(folder: Path, home: Path, echo: Callable[[str], object] = print) ->
     echo(f"\n== training and evaluating {len(keys)} runs (local launcher) ==")
     _materialize(["recipe_config,run_config,checkpoint,eval_log", "--partition-range",
                   f"{keys[0]}...{keys[-1]}"], env, echo)
-    _materialize(["experiment_report"], env, echo)
+    _materialize(["experiment_report", "--partition", experiment.name], env, echo)
     report = experiment.dir / "report"
     echo(f"\n== report ({report}) ==\n")
     echo((report / "report.md").read_text())
