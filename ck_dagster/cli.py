@@ -1,6 +1,7 @@
 """The ``ck-dagster`` command: what Dagster has no verb for.
 
 ``register`` (experiment files -> partitions), ``status`` (where an experiment's runs stand),
+``ui`` (the Dagster UI behind a token),
 ``dry-run`` (render every run's files to a folder), ``recipes`` (the torchtune catalog, like
 ``tune ls``), ``make-tiny-model`` and ``demo``.
 Materializing is Dagster's job: ``dagster asset materialize -m ck_dagster.definitions ...``.
@@ -83,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--no-jobs", action="store_true",
                         help="do not ask the scheduler for running jobs (instance and files only)")
     status.set_defaults(func=_status)
+
+    ui = verbs.add_parser(
+        "ui", help="the Dagster UI and daemon for $DAGSTER_HOME, on localhost, behind a token",
+        description="Run Dagster's webserver and daemon for the instance in $DAGSTER_HOME, "
+                    "bound to 127.0.0.1 and reachable only with your secret token (kept in "
+                    "$DAGSTER_HOME/ui_token, mode 0600), as Jupyter does on shared login nodes. "
+                    "Prints the URL with the token and the ssh -L command for a laptop.")
+    ui.add_argument("--port", type=int, default=None,
+                    help="port on 127.0.0.1 (default: the first free one from 3000)")
+    ui.set_defaults(func=_ui)
 
     demo = verbs.add_parser(
         "demo", help="train and evaluate a tiny model end to end on this machine",
@@ -167,6 +178,15 @@ def _status(args: argparse.Namespace) -> int:
     launcher = None if args.no_jobs else LauncherResource().launcher(lambda message: None)
     for line in status_lines(instance, args.experiment, launcher):
         print(line)
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from ck_dagster.assets.webserver import serve_ui
+
+    os.umask(0o077)  # what the UI, the daemon and their code servers create is yours only
+    _instance().dispose()  # refuses a missing DAGSTER_HOME before anything starts
+    serve_ui(Path(os.environ["DAGSTER_HOME"]).resolve(), args.port)
     return 0
 
 

@@ -51,7 +51,7 @@ def run_demo(folder: Path, home: Path, echo: Callable[[str], object] = print) ->
     echo((report / "report.md").read_text())
     echo(f"plot: {report / 'scores.png'}\nrun folders: {experiment.dir}\n"
          f"demo finished in {time.monotonic() - started:.0f} s. Open the UI on this instance:\n"
-         f"  DAGSTER_HOME={home} {_command('dagster')} dev -w workspace.yaml   (or: make ui)")
+         f"  DAGSTER_HOME={home} {_command('ck-dagster')} ui   (or: make ui)")
     return report
 
 

@@ -1,0 +1,102 @@
+"""``ck-dagster ui``: Dagster's webserver and daemon for one instance, for its owner only.
+
+The webserver's ASGI app is served in this process, wrapped in :class:`TokenGate`, by uvicorn
+bound to 127.0.0.1: there is no second, unprotected port to reach, HTTP, GraphQL and websockets
+alike. The daemon (schedules, sensors, automation, queued runs) runs beside it. The process
+mask is 0077, so the sockets and files the webserver, the daemon and their code servers
+create are their owner's only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ck_dagster.errors import CkError
+from ck_dagster.ui.gate import TOKEN_FILE, TokenGate, ensure_token
+
+#: the code location the UI and daemon load (workspace.yaml names the same module).
+DEFINITIONS_MODULE = "ck_dagster.definitions"
+LOCATION_NAME = "ck_dagster"
+DEFAULT_PORT = 3000
+#: ports tried after DEFAULT_PORT when it is taken and no --port was given.
+PORTS_TO_TRY = 100
+LOOPBACK = "127.0.0.1"
+
+
+def choose_port(port: int | None) -> int:
+    """``port`` if it is free on the loopback, else refused; without one, the first free port
+    from 3000 on."""
+    candidates = [port] if port else range(DEFAULT_PORT, DEFAULT_PORT + PORTS_TO_TRY)
+    for candidate in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind((LOOPBACK, candidate))
+            except OSError:
+                continue
+            return candidate
+    raise CkError(f"port {port} is in use (another `ck-dagster ui`?): choose another with "
+                  "--port" if port else f"no free port from {DEFAULT_PORT} to "
+                  f"{DEFAULT_PORT + PORTS_TO_TRY - 1}: choose one with --port")
+
+
+def banner(port: int, token: str, home: Path) -> str:
+    """What ``ck-dagster ui`` prints: the URL with its token and the ``ssh -L`` line."""
+    url = f"http://{LOOPBACK}:{port}/?token={token}"
+    return (f"Dagster UI and daemon for DAGSTER_HOME={home}, for {getpass.getuser()} only "
+            f"(token in {home / TOKEN_FILE}). Open:\n    {url}\n"
+            f"From your laptop, forward the port first:\n"
+            f"    ssh -N -L {port}:{LOOPBACK}:{port} {getpass.getuser()}@{socket.getfqdn()}\n"
+            f"then open the same URL there. Stop with Ctrl-C.")
+
+
+def serve_ui(home: Path, port: int | None, echo: Callable[[str], object] = print) -> None:
+    """Run the daemon and the token-gated webserver until interrupted."""
+    import uvicorn
+    from dagster import DagsterInstance
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster_webserver import __version__
+    from dagster_webserver.app import create_app_from_workspace_process_context
+
+    os.umask(0o077)
+    token = ensure_token(home)
+    if home.stat().st_mode & 0o077:
+        echo(f"note: other users can read {home} (the run history is there): chmod 700 {home}")
+    port = choose_port(port)
+    target = ModuleTarget(module_name=DEFINITIONS_MODULE, attribute=None,
+                          working_directory=None, location_name=LOCATION_NAME)
+    with _daemon(home), DagsterInstance.get() as instance, WorkspaceProcessContext(
+            instance, workspace_load_target=target, version=__version__) as workspace:
+        app = create_app_from_workspace_process_context(workspace)
+        echo(banner(port, token, home))
+        uvicorn.run(TokenGate(app, token, cookie=f"ck_dagster_token_{port}"),
+                    host=LOOPBACK, port=port, log_level="warning")
+
+
+@contextlib.contextmanager
+def _daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``dagster-daemon run`` for the instance, in a process group of its own (its code server
+    with it), stopped when the UI stops."""
+    command = Path(sys.executable).with_name("dagster-daemon")
+    process = subprocess.Popen(
+        [str(command), "run", "-m", DEFINITIONS_MODULE, "--log-level", "warning"],
+        env={**os.environ, "DAGSTER_HOME": str(home)}, start_new_session=True)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
