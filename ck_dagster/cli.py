@@ -10,7 +10,6 @@ Materializing is Dagster's job: ``dagster asset materialize -m ck_dagster.defini
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,22 +170,26 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ck_dagster.assets.jobs import LauncherResource
+    from ck_dagster.assets.launcher import LauncherResource
     from ck_dagster.assets.status import status_lines
+    from ck_dagster.definitions import defs
 
     instance = _instance()
     launcher = None if args.no_jobs else LauncherResource().launcher(lambda message: None)
-    for line in status_lines(instance, args.experiment, launcher):
+    for line in status_lines(instance, defs, args.experiment, launcher):
         print(line)
     return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
+    import os
+
     from ck_dagster.assets.webserver import serve_ui
+    from ck_dagster.settings import Settings
 
     os.umask(0o077)  # what the UI, the daemon and their code servers create is yours only
     _instance().dispose()  # refuses a missing DAGSTER_HOME before anything starts
-    serve_ui(Path(os.environ["DAGSTER_HOME"]).resolve(), args.port)
+    serve_ui(Path(str(Settings.from_env().dagster_home)).resolve(), args.port)
     return 0
 
 
@@ -200,11 +203,14 @@ def _demo(args: argparse.Namespace) -> int:
 def _instance():  # -> DagsterInstance (imported lazily: dagster is slow to import)
     from dagster import DagsterInstance
 
-    if not os.environ.get("DAGSTER_HOME"):
+    from ck_dagster.settings import Settings
+
+    configured = Settings.from_env().dagster_home
+    if not configured:
         raise CkError("DAGSTER_HOME is not set: point it at the folder of the Dagster instance "
                       "to register with (e.g. export DAGSTER_HOME=$PWD/.dagster_home; "
                       "mkdir -p $DAGSTER_HOME)")
-    home = Path(os.environ["DAGSTER_HOME"])
+    home = Path(configured)
     if not home.is_dir():
         raise CkError(f"DAGSTER_HOME={home} does not exist: create it (mkdir -p {home})")
     return DagsterInstance.get()

@@ -3,11 +3,10 @@
 ``eval_log`` runs one inspect-ai job per run (every saved epoch x task, or the base model of a
 control run) through the same launcher and pool as training. It materializes by itself when
 its checkpoint is updated (the report follows: ``assets/report.py``), and a schedule
-re-evaluates every registered run. Editing an evaluation (settings, tasks, task code) and registering again
-observes a new ``eval_spec`` version, which marks ``eval_log`` stale.
+re-evaluates every registered run. Editing an evaluation (settings, tasks, task code) and
+registering again observes a new ``eval_spec`` version, which marks ``eval_log`` stale.
 """
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,7 +38,7 @@ from dagster import (
 from pydantic import Field
 
 from ck_dagster.assets.configs import plans_for
-from ck_dagster.assets.jobs import LauncherResource, record_partitions
+from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions
 from ck_dagster.assets.registry import (
     EVAL_SPEC,
@@ -56,6 +55,7 @@ from ck_dagster.evaluation.spec import EvalSpec, eval_spec_for
 from ck_dagster.evaluation.submit import eval_job_script, eval_request
 from ck_dagster.experiment.problems import ExperimentFileError
 from ck_dagster.finetune.plan import RunPlan
+from ck_dagster.settings import Settings
 
 eval_spec = AssetSpec(
     key=EVAL_SPEC,
@@ -198,7 +198,7 @@ reevaluate_job = define_asset_job(
     description="Evaluate runs again, even when their results are current.")
 
 
-@schedule(job=reevaluate_job, cron_schedule=os.environ.get("CK_REEVALUATE_CRON", "0 6 * * 1"),
+@schedule(job=reevaluate_job, cron_schedule=Settings.from_env().reevaluate_cron,
           default_status=DefaultScheduleStatus.RUNNING)
 def reevaluate_runs(context: ScheduleEvaluationContext) -> Iterator[RunRequest | SkipReason]:
     """Re-evaluate every registered run that has a checkpoint (weekly by default; set

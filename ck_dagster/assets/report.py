@@ -52,7 +52,8 @@ def experiment_report(context: AssetExecutionContext,
                       job_environment: JobEnvironmentResource) -> MaterializeResult:
     """One experiment's runs x epochs of the primary metric with 95% intervals and the best
     epoch, losses beside them, each fine-tuned run compared with the control and the best run
-    on the same samples (McNemar), and the plot; CSV, PNG and Markdown in <experiment.dir>/report/."""
+    on the same samples (McNemar), and the plot; CSV, PNG and Markdown in
+    <experiment.dir>/report/."""
     experiment = context.partition_key
     keys = experiment_keys(registered_keys(context.instance), experiment)
     if not keys:

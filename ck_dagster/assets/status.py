@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContext
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions
 
+from ck_dagster.assets.dagster_internals import StaleStatus, stale_status_resolver
 from ck_dagster.assets.partitions import experiment_keys, split_key
 from ck_dagster.assets.progress import PROGRESS
 from ck_dagster.assets.registry import registered_keys, registered_runs
@@ -27,22 +26,6 @@ from ck_dagster.training.artifacts import epoch_checkpoints
 
 #: the per-run assets whose freshness a status line reports, upstream first.
 RUN_ASSETS = ("run_config", "checkpoint", "eval_log")
-
-
-class _Loading(LoadingContext):
-    """The loading context Dagster's stale-status resolver needs outside a web request."""
-
-    def __init__(self, instance: DagsterInstance) -> None:
-        self._instance = instance
-        self._loaders: dict = {}
-
-    @property
-    def instance(self) -> DagsterInstance:
-        return self._instance
-
-    @property
-    def loaders(self) -> dict:
-        return self._loaders
 
 
 @dataclass(frozen=True)
@@ -65,12 +48,11 @@ class RunStatus:
 COLUMNS = ["run", "config", "training job", "epochs", "evals", "freshness"]
 
 
-def experiment_status(instance: DagsterInstance, experiment: str,
+def experiment_status(instance: DagsterInstance, defs: Definitions, experiment: str,
                       launcher: Launcher | None) -> list[RunStatus]:
-    """A status of every registered run of ``experiment``, in registration order; without a
-    launcher, jobs are told from the instance only."""
-    from ck_dagster.definitions import defs
-
+    """A status of every registered run of ``experiment`` (``defs``: the deployment's
+    definitions), in registration order; without a launcher, jobs are told from the instance
+    only."""
     keys = experiment_keys(registered_keys(instance), experiment)
     if not keys:
         known = sorted({split_key(k)[0] for k in registered_keys(instance)})
@@ -78,8 +60,7 @@ def experiment_status(instance: DagsterInstance, experiment: str,
                       + (f" (registered: {', '.join(known)})" if known else "")
                       + "; register its file first: ck-dagster register FILE")
     runs = registered_runs(instance, keys)
-    resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(),
-                                          _Loading(instance))
+    resolver = stale_status_resolver(instance, defs.resolve_asset_graph())
 
     def status(asset: str, key: str) -> StaleStatus:
         return resolver.get_status(AssetKey(asset), key)
@@ -161,11 +142,11 @@ def _freshness(statuses: dict[str, StaleStatus]) -> str:
     return "; ".join(parts) or "fresh"
 
 
-def status_lines(instance: DagsterInstance, experiment: str,
+def status_lines(instance: DagsterInstance, defs: Definitions, experiment: str,
                  launcher: Launcher | None) -> list[str]:
     """The lines ``ck-dagster status`` prints: a header, then one per run, in columns."""
-    rows = [COLUMNS, *(run.cells() for run in experiment_status(instance, experiment,
-                                                                launcher))]
+    runs = experiment_status(instance, defs, experiment, launcher)
+    rows = [COLUMNS, *(run.cells() for run in runs)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
             for row in rows]

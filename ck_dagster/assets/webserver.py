@@ -4,7 +4,7 @@ The webserver's ASGI app is served in this process, wrapped in :class:`TokenGate
 bound to 127.0.0.1: there is no second, unprotected port to reach, HTTP, GraphQL and websockets
 alike. The daemon (schedules, sensors, automation, queued runs) runs beside it. The process
 mask is 0077, so the sockets and files the webserver, the daemon and their code servers
-create are their owner's only.
+create are their owner's only (``ck-dagster ui`` sets it before it touches the instance).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ck_dagster.errors import CkError
+from ck_dagster.settings import child_environment
 from ck_dagster.ui.gate import TOKEN_FILE, TokenGate, ensure_token
 
 #: the code location the UI and daemon load (workspace.yaml names the same module).
@@ -61,21 +62,15 @@ def serve_ui(home: Path, port: int | None, echo: Callable[[str], object] = print
     """Run the daemon and the token-gated webserver until interrupted."""
     import uvicorn
     from dagster import DagsterInstance
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import ModuleTarget
-    from dagster_webserver import __version__
-    from dagster_webserver.app import create_app_from_workspace_process_context
 
-    os.umask(0o077)
+    from ck_dagster.assets.dagster_internals import webserver_app
+
     token = ensure_token(home)
     if home.stat().st_mode & 0o077:
         echo(f"note: other users can read {home} (the run history is there): chmod 700 {home}")
     port = choose_port(port)
-    target = ModuleTarget(module_name=DEFINITIONS_MODULE, attribute=None,
-                          working_directory=None, location_name=LOCATION_NAME)
-    with _daemon(home), DagsterInstance.get() as instance, WorkspaceProcessContext(
-            instance, workspace_load_target=target, version=__version__) as workspace:
-        app = create_app_from_workspace_process_context(workspace)
+    with _daemon(home), DagsterInstance.get() as instance, \
+            webserver_app(instance, DEFINITIONS_MODULE, LOCATION_NAME) as app:
         echo(banner(port, token, home))
         uvicorn.run(TokenGate(app, token, cookie=f"ck_dagster_token_{port}"),
                     host=LOOPBACK, port=port, log_level="warning")
@@ -88,7 +83,7 @@ def _daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
     command = Path(sys.executable).with_name("dagster-daemon")
     process = subprocess.Popen(
         [str(command), "run", "-m", DEFINITIONS_MODULE, "--log-level", "warning"],
-        env={**os.environ, "DAGSTER_HOME": str(home)}, start_new_session=True)
+        env=child_environment({"DAGSTER_HOME": str(home)}), start_new_session=True)
     try:
         yield process
     finally:

@@ -51,7 +51,8 @@ class ExperimentInfo(_Strict):
     """``experiment:``: what the experiment is and where its runs live."""
 
     name: SafeName
-    dir: str = Field(description="where run directories go; relative paths are relative to the file")
+    dir: str = Field(
+        description="where run directories go; relative paths are relative to the file")
     project: str | None = None
     question: str | None = None
     hypothesis: str | None = None
@@ -121,7 +122,8 @@ class Compute(_Strict):
     @classmethod
     def _time(cls, value: str | None) -> str | None:
         if value is not None and not _TIME.match(value):
-            raise ValueError("is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
+            raise ValueError(
+                "is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
         return value
 
     @field_validator("mem")

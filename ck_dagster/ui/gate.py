@@ -41,20 +41,25 @@ def ensure_token(home: Path) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        info = path.stat()
-        if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-            raise CkError(
-                f"{path} is readable by other users (mode {stat.S_IMODE(info.st_mode):o}) or not "
-                "yours: its token may have leaked. Delete it; the next `ck-dagster ui` makes a "
-                "new one") from None
-        token = path.read_text().strip()
-        if len(token) < 32:
-            raise CkError(f"{path} does not hold a token of at least 32 characters: delete "
-                          "it; the next `ck-dagster ui` makes a new one")
-        return token
+        return _kept_token(path)
     token = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
+    return token
+
+
+def _kept_token(path: Path) -> str:
+    """The token of an existing file, refused when others can read it or it is too short."""
+    info = path.stat()
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise CkError(
+            f"{path} is readable by other users (mode {stat.S_IMODE(info.st_mode):o}) or not "
+            "yours: its token may have leaked. Delete it; the next `ck-dagster ui` makes a "
+            "new one")
+    token = path.read_text().strip()
+    if len(token) < 32:
+        raise CkError(f"{path} does not hold a token of at least 32 characters: delete it; "
+                      "the next `ck-dagster ui` makes a new one")
     return token
 
 

@@ -15,8 +15,8 @@ from dagster import (
 
 from ck_dagster.assets.evaluation import reevaluate_runs
 from ck_dagster.assets.partitions import experiments_partitions
-from ck_dagster.assets.report import reports_sensor
 from ck_dagster.assets.registry import apply_registration, prepare_registration
+from ck_dagster.assets.report import reports_sensor
 from ck_dagster.definitions import defs
 from ck_dagster.slurm.script import JobEnvironment
 from ck_dagster_tests.fixtures.experiments import write_tiny_experiment

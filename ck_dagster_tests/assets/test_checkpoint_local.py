@@ -11,6 +11,7 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from ck_dagster.assets.status import status_lines
+from ck_dagster.definitions import defs
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.slurm.local import LocalLauncher
 from ck_dagster_tests.fixtures.dagster import BIN, run_command
@@ -38,7 +39,7 @@ def test_local_launcher_trains_and_shows_progress(dagster_home, tmp_path, tiny_m
         seen_running = []
         with DagsterInstance.get() as instance:
             while process.poll() is None:
-                lines = status_lines(instance, "tiny", LocalLauncher(jobs))
+                lines = status_lines(instance, defs, "tiny", LocalLauncher(jobs))
                 seen_running += [line for line in lines if "RUNNING (epoch" in line]
                 time.sleep(0.5)
         out.seek(0)

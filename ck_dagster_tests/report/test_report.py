@@ -19,6 +19,8 @@ from ck_dagster.report.report import (
     wilson_interval,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_wilson_interval_matches_known_values() -> None:
     # 8 of 10: the textbook Wilson interval is (0.490, 0.943)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
 from ck_dagster.assets.instance import ensure_dagster_home
 from ck_dagster_tests.fixtures.dagster import run_command
 from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
