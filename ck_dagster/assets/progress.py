@@ -31,9 +31,17 @@ class ProgressObservations:
         if progress is None or now - self._last.get(key, -self.every) < self.every:
             return
         self._last[key] = now
-        self.context.log_event(AssetObservation(
-            asset_key=self.context.asset_key, partition=key,
-            description=f"training: {progress}",
-            metadata={PROGRESS: str(progress), "epoch": progress.epoch,
-                      "step": progress.step, "loss": progress.loss,
-                      "updated": MetadataValue.timestamp(time.time())}))
+        self.context.log_event(
+            AssetObservation(
+                asset_key=self.context.asset_key,
+                partition=key,
+                description=f"training: {progress}",
+                metadata={
+                    PROGRESS: str(progress),
+                    "epoch": progress.epoch,
+                    "step": progress.step,
+                    "loss": progress.loss,
+                    "updated": MetadataValue.timestamp(time.time()),
+                },
+            )
+        )

@@ -48,8 +48,9 @@ SENSOR_BATCH = 1000
     group_name="evaluation",
     kinds={"csv"},
 )
-def experiment_report(context: AssetExecutionContext,
-                      job_environment: JobEnvironmentResource) -> MaterializeResult:
+def experiment_report(
+    context: AssetExecutionContext, job_environment: JobEnvironmentResource
+) -> MaterializeResult:
     """One experiment's runs x epochs of the primary metric with 95% intervals and the best
     epoch, losses beside them, each fine-tuned run compared with the control and the best run
     on the same samples (McNemar), and the plot; CSV, PNG and Markdown in
@@ -57,14 +58,19 @@ def experiment_report(context: AssetExecutionContext,
     experiment = context.partition_key
     keys = experiment_keys(registered_keys(context.instance), experiment)
     if not keys:
-        raise CkError(f"experiment `{experiment}` has no registered runs: register its file "
-                      "(ck-dagster register FILE)")
+        raise CkError(
+            f"experiment `{experiment}` has no registered runs: register its file "
+            "(ck-dagster register FILE)"
+        )
     plans = load_registered_plans(context.instance, keys, job_environment.environment())
     runs = [plans[key] for key in keys]
     report = build_report(experiment, score_rows(runs))
     plot = report.plot_png() if report.rows else None
-    metadata: dict = {"runs": len(runs), "runs_evaluated": len({r.run for r in report.rows}),
-                      "report": MetadataValue.md(report.markdown(plot))}
+    metadata: dict = {
+        "runs": len(runs),
+        "runs_evaluated": len({r.run for r in report.rows}),
+        "report": MetadataValue.md(report.markdown(plot)),
+    }
     if report.rows:
         written = report.write(runs[0].experiment.dir / "report")
         metadata.update({name: MetadataValue.path(str(path)) for name, path in written.items()})
@@ -83,28 +89,49 @@ def score_rows(runs: list[RunPlan]) -> Iterator[ScoreRow]:
         parameters = dict(run.run.parameters)
         if len(models) > 1:
             parameters["model"] = run.model.name
-        losses = {} if run.is_control else losses_by_epoch(
-            read_training_log(run.artifacts_dir).steps, run.epochs)
+        losses = (
+            {}
+            if run.is_control
+            else losses_by_epoch(read_training_log(run.artifacts_dir).steps, run.epochs)
+        )
         for outcome in results.evaluations:
             per_sample = sample_scores(Path(run.run_dir) / outcome.log) if outcome.log else {}
-            train_loss, val_loss = (None, None) if outcome.label == "base" else losses.get(
-                int(outcome.label.removeprefix("epoch_")), (None, None))
+            train_loss, val_loss = (
+                (None, None)
+                if outcome.label == "base"
+                else losses.get(int(outcome.label.removeprefix("epoch_")), (None, None))
+            )
             for scorer, metrics in outcome.metrics.items():
                 if "accuracy" in metrics:
-                    yield ScoreRow(run.run.name, run.run.type, outcome.label, outcome.task,
-                                   scorer, metrics["accuracy"], outcome.completed, parameters,
-                                   train_loss, val_loss, per_sample.get(scorer, {}))
+                    yield ScoreRow(
+                        run.run.name,
+                        run.run.type,
+                        outcome.label,
+                        outcome.task,
+                        scorer,
+                        metrics["accuracy"],
+                        outcome.completed,
+                        parameters,
+                        train_loss,
+                        val_loss,
+                        per_sample.get(scorer, {}),
+                    )
 
 
-@sensor(target=[experiment_report], minimum_interval_seconds=30,
-        default_status=DefaultSensorStatus.RUNNING)
+@sensor(
+    target=[experiment_report],
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+)
 def reports_sensor(context: SensorEvaluationContext) -> SensorResult:
     """Rebuild the report of each experiment whose evaluations were materialized since the last
     tick, and only those."""
     after = int(context.cursor) if context.cursor else 0
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=eval_log.key, after_storage_id=after),
-        limit=SENSOR_BATCH, ascending=True).records
+        limit=SENSOR_BATCH,
+        ascending=True,
+    ).records
     if not records:
         return SensorResult(skip_reason="no evaluation materialized since the last tick")
     last = max(record.storage_id for record in records)
@@ -112,8 +139,11 @@ def reports_sensor(context: SensorEvaluationContext) -> SensorResult:
     known = set(context.instance.get_dynamic_partitions(experiments_partitions.name))
     missing = [name for name in experiments if name not in known]  # registered before reports
     return SensorResult(
-        run_requests=[RunRequest(run_key=f"{name}@{last}", partition_key=name)
-                      for name in experiments],
+        run_requests=[
+            RunRequest(run_key=f"{name}@{last}", partition_key=name) for name in experiments
+        ],
         dynamic_partitions_requests=[experiments_partitions.build_add_request(missing)]
-        if missing else [],
-        cursor=str(last))
+        if missing
+        else [],
+        cursor=str(last),
+    )

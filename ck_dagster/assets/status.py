@@ -48,17 +48,20 @@ class RunStatus:
 COLUMNS = ["run", "config", "training job", "epochs", "evals", "freshness"]
 
 
-def experiment_status(instance: DagsterInstance, defs: Definitions, experiment: str,
-                      launcher: Launcher | None) -> list[RunStatus]:
+def experiment_status(
+    instance: DagsterInstance, defs: Definitions, experiment: str, launcher: Launcher | None
+) -> list[RunStatus]:
     """A status of every registered run of ``experiment`` (``defs``: the deployment's
     definitions), in registration order; without a launcher, jobs are told from the instance
     only."""
     keys = experiment_keys(registered_keys(instance), experiment)
     if not keys:
         known = sorted({split_key(k)[0] for k in registered_keys(instance)})
-        raise CkError(f"no experiment `{experiment}` is registered in this instance"
-                      + (f" (registered: {', '.join(known)})" if known else "")
-                      + "; register its file first: ck-dagster register FILE")
+        raise CkError(
+            f"no experiment `{experiment}` is registered in this instance"
+            + (f" (registered: {', '.join(known)})" if known else "")
+            + "; register its file first: ck-dagster register FILE"
+        )
     runs = registered_runs(instance, keys)
     resolver = stale_status_resolver(instance, defs.resolve_asset_graph())
 
@@ -69,14 +72,16 @@ def experiment_status(instance: DagsterInstance, defs: Definitions, experiment: 
     for key in keys:
         run_dir = runs[key].run_dir
         control = runs[key].recipe is None
-        found.append(RunStatus(
-            run=split_key(key)[1],
-            config=status("run_config", key).value.lower(),
-            job="control run: no training" if control else
-            _job(instance, key, launcher),
-            epochs="-" if control else _epochs(run_dir),
-            evals=_evals(run_dir),
-            freshness=_freshness({asset: status(asset, key) for asset in RUN_ASSETS})))
+        found.append(
+            RunStatus(
+                run=split_key(key)[1],
+                config=status("run_config", key).value.lower(),
+                job="control run: no training" if control else _job(instance, key, launcher),
+                epochs="-" if control else _epochs(run_dir),
+                evals=_evals(run_dir),
+                freshness=_freshness({asset: status(asset, key) for asset in RUN_ASSETS}),
+            )
+        )
     return found
 
 
@@ -84,25 +89,33 @@ def _job(instance: DagsterInstance, key: str, launcher: Launcher | None) -> str:
     """The training job: pending or running now (with its last observed progress), else how
     the last one that was recorded ended."""
     experiment, run = split_key(key)
-    alive = [s for s in (launcher.find(job_name_for(experiment, run, "train"))
-                         if launcher else []) if not s.state.is_final]
+    alive = [
+        s
+        for s in (launcher.find(job_name_for(experiment, run, "train")) if launcher else [])
+        if not s.state.is_final
+    ]
     checkpoint = AssetKey("checkpoint")
     if alive:
         observed = instance.fetch_observations(
-            AssetRecordsFilter(asset_key=checkpoint, asset_partitions=[key]), limit=1).records
+            AssetRecordsFilter(asset_key=checkpoint, asset_partitions=[key]), limit=1
+        ).records
         progress = ""
         if observed and observed[0].asset_observation is not None:
             entry = observed[0].asset_observation.metadata.get(PROGRESS)
             progress = f" ({entry.value})" if entry is not None else ""
         return f"job {alive[0].job_id} {alive[0].state.value}{progress}"
     done = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=checkpoint, asset_partitions=[key]), limit=1).records
+        AssetRecordsFilter(asset_key=checkpoint, asset_partitions=[key]), limit=1
+    ).records
     if not done or done[0].asset_materialization is None:
         return "no job yet"
     metadata = done[0].asset_materialization.metadata
     job_id = metadata["job_id"].value if "job_id" in metadata else ""
-    state = metadata["state"].value if "state" in metadata else \
-        (metadata["status"].value if "status" in metadata else "")
+    state = (
+        metadata["state"].value
+        if "state" in metadata
+        else (metadata["status"].value if "status" in metadata else "")
+    )
     return f"job {job_id} {state}".strip() if job_id else f"checkpoints {state}".strip()
 
 
@@ -127,9 +140,15 @@ def _evals(run_dir: Path) -> str:
         results = read_results(run_dir)
     except CkError:
         return "?"
-    done = 0 if results is None else sum(
-        1 for task, label in expected
-        if (outcome := results.outcome(task, label)) is not None and outcome.ok)
+    done = (
+        0
+        if results is None
+        else sum(
+            1
+            for task, label in expected
+            if (outcome := results.outcome(task, label)) is not None and outcome.ok
+        )
+    )
     return f"{done}/{len(expected)}"
 
 
@@ -137,16 +156,19 @@ def _freshness(statuses: dict[str, StaleStatus]) -> str:
     """``fresh``, or which assets are stale and which are not materialized yet."""
     stale = [a for a, s in statuses.items() if s is StaleStatus.STALE]
     missing = [a for a, s in statuses.items() if s is StaleStatus.MISSING]
-    parts = ([f"stale: {', '.join(stale)}"] if stale else []) + \
-        ([f"missing: {', '.join(missing)}"] if missing else [])
+    parts = ([f"stale: {', '.join(stale)}"] if stale else []) + (
+        [f"missing: {', '.join(missing)}"] if missing else []
+    )
     return "; ".join(parts) or "fresh"
 
 
-def status_lines(instance: DagsterInstance, defs: Definitions, experiment: str,
-                 launcher: Launcher | None) -> list[str]:
+def status_lines(
+    instance: DagsterInstance, defs: Definitions, experiment: str, launcher: Launcher | None
+) -> list[str]:
     """The lines ``ck-dagster status`` prints: a header, then one per run, in columns."""
     runs = experiment_status(instance, defs, experiment, launcher)
     rows = [COLUMNS, *(run.cells() for run in runs)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-            for row in rows]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    ]

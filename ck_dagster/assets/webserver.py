@@ -43,19 +43,24 @@ def choose_port(port: int | None) -> int:
             except OSError:
                 continue
             return candidate
-    raise CkError(f"port {port} is in use (another `ck-dagster ui`?): choose another with "
-                  "--port" if port else f"no free port from {DEFAULT_PORT} to "
-                  f"{DEFAULT_PORT + PORTS_TO_TRY - 1}: choose one with --port")
+    raise CkError(
+        f"port {port} is in use (another `ck-dagster ui`?): choose another with --port"
+        if port
+        else f"no free port from {DEFAULT_PORT} to "
+        f"{DEFAULT_PORT + PORTS_TO_TRY - 1}: choose one with --port"
+    )
 
 
 def banner(port: int, token: str, home: Path) -> str:
     """What ``ck-dagster ui`` prints: the URL with its token and the ``ssh -L`` line."""
     url = f"http://{LOOPBACK}:{port}/?token={token}"
-    return (f"Dagster UI and daemon for DAGSTER_HOME={home}, for {getpass.getuser()} only "
-            f"(token in {home / TOKEN_FILE}). Open:\n    {url}\n"
-            f"From your laptop, forward the port first:\n"
-            f"    ssh -N -L {port}:{LOOPBACK}:{port} {getpass.getuser()}@{socket.getfqdn()}\n"
-            f"then open the same URL there. Stop with Ctrl-C.")
+    return (
+        f"Dagster UI and daemon for DAGSTER_HOME={home}, for {getpass.getuser()} only "
+        f"(token in {home / TOKEN_FILE}). Open:\n    {url}\n"
+        f"From your laptop, forward the port first:\n"
+        f"    ssh -N -L {port}:{LOOPBACK}:{port} {getpass.getuser()}@{socket.getfqdn()}\n"
+        f"then open the same URL there. Stop with Ctrl-C."
+    )
 
 
 def serve_ui(home: Path, port: int | None, echo: Callable[[str], object] = print) -> None:
@@ -69,11 +74,18 @@ def serve_ui(home: Path, port: int | None, echo: Callable[[str], object] = print
     if home.stat().st_mode & 0o077:
         echo(f"note: other users can read {home} (the run history is there): chmod 700 {home}")
     port = choose_port(port)
-    with _daemon(home), DagsterInstance.get() as instance, \
-            webserver_app(instance, DEFINITIONS_MODULE, LOCATION_NAME) as app:
+    with (
+        _daemon(home),
+        DagsterInstance.get() as instance,
+        webserver_app(instance, DEFINITIONS_MODULE, LOCATION_NAME) as app,
+    ):
         echo(banner(port, token, home))
-        uvicorn.run(TokenGate(app, token, cookie=f"ck_dagster_token_{port}"),
-                    host=LOOPBACK, port=port, log_level="warning")
+        uvicorn.run(
+            TokenGate(app, token, cookie=f"ck_dagster_token_{port}"),
+            host=LOOPBACK,
+            port=port,
+            log_level="warning",
+        )
 
 
 @contextlib.contextmanager
@@ -83,7 +95,9 @@ def _daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
     command = Path(sys.executable).with_name("dagster-daemon")
     process = subprocess.Popen(
         [str(command), "run", "-m", DEFINITIONS_MODULE, "--log-level", "warning"],
-        env=child_environment({"DAGSTER_HOME": str(home)}), start_new_session=True)
+        env=child_environment({"DAGSTER_HOME": str(home)}),
+        start_new_session=True,
+    )
     try:
         yield process
     finally:

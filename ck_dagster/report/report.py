@@ -102,31 +102,64 @@ class Comparison:
 
     def record(self) -> dict[str, Any]:
         """As a flat record (CSV)."""
-        return {"task": self.task, "run": self.run, "epoch": self.label, "vs": self.role,
-                "other": self.other, "other_epoch": self.other_label, "paired": self.paired,
-                "difference": _rounded(self.difference), "only_run_right": self.only_run,
-                "only_other_right": self.only_other, "p_mcnemar": _rounded(self.p_value, 6),
-                "note": self.note}
+        return {
+            "task": self.task,
+            "run": self.run,
+            "epoch": self.label,
+            "vs": self.role,
+            "other": self.other,
+            "other_epoch": self.other_label,
+            "paired": self.paired,
+            "difference": _rounded(self.difference),
+            "only_run_right": self.only_run,
+            "only_other_right": self.only_other,
+            "p_mcnemar": _rounded(self.p_value, 6),
+            "note": self.note,
+        }
 
 
 def compare(row: ScoreRow, other: ScoreRow, role: str) -> Comparison:
     """Compare two rows on their common samples; McNemar's exact test when scores are 0/1."""
     common = sorted(set(row.per_sample) & set(other.per_sample))
-    base = dict(task=row.task, run=row.run, label=row.label, other=other.run,
-                other_label=other.label, role=role, paired=len(common))
+    base = dict(
+        task=row.task,
+        run=row.run,
+        label=row.label,
+        other=other.run,
+        other_label=other.label,
+        role=role,
+        paired=len(common),
+    )
     if not common:
-        return Comparison(**base, difference=None, only_run=None, only_other=None,
-                          p_value=None, note="no per-sample scores in common")
+        return Comparison(
+            **base,
+            difference=None,
+            only_run=None,
+            only_other=None,
+            p_value=None,
+            note="no per-sample scores in common",
+        )
     mine = [row.per_sample[s] for s in common]
     theirs = [other.per_sample[s] for s in common]
     difference = (sum(mine) - sum(theirs)) / len(common)
     if not all(v in (0.0, 1.0) for v in mine + theirs):
-        return Comparison(**base, difference=difference, only_run=None, only_other=None,
-                          p_value=None, note="scores are not 0/1: no McNemar test")
+        return Comparison(
+            **base,
+            difference=difference,
+            only_run=None,
+            only_other=None,
+            p_value=None,
+            note="scores are not 0/1: no McNemar test",
+        )
     only_run = sum(1 for a, b in zip(mine, theirs) if a > b)
     only_other = sum(1 for a, b in zip(mine, theirs) if b > a)
-    return Comparison(**base, difference=difference, only_run=only_run, only_other=only_other,
-                      p_value=mcnemar_exact(only_run, only_other))
+    return Comparison(
+        **base,
+        difference=difference,
+        only_run=only_run,
+        only_other=only_other,
+        p_value=mcnemar_exact(only_run, only_other),
+    )
 
 
 @dataclass
@@ -177,14 +210,22 @@ class Report:
         records = []
         for row in self._sorted(self.rows):
             low, high = row.interval
-            records.append({
-                "run": row.run, "type": row.run_type,
-                **{name: row.parameters.get(name, "") for name in self.varied},
-                "epoch": row.label, "task": row.task, "metric": row.metric,
-                "score": round(row.score, 4), "ci95_low": round(low, 4),
-                "ci95_high": round(high, 4), "samples": row.samples,
-                "train_loss": _rounded(row.train_loss), "val_loss": _rounded(row.val_loss),
-            })
+            records.append(
+                {
+                    "run": row.run,
+                    "type": row.run_type,
+                    **{name: row.parameters.get(name, "") for name in self.varied},
+                    "epoch": row.label,
+                    "task": row.task,
+                    "metric": row.metric,
+                    "score": round(row.score, 4),
+                    "ci95_low": round(low, 4),
+                    "ci95_high": round(high, 4),
+                    "samples": row.samples,
+                    "train_loss": _rounded(row.train_loss),
+                    "val_loss": _rounded(row.val_loss),
+                }
+            )
         return records
 
     def csv(self) -> str:
@@ -203,16 +244,24 @@ class Report:
             return "\n".join(lines + ["No evaluations yet.", ""])
         comparisons = self.comparisons()
         for task in self.tasks:
-            lines += [f"### {task}: {self.primary_metric(task)} (95% CI)", "",
-                      *self._score_table(task), ""]
+            lines += [
+                f"### {task}: {self.primary_metric(task)} (95% CI)",
+                "",
+                *self._score_table(task),
+                "",
+            ]
             losses = self._loss_table(task)
             if losses:
-                lines += ["Loss at the end of each epoch (training / validation):", "",
-                          *losses, ""]
+                lines += ["Loss at the end of each epoch (training / validation):", "", *losses, ""]
             mine = [c for c in comparisons if c.task == task]
             if mine:
-                lines += ["Paired on the same samples (McNemar's exact test; difference = "
-                          "run minus other):", "", *_comparison_table(mine), ""]
+                lines += [
+                    "Paired on the same samples (McNemar's exact test; difference = "
+                    "run minus other):",
+                    "",
+                    *_comparison_table(mine),
+                    "",
+                ]
         if plot is not None:
             encoded = base64.b64encode(plot).decode()
             lines += [f"![scores of {self.experiment}](data:image/png;base64,{encoded})", ""]
@@ -227,11 +276,13 @@ class Report:
         for run in dict.fromkeys(r.run for r in rows):
             mine = {r.epoch: r for r in rows if r.run == run}
             top = best[run]
-            cells = [run + (" (control)" if top.is_control else ""),
-                     *(top.parameters.get(name, "") for name in self.varied),
-                     *(mine[e].cell() if e in mine else "" for e in epochs),
-                     (f"{top.label}: " if top.epoch is not None else "base model: ")
-                     + f"{top.score:.3f}"]
+            cells = [
+                run + (" (control)" if top.is_control else ""),
+                *(top.parameters.get(name, "") for name in self.varied),
+                *(mine[e].cell() if e in mine else "" for e in epochs),
+                (f"{top.label}: " if top.epoch is not None else "base model: ")
+                + f"{top.score:.3f}",
+            ]
             lines.append(_row(cells))
         return lines
 
@@ -264,16 +315,29 @@ class Report:
             for run in dict.fromkeys(r.run for r in rows):
                 mine = [r for r in rows if r.run == run]
                 if mine[0].is_control:
-                    axis.axhline(mine[0].score, linestyle="--", color="grey",
-                                 label=f"{run} (base model)")
+                    axis.axhline(
+                        mine[0].score, linestyle="--", color="grey", label=f"{run} (base model)"
+                    )
                     continue
                 points = sorted((r.epoch, r) for r in mine if r.epoch is not None)
-                axis.errorbar([e for e, _ in points], [r.score for _, r in points],
-                              yerr=[[r.score - r.interval[0] for _, r in points],
-                                    [r.interval[1] - r.score for _, r in points]],
-                              marker="o", capsize=3, label=run)
-            axis.set(title=f"{self.experiment}: {task}", xlabel="epoch",
-                     ylabel=self.primary_metric(task), ylim=(-0.02, 1.02), xticks=epochs)
+                axis.errorbar(
+                    [e for e, _ in points],
+                    [r.score for _, r in points],
+                    yerr=[
+                        [r.score - r.interval[0] for _, r in points],
+                        [r.interval[1] - r.score for _, r in points],
+                    ],
+                    marker="o",
+                    capsize=3,
+                    label=run,
+                )
+            axis.set(
+                title=f"{self.experiment}: {task}",
+                xlabel="epoch",
+                ylabel=self.primary_metric(task),
+                ylim=(-0.02, 1.02),
+                xticks=epochs,
+            )
             axis.legend(fontsize="small")
         if has_loss:
             self._plot_losses(axes[0][-1], epochs)
@@ -287,38 +351,58 @@ class Report:
         rows = [r for r in self.primary_rows(self.tasks[0]) if not r.is_control]
         for run in dict.fromkeys(r.run for r in rows):
             points = sorted((r.epoch, r) for r in rows if r.run == run and r.epoch is not None)
-            line = axis.plot([e for e, r in points if r.train_loss is not None],
-                             [r.train_loss for _, r in points if r.train_loss is not None],
-                             marker="o", label=f"{run} training")
+            line = axis.plot(
+                [e for e, r in points if r.train_loss is not None],
+                [r.train_loss for _, r in points if r.train_loss is not None],
+                marker="o",
+                label=f"{run} training",
+            )
             if any(r.val_loss is not None for _, r in points):
-                axis.plot([e for e, r in points if r.val_loss is not None],
-                          [r.val_loss for _, r in points if r.val_loss is not None],
-                          marker="s", linestyle="--", color=line[0].get_color(),
-                          label=f"{run} validation")
-        axis.set(title=f"{self.experiment}: loss", xlabel="epoch", ylabel="loss",
-                 xticks=epochs)
+                axis.plot(
+                    [e for e, r in points if r.val_loss is not None],
+                    [r.val_loss for _, r in points if r.val_loss is not None],
+                    marker="s",
+                    linestyle="--",
+                    color=line[0].get_color(),
+                    label=f"{run} validation",
+                )
+        axis.set(title=f"{self.experiment}: loss", xlabel="epoch", ylabel="loss", xticks=epochs)
         axis.legend(fontsize="small")
 
     def write(self, folder: Path) -> dict[str, Path]:
         """Write ``report.csv``, ``comparisons.csv``, ``scores.png`` and ``report.md`` (which
         links the PNG beside it) into ``folder``."""
-        paths = {"csv": folder / "report.csv", "comparisons": folder / "comparisons.csv",
-                 "png": folder / "scores.png", "markdown": folder / "report.md"}
+        paths = {
+            "csv": folder / "report.csv",
+            "comparisons": folder / "comparisons.csv",
+            "png": folder / "scores.png",
+            "markdown": folder / "report.md",
+        }
         atomic_write_text(paths["csv"], self.csv())
         atomic_write_text(paths["comparisons"], self.comparisons_csv())
         atomic_write_bytes(paths["png"], self.plot_png())
-        atomic_write_text(paths["markdown"],
-                          self.markdown() + f"\n![scores of {self.experiment}](scores.png)\n")
+        atomic_write_text(
+            paths["markdown"], self.markdown() + f"\n![scores of {self.experiment}](scores.png)\n"
+        )
         return paths
 
     @staticmethod
     def _sorted(rows: Iterable[ScoreRow]) -> list[ScoreRow]:
-        return sorted(rows, key=lambda r: (not r.is_control, r.run, r.task, r.metric,
-                                           r.epoch if r.epoch is not None else -1))
+        return sorted(
+            rows,
+            key=lambda r: (
+                not r.is_control,
+                r.run,
+                r.task,
+                r.metric,
+                r.epoch if r.epoch is not None else -1,
+            ),
+        )
 
 
-def losses_by_epoch(steps: Sequence[Mapping[str, float]], epochs: int
-                    ) -> dict[int, tuple[float | None, float | None]]:
+def losses_by_epoch(
+    steps: Sequence[Mapping[str, float]], epochs: int
+) -> dict[int, tuple[float | None, float | None]]:
     """Epoch -> (training loss, validation loss) logged last in that epoch, from torchtune's
     metric log rows (``step``, ``loss``, ``val_loss``...). Every epoch has as many steps, so
     epoch ``e`` ends at step ``(e + 1) * last_step / epochs``."""
@@ -346,8 +430,7 @@ def varied_parameters(parameters_by_run: Sequence[dict[str, Any]]) -> list[str]:
     names: dict[str, None] = {}
     for parameters in parameters_by_run:
         names.update(dict.fromkeys(parameters))
-    return [name for name in names
-            if len({repr(p.get(name)) for p in parameters_by_run}) > 1]
+    return [name for name in names if len({repr(p.get(name)) for p in parameters_by_run}) > 1]
 
 
 def build_report(experiment: str, rows: Iterable[ScoreRow]) -> Report:
@@ -363,15 +446,34 @@ def _losses(row: ScoreRow) -> str:
 
 
 def _comparison_table(comparisons: Sequence[Comparison]) -> list[str]:
-    lines = _header(["run", "vs", "difference", "only run right", "only other right",
-                     "p (McNemar)", "paired samples"])
+    lines = _header(
+        [
+            "run",
+            "vs",
+            "difference",
+            "only run right",
+            "only other right",
+            "p (McNemar)",
+            "paired samples",
+        ]
+    )
     for c in comparisons:
         other = f"{c.role}: {c.other}" + (f" {c.other_label}" if c.other_label != "base" else "")
         difference = "" if c.difference is None else f"{c.difference:+.3f}"
         p_value = c.note if c.p_value is None else f"{c.p_value:.3g}"
-        lines.append(_row([f"{c.run} {c.label}", other, difference,
-                           "" if c.only_run is None else c.only_run,
-                           "" if c.only_other is None else c.only_other, p_value, c.paired]))
+        lines.append(
+            _row(
+                [
+                    f"{c.run} {c.label}",
+                    other,
+                    difference,
+                    "" if c.only_run is None else c.only_run,
+                    "" if c.only_other is None else c.only_other,
+                    p_value,
+                    c.paired,
+                ]
+            )
+        )
     return lines
 
 

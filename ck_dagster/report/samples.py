@@ -16,8 +16,10 @@ def sample_scores(log: Path) -> dict[str, dict[str, float]]:
     try:
         eval_log = read_eval_log(str(log))
     except Exception as exc:  # inspect raises several kinds for a missing or damaged log
-        raise CkError(f"{log}: not readable as an inspect log ({exc}); materialize eval_log "
-                      "again for this run") from None
+        raise CkError(
+            f"{log}: not readable as an inspect log ({exc}); materialize eval_log "
+            "again for this run"
+        ) from None
     to_float = value_to_float()
     scores: dict[str, dict[str, float]] = {}
     for sample in eval_log.samples or []:

@@ -55,11 +55,14 @@ def _kept_token(path: Path) -> str:
         raise CkError(
             f"{path} is readable by other users (mode {stat.S_IMODE(info.st_mode):o}) or not "
             "yours: its token may have leaked. Delete it; the next `ck-dagster ui` makes a "
-            "new one")
+            "new one"
+        )
     token = path.read_text().strip()
     if len(token) < 32:
-        raise CkError(f"{path} does not hold a token of at least 32 characters: delete it; "
-                      "the next `ck-dagster ui` makes a new one")
+        raise CkError(
+            f"{path} does not hold a token of at least 32 characters: delete it; "
+            "the next `ck-dagster ui` makes a new one"
+        )
     return token
 
 
@@ -76,10 +79,11 @@ class TokenGate:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1")
-                   for name, value in scope.get("headers", [])}
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                          keep_blank_values=True)
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope.get("headers", [])
+        }
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         in_url = [value for name, value in query if name == QUERY_PARAMETER]
         presented = in_url + self._from_headers(headers)
         if not presented:
@@ -111,29 +115,47 @@ class TokenGate:
                 found.append(cookies[self.cookie].value)
         return found
 
-    async def _set_cookie_and_redirect(self, scope: Scope, query: list[tuple[str, str]],
-                                       send: Send) -> None:
+    async def _set_cookie_and_redirect(
+        self, scope: Scope, query: list[tuple[str, str]], send: Send
+    ) -> None:
         rest = urlencode([(n, v) for n, v in query if n != QUERY_PARAMETER])
         location = (scope.get("root_path", "") + scope["path"]) + (f"?{rest}" if rest else "")
         cookie = f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"
-        await send({"type": "http.response.start", "status": 302,
-                    "headers": [(b"location", location.encode("latin-1")),
-                                (b"set-cookie", cookie.encode("latin-1")),
-                                (b"cache-control", b"no-store"),
-                                (b"content-length", b"0")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 302,
+                "headers": [
+                    (b"location", location.encode("latin-1")),
+                    (b"set-cookie", cookie.encode("latin-1")),
+                    (b"cache-control", b"no-store"),
+                    (b"content-length", b"0"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b""})
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
-                      why: str) -> None:
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, status: int, why: str
+    ) -> None:
         if scope["type"] == "websocket":
             await receive()  # websocket.connect; closing before accepting answers 403
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = (f"{status}: {why}. Open the URL `ck-dagster ui` printed (it carries the "
-                "token), or send the header `Authorization: token <token>`; the token is in "
-                f"$DAGSTER_HOME/{TOKEN_FILE}.\n").encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"www-authenticate", b"Token"),
-                                (b"content-length", str(len(body)).encode())]})
+        body = (
+            f"{status}: {why}. Open the URL `ck-dagster ui` printed (it carries the "
+            "token), or send the header `Authorization: token <token>`; the token is in "
+            f"$DAGSTER_HOME/{TOKEN_FILE}.\n"
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"www-authenticate", b"Token"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

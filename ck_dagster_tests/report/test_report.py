@@ -49,8 +49,10 @@ def test_varied_parameters_are_those_that_differ() -> None:
 def test_losses_by_epoch_take_the_last_logged_loss_of_each_epoch() -> None:
     steps = [{"step": s, "loss": 3.0 - s / 10} for s in range(1, 21)]
     steps.append({"step": 10, "val_loss": 2.5})
-    assert losses_by_epoch(steps, 2) == {0: (pytest.approx(2.0), 2.5),
-                                         1: (pytest.approx(1.0), None)}
+    assert losses_by_epoch(steps, 2) == {
+        0: (pytest.approx(2.0), 2.5),
+        1: (pytest.approx(1.0), None),
+    }
     assert losses_by_epoch([], 2) == {} and losses_by_epoch(steps, 0) == {}
 
 
@@ -60,13 +62,25 @@ def samples(correct: int, total: int = 20) -> dict[str, float]:
 
 def rows() -> list[ScoreRow]:
     return [
-        ScoreRow("base", "control", "base", "cap", "match", 0.0, 20, {},
-                 per_sample=samples(0)),
-        *(ScoreRow(f"rank{r}", "fine-tuned", f"epoch_{e}", "cap", metric, s, 20,
-                   {"lora_rank": r}, 0.5 - e / 10, None if e == 0 else 0.45,
-                   per_sample=samples(round(s * 20)))
-          for r, scores in ((4, (0.2, 0.5)), (8, (0.3, 0.7))) for e, s in enumerate(scores)
-          for metric in ("match", "includes")),
+        ScoreRow("base", "control", "base", "cap", "match", 0.0, 20, {}, per_sample=samples(0)),
+        *(
+            ScoreRow(
+                f"rank{r}",
+                "fine-tuned",
+                f"epoch_{e}",
+                "cap",
+                metric,
+                s,
+                20,
+                {"lora_rank": r},
+                0.5 - e / 10,
+                None if e == 0 else 0.45,
+                per_sample=samples(round(s * 20)),
+            )
+            for r, scores in ((4, (0.2, 0.5)), (8, (0.3, 0.7)))
+            for e, s in enumerate(scores)
+            for metric in ("match", "includes")
+        ),
     ]
 
 
@@ -76,8 +90,11 @@ def test_paired_comparisons_against_the_control_and_the_best_run() -> None:
     assert set(found) == {("rank4", "control"), ("rank8", "control"), ("rank4", "best run")}
     versus_best = found["rank4", "best run"]
     # rank4's best epoch (10 right) against rank8's (14 right): 4 discordant samples
-    assert (versus_best.label, versus_best.other, versus_best.other_label) == \
-        ("epoch_1", "rank8", "epoch_1")
+    assert (versus_best.label, versus_best.other, versus_best.other_label) == (
+        "epoch_1",
+        "rank8",
+        "epoch_1",
+    )
     assert (versus_best.only_run, versus_best.only_other) == (0, 4)
     assert versus_best.difference == pytest.approx(-0.2)
     assert versus_best.p_value == pytest.approx(mcnemar_exact(0, 4))
@@ -108,15 +125,12 @@ def test_table_csv_markdown_and_plot(tmp_path) -> None:
     png = report.plot_png()
     markdown = report.markdown(png)
     # one compact row per run: the primary metric (the first, match) only, best epoch last
-    assert "| rank8 | 8 | 0.300 [0.15, 0.52] | 0.700 [0.48, 0.85] | epoch_1: 0.700 |" \
-        in markdown
+    assert "| rank8 | 8 | 0.300 [0.15, 0.52] | 0.700 [0.48, 0.85] | epoch_1: 0.700 |" in markdown
     assert "| base (control) |  |  |  | base model: 0.000 |" in markdown
     assert "includes" not in markdown
     assert "| rank8 | 0.500 | 0.400 / 0.450 |" in markdown  # losses beside the scores
-    assert "| rank4 epoch_1 | best run: rank8 epoch_1 | -0.200 | 0 | 4 | 0.125 | 20 |" \
-        in markdown
-    image = re.search(r"!\[scores of cap\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)",
-                      markdown)
+    assert "| rank4 epoch_1 | best run: rank8 epoch_1 | -0.200 | 0 | 4 | 0.125 | 20 |" in markdown
+    image = re.search(r"!\[scores of cap\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
     assert image and base64.b64decode(image.group(1)) == png
 
     paths = report.write(tmp_path)

@@ -9,6 +9,7 @@ printed). Skipped without Chromium, except on CI (see ``test_browser.py``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,30 +38,36 @@ RUNS = """
   - {name: base, type: control, model: tiny-llama}
 """
 #: the last epoch of the LoRA run and the base model: two evaluations, not three.
+#: test words evaluated (of 100): enough for the tables, the plot and a paired test.
+TEST_WORDS = 20
 MATRIX = """  matrix:
     - {run: lora8, epochs: [1]}
 """
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
-       capitalization_data: Path) -> Iterator[WebServer]:
-    """``ck-dagster ui`` on an instance where the tiny experiment was trained, evaluated and
-    reported by the real CLIs (the UI starts first, and reads the instance live)."""
+def ui(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, capitalization_data: Path
+) -> Iterator[WebServer]:
+    """``ck-dagster ui`` on an instance where the tiny experiment was trained, evaluated (on
+    20 test words) and reported by the real CLIs. The UI starts once registering has created
+    the instance's storage, and reads the instance live while the rest runs."""
     root = tmp_path_factory.mktemp("pages")
     home = ensure_dagster_home(root / "dagster_home")
-    server = WebServer(home, root / "ui.log", token=True)
+    data = json.loads(capitalization_data.read_text())
+    (root / "words.json").write_text(json.dumps({**data, "test": data["test"][:TEST_WORDS]}))
+    file = write_tiny_experiment(root, tiny_model_dir, root / "words.json", runs=RUNS,
+                                 evaluation=MATRIX)
     env = {"DAGSTER_HOME": str(home), "CK_LAUNCHER": "local",
            "CK_LOCAL_JOBS_DIR": str(root / "jobs")}
+    run_command(["ck-dagster", "register", file], env=env)
+    server = WebServer(home, root / "ui.log", token=True)
     try:
-        file = write_tiny_experiment(root, tiny_model_dir, capitalization_data, runs=RUNS,
-                                     evaluation=MATRIX)
-        run_command(["ck-dagster", "register", file], env=env)
-        run_command(["dagster", "asset", "materialize", "-m", "ck_dagster", "--select",
-                     "recipe_config,run_config,checkpoint,eval_log",
-                     "--partition-range", "tiny/lora8...tiny/base"], env=env, timeout=900)
-        run_command(["dagster", "asset", "materialize", "-m", "ck_dagster", "--select",
-                     "experiment_report", "--partition", "tiny"], env=env)
+        for selection in (["recipe_config,run_config,checkpoint,eval_log",
+                           "--partition-range", "tiny/lora8...tiny/base"],
+                          ["experiment_report", "--partition", "tiny"]):
+            run_command(["dagster", "asset", "materialize", "-m", "ck_dagster", "--select",
+                         *selection], env=env, timeout=900)
         server.wait_until_serving(SERVE_TIMEOUT)
         yield server
     finally:
@@ -85,14 +92,18 @@ def browser(ui: WebServer) -> Iterator[Browser]:
 def test_the_checkpoint_page_shows_job_epochs_loss_and_progress(browser: Browser) -> None:
     """The partition's job, epochs and loss curve; its events, the progress seen while the
     job trained (an observation)."""
-    with browser.page(asset_page("checkpoint", view="events", partition="tiny/lora8"),
-                      screenshot="checkpoint-tiny-lora8-events"):
+    with browser.page(
+        asset_page("checkpoint", view="events", partition="tiny/lora8"),
+        screenshot="checkpoint-tiny-lora8-events",
+    ):
         browser.click_last("tiny/lora8")  # the oldest event: an observation while it trained
         browser.wait_for_text("progress", "updated")
         assert browser.metadata_value("progress").text.startswith("epoch ")
         assert float(browser.metadata_value("loss").text) > 0
-    with browser.page(asset_page("checkpoint", view="partitions", partition="tiny/lora8"),
-                      screenshot="checkpoint-tiny-lora8"):
+    with browser.page(
+        asset_page("checkpoint", view="partitions", partition="tiny/lora8"),
+        screenshot="checkpoint-tiny-lora8",
+    ):
         browser.wait_for_text("epochs_saved", "loss_curve", "job_id")
         assert browser.metadata_value("epochs_saved").text == "2"
         assert browser.metadata_value("state").text == "COMPLETED"
@@ -103,19 +114,22 @@ def test_the_checkpoint_page_shows_job_epochs_loss_and_progress(browser: Browser
 
 
 def test_the_eval_page_shows_scores(browser: Browser) -> None:
-    with browser.page(asset_page("eval_log", view="partitions", partition="tiny/lora8"),
-                      screenshot="eval_log-tiny-lora8"):
+    with browser.page(
+        asset_page("eval_log", view="partitions", partition="tiny/lora8"),
+        screenshot="eval_log-tiny-lora8",
+    ):
         browser.wait_for_text("scores", "errored_samples")
         header, *rows = browser.table_rows(browser.metadata_value("scores"))
         assert header[:4] == ["task", "target", "scorer", "accuracy"]
-        assert {(row[1], row[2]) for row in rows} == {("epoch_1", "match"),
-                                                      ("epoch_1", "includes")}
+        assert {(row[1], row[2]) for row in rows} == {("epoch_1", "match"), ("epoch_1", "includes")}
         assert all(0.0 <= float(row[3]) <= 1.0 for row in rows)
 
 
 def test_the_report_shows_its_tables_and_plot(browser: Browser) -> None:
-    with browser.page(asset_page("experiment_report", view="partitions", partition="tiny"),
-                      screenshot="experiment_report-tiny"):
+    with browser.page(
+        asset_page("experiment_report", view="partitions", partition="tiny"),
+        screenshot="experiment_report-tiny",
+    ):
         browser.wait_for_text("report", "runs_evaluated")
         report = browser.metadata_markdown("report")
         browser.wait_for_text("Paired on the same samples", "lora8 epoch_1")

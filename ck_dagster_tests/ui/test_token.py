@@ -38,14 +38,19 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
 
 def curl(*args: str) -> tuple[int, dict[str, str], str]:
     """Status, headers (lower-case names) and body of the (last) answer to a curl request."""
-    result = subprocess.run(["curl", "--silent", "--show-error", "--include", "--max-time",
-                             "30", *args], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["curl", "--silent", "--show-error", "--include", "--max-time", "30", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     blocks = result.stdout.split("\n\n")  # text mode: \r\n reads as \n
     last = max(i for i, block in enumerate(blocks) if block.startswith("HTTP/"))  # redirects
     status_line, *lines = blocks[last].split("\n")
-    body = "\n\n".join(blocks[last + 1:])
-    headers = {name.lower(): value.strip() for name, _, value in
-               (line.partition(":") for line in lines)}
+    body = "\n\n".join(blocks[last + 1 :])
+    headers = {
+        name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
+    }
     return int(status_line.split()[1]), headers, body
 
 
@@ -57,16 +62,22 @@ def test_it_prints_the_url_with_its_token_and_the_ssh_command(ui: WebServer) -> 
     assert f"http://127.0.0.1:{ui.port}/?token={ui.token}" in log
     assert re.search(rf"ssh -N -L {ui.port}:127.0.0.1:{ui.port} \S+@\S+", log)
     # bound to the loopback only
-    listening = subprocess.run(["ss", "-Hltn", f"sport = :{ui.port}"], capture_output=True,
-                               text=True, check=True).stdout.split("\n")
+    listening = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{ui.port}"], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     addresses = {line.split()[3] for line in listening if line.strip()}
     assert addresses == {f"127.0.0.1:{ui.port}"}
 
 
-@pytest.mark.parametrize("request_args", [
-    ["/"], ["/assets/experiment_report"], ["/server_info"],
-    ["/graphql", "-H", "content-type: application/json", "--data", '{"query": "{ version }"}'],
-])
+@pytest.mark.parametrize(
+    "request_args",
+    [
+        ["/"],
+        ["/assets/experiment_report"],
+        ["/server_info"],
+        ["/graphql", "-H", "content-type: application/json", "--data", '{"query": "{ version }"}'],
+    ],
+)
 def test_without_the_token_nothing_is_served(ui: WebServer, request_args: list[str]) -> None:
     path, *options = request_args
     status, headers, body = curl(*options, ui.url + path)
@@ -84,21 +95,38 @@ def test_the_token_in_the_url_once_then_a_cookie(ui: WebServer, tmp_path: Path) 
     assert cookie.startswith(f"ck_dagster_token_{ui.port}={ui.token};")
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     jar = tmp_path / "cookies"
-    status, _, page = curl("--location", "--cookie-jar", str(jar), "--cookie", str(jar),
-                           f"{ui.url}/?token={ui.token}")
+    status, _, page = curl(
+        "--location", "--cookie-jar", str(jar), "--cookie", str(jar), f"{ui.url}/?token={ui.token}"
+    )
     assert status == 200 and page.startswith("<!DOCTYPE html>") and "Dagster" in page
-    status, _, answer = curl("--cookie", str(jar), "-H", "content-type: application/json",
-                             "--data", json.dumps({"query": "{ version }"}), ui.url + "/graphql")
+    status, _, answer = curl(
+        "--cookie",
+        str(jar),
+        "-H",
+        "content-type: application/json",
+        "--data",
+        json.dumps({"query": "{ version }"}),
+        ui.url + "/graphql",
+    )
     assert status == 200 and json.loads(answer)["data"]["version"]
 
 
 def test_a_header_serves_scripts_and_the_daemon_runs(ui: WebServer) -> None:
     """GraphQL with the token in a header; the daemon ``ck-dagster ui`` started reports in."""
-    for header in (f"Authorization: token {ui.token}", f"Authorization: Bearer {ui.token}",
-                   f"X-CK-Dagster-Token: {ui.token}"):
-        status, _, answer = curl("-H", header, "-H", "content-type: application/json",
-                                 "--data", json.dumps({"query": DAEMON_QUERY}),
-                                 ui.url + "/graphql")
+    for header in (
+        f"Authorization: token {ui.token}",
+        f"Authorization: Bearer {ui.token}",
+        f"X-CK-Dagster-Token: {ui.token}",
+    ):
+        status, _, answer = curl(
+            "-H",
+            header,
+            "-H",
+            "content-type: application/json",
+            "--data",
+            json.dumps({"query": DAEMON_QUERY}),
+            ui.url + "/graphql",
+        )
         assert status == 200, answer
     deadline = time.monotonic() + 90  # its first heartbeats, on a busy machine
     while True:
@@ -107,17 +135,27 @@ def test_a_header_serves_scripts_and_the_daemon_runs(ui: WebServer) -> None:
         if {"SENSOR", "SCHEDULER", "ASSET"} <= healthy or time.monotonic() > deadline:
             break
         time.sleep(2)
-        answer = curl("-H", header, "-H", "content-type: application/json", "--data",
-                      json.dumps({"query": DAEMON_QUERY}), ui.url + "/graphql")[2]
+        answer = curl(
+            "-H",
+            header,
+            "-H",
+            "content-type: application/json",
+            "--data",
+            json.dumps({"query": DAEMON_QUERY}),
+            ui.url + "/graphql",
+        )[2]
     assert {"SENSOR", "SCHEDULER", "ASSET"} <= healthy, daemons
 
 
 def test_websockets_need_the_token_too(ui: WebServer) -> None:
     """GraphQL subscriptions (live run logs) go over a websocket: refused before it opens."""
+
     async def connect(headers: dict[str, str]) -> str:
-        async with websockets.connect(f"ws://127.0.0.1:{ui.port}/graphql",
-                                      subprotocols=["graphql-ws"],
-                                      additional_headers=headers) as socket:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{ui.port}/graphql",
+            subprotocols=["graphql-ws"],
+            additional_headers=headers,
+        ) as socket:
             await socket.send(json.dumps({"type": "connection_init", "payload": {}}))
             return json.loads(await asyncio.wait_for(socket.recv(), 30))["type"]
 
