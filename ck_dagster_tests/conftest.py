@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 pytest_plugins: list[str] = [
+    "pytester",  # test_conftest.py runs the unit-tier guard in a pytest of its own
     "ck_dagster_tests.fixtures.dagster",
     "ck_dagster_tests.fixtures.slurm",
     "ck_dagster_tests.fixtures.tiny_model",

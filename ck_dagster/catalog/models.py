@@ -79,7 +79,7 @@ def _qwen(name: str, suffix: str, files: list[str], size: str) -> KnownModel:
     )
 
 
-_SPECS = [
+_KNOWN = [
     _llama("Llama-3.2-1B-Instruct", "llama3_2", "1b", ["model.safetensors"], "LLAMA3_2", "1B"),
     _llama("Llama-3.2-3B-Instruct", "llama3_2", "3b", _shards(2), "LLAMA3_2", "3B"),
     _llama("Llama-3.1-8B-Instruct", "llama3_1", "8b", _shards(4), "LLAMA3", "8B"),
@@ -115,11 +115,11 @@ _SPECS = [
 ]
 
 #: every known model by name.
-MODELS: dict[str, KnownModel] = {spec.name: spec for spec in _SPECS}
+MODELS: dict[str, KnownModel] = {model.name: model for model in _KNOWN}
 
 
 def get_model(name: str) -> KnownModel:
-    """The spec for ``name``; ``KeyError`` names the closest known models."""
+    """The known model called ``name``; ``KeyError`` names the closest ones."""
     try:
         return MODELS[name]
     except KeyError:
