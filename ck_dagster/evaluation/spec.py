@@ -24,7 +24,7 @@ from ck_dagster.evaluation.imports import local_imports
 from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Problem
 from ck_dagster.experiment.schema import EvalTask, Evaluation, MatrixEntry, Scorer
 from ck_dagster.fileio import atomic_write_text
-from ck_dagster.finetune.plan import RunPlan, file_digest
+from ck_dagster.finetune.plan import ExperimentPlan, RunPlan, file_digest
 
 #: the folder of a run that holds everything evaluation writes.
 EVAL_DIR = "eval"
@@ -397,3 +397,20 @@ def _settings(evaluation: Evaluation) -> EvalSettings:
     return EvalSettings(temperature=evaluation.temperature, max_tokens=evaluation.max_tokens,
                         seed=evaluation.seed, do_sample=do_sample,
                         max_connections=evaluation.max_connections, scorers=scorers)
+
+
+def eval_specs_for(plan: ExperimentPlan) -> dict[str, EvalSpec]:
+    """Every run's evaluation; all problems at once (ExperimentFileError) when any is refused.
+    Empty when the experiment has no ``evaluation:`` section."""
+    if plan.experiment.spec.evaluation is None:
+        return {}
+    specs: dict[str, EvalSpec] = {}
+    problems: list[Problem] = []
+    for run_plan in plan.runs.values():
+        try:
+            specs[run_plan.partition_key] = eval_spec_for(run_plan)
+        except ExperimentFileError as exc:
+            problems += exc.problems  # ExperimentFileError keeps each problem once
+    if problems:
+        raise ExperimentFileError(plan.experiment.file, problems)
+    return specs
