@@ -39,9 +39,9 @@ bench: $(VENV)/.installed
 	@if [ "$$(id -u)" = 0 ]; then bash scripts/local-slurm/start.sh; fi
 	$(PY) bench/run_all.py
 
-## ui: the Dagster UI on the demo instance
+## ui: the Dagster UI and daemon on the demo instance, behind your token (PORT=N to choose)
 ui: $(VENV)/.installed
-	DAGSTER_HOME=$(DEMO_HOME) $(VENV)/bin/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(DEMO_HOME) $(VENV)/bin/ck-dagster ui $(if $(PORT),--port $(PORT))
 
 slurm-up:
 	bash scripts/local-slurm/start.sh

@@ -1,7 +1,9 @@
 """The ``ck-dagster`` command: what Dagster has no verb for.
 
-``register`` (experiment files -> partitions), ``dry-run`` (render every run's files to a
-folder), ``recipes`` (the torchtune catalog, like ``tune ls``), ``make-tiny-model`` and ``demo``.
+``register`` (experiment files -> partitions), ``status`` (where an experiment's runs stand),
+``ui`` (the Dagster UI behind a token),
+``dry-run`` (render every run's files to a folder), ``recipes`` (the torchtune catalog, like
+``tune ls``), ``make-tiny-model`` and ``demo``.
 Materializing is Dagster's job: ``dagster asset materialize -m ck_dagster.definitions ...``.
 """
 
@@ -70,6 +72,28 @@ def _parser() -> argparse.ArgumentParser:
                       help="also write a capitalization dataset (train/validation/test JSON)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_make_tiny_model)
+
+    status = verbs.add_parser(
+        "status", help="one line per run of an experiment: config, job, epochs, evals, stale",
+        description="Where every registered run of EXPERIMENT stands: its config (fresh, stale "
+                    "or missing), its training job (pending or running now, with the last "
+                    "progress observed, else the last one recorded), epochs saved, evaluations "
+                    "done, and which of its assets are stale or missing. Read from the Dagster "
+                    "instance in $DAGSTER_HOME, the run folders and the job scheduler.")
+    status.add_argument("experiment", metavar="EXPERIMENT")
+    status.add_argument("--no-jobs", action="store_true",
+                        help="do not ask the scheduler for running jobs (instance and files only)")
+    status.set_defaults(func=_status)
+
+    ui = verbs.add_parser(
+        "ui", help="the Dagster UI and daemon for $DAGSTER_HOME, on localhost, behind a token",
+        description="Run Dagster's webserver and daemon for the instance in $DAGSTER_HOME, "
+                    "bound to 127.0.0.1 and reachable only with your secret token (kept in "
+                    "$DAGSTER_HOME/ui_token, mode 0600), as Jupyter does on shared login nodes. "
+                    "Prints the URL with the token and the ssh -L command for a laptop.")
+    ui.add_argument("--port", type=int, default=None,
+                    help="port on 127.0.0.1 (default: the first free one from 3000)")
+    ui.set_defaults(func=_ui)
 
     demo = verbs.add_parser(
         "demo", help="train and evaluate a tiny model end to end on this machine",
@@ -194,6 +218,30 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     if args.data:
         print(f"capitalization data written to "
               f"{make_capitalization_dataset(args.data, seed=args.seed)}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ck_dagster.assets.launcher import LauncherResource
+    from ck_dagster.assets.status import status_lines
+    from ck_dagster.definitions import defs
+
+    instance = _instance()
+    launcher = None if args.no_jobs else LauncherResource().launcher(lambda message: None)
+    for line in status_lines(instance, defs, args.experiment, launcher):
+        print(line)
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import os
+
+    from ck_dagster.assets.webserver import serve_ui
+    from ck_dagster.settings import Settings
+
+    os.umask(0o077)  # what the UI, the daemon and their code servers create is yours only
+    _instance().dispose()  # refuses a missing DAGSTER_HOME before anything starts
+    serve_ui(Path(str(Settings.from_env().dagster_home)).resolve(), args.port)
     return 0
 
 

@@ -17,10 +17,10 @@ from ck_dagster.assets.evaluation import (
     eval_log,
     eval_spec,
     every_sample_scored,
-    experiment_report,
 )
 from ck_dagster.assets.launcher import LauncherResource
 from ck_dagster.assets.reevaluation import ReevaluationResource, reevaluate_job, reevaluate_runs
+from ck_dagster.assets.report import experiment_report, reports_sensor
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.assets.sensors import experiments_sensor
 from ck_dagster.assets.training import checkpoint
@@ -31,7 +31,7 @@ defs = Definitions(
     asset_checks=[config_validates, no_unknown_keys, every_sample_scored],
     jobs=[check_run_configs_job, reevaluate_job],
     schedules=[reevaluate_runs],
-    sensors=[experiments_sensor, automation_sensor],
+    sensors=[experiments_sensor, automation_sensor, reports_sensor],
     resources={
         "job_environment": JobEnvironmentResource(),
         "experiments_folder": ExperimentsFolderResource(),

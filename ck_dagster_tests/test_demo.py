@@ -28,7 +28,7 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
     first = make_demo(clone)
     assert "== training and evaluating 4 runs (local launcher) ==" in first
     assert first.count("submitted job") == 7  # 3 trainings, 4 evaluations
-    assert "dagster dev -w workspace.yaml" in first
+    assert "ck-dagster ui   (or: make ui)" in first
 
     report = clone / "demo" / "runs" / "tiny_capitalization" / "report"
     rows = list(csv.DictReader((report / "report.csv").open()))

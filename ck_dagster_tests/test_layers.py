@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1] / "ck_dagster"
 #: plain-Python packages: they must not import Dagster, directly or through another module.
 DOMAIN = ("catalog", "experiment", "finetune", "slurm", "training", "evaluation", "report",
-          "tiny")
+          "tiny", "ui")
 
 
 def module_name(path: Path) -> str:

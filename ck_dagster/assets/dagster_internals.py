@@ -1,4 +1,4 @@
-"""The one place ck_dagster uses a private Dagster API, because no public one does the job.
+"""The one place ck_dagster uses private Dagster APIs, because no public one does the job.
 
 An ``AssetObservation`` made outside an observable asset's own function (``ck-dagster
 register``, the experiments sensor) can only carry its data version as this tag: Dagster's
@@ -8,16 +8,34 @@ it back uses the public ``AssetObservation.data_version``.
 A custom ``AutomationCondition`` (``assets/automation.py``) gets a public ``AutomationContext``
 whose instance and partition subsets are reached through its ``asset_graph_view`` and
 ``EntitySubset``, which Dagster documents for such conditions but does not export.
+``ck-dagster status`` asks Dagster's stale-status resolver (what the UI shows), and
+``ck-dagster ui`` embeds the webserver's app (tested over HTTP in ``ui/test_token.py``).
 ``ck_dagster_tests/test_library_contracts.py`` fails loudly if Dagster moves or renames them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dagster import AutomationContext, DagsterInstance
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
+from dagster._core.definitions.data_version import (
+    DATA_VERSION_TAG,
+    CachingStaleStatusResolver,
+    StaleStatus,
+)
+from dagster._core.loader import LoadingContext
+
+__all__ = [
+    "StaleStatus",
+    "candidates_among",
+    "condition_instance",
+    "data_version_tags",
+    "stale_status_resolver",
+    "webserver_app",
+]
 
 
 def data_version_tags(version: str) -> dict[str, str]:
@@ -33,3 +51,43 @@ def condition_instance(context: AutomationContext) -> DagsterInstance:
 def candidates_among(context: AutomationContext, partition_keys: Iterable[str]) -> Any:
     """The condition's candidate subset narrowed to ``partition_keys`` (an ``EntitySubset``)."""
     return context.candidate_subset.compute_intersection_with_partition_keys(set(partition_keys))
+
+
+def stale_status_resolver(instance: DagsterInstance, asset_graph: BaseAssetGraph
+                          ) -> CachingStaleStatusResolver:
+    """What the UI says of each asset partition: fresh, stale or missing (``ck-dagster status``).
+    Dagster offers this only through its internal resolver, which needs a loading context."""
+    return CachingStaleStatusResolver(instance, asset_graph, _Loading(instance))
+
+
+class _Loading(LoadingContext):
+    """The loading context the stale-status resolver needs outside a web request."""
+
+    def __init__(self, instance: DagsterInstance) -> None:
+        self._instance = instance
+        self._loaders: dict = {}
+
+    @property
+    def instance(self) -> DagsterInstance:
+        return self._instance
+
+    @property
+    def loaders(self) -> dict:
+        return self._loaders
+
+
+@contextlib.contextmanager
+def webserver_app(instance: DagsterInstance, module: str, location: str) -> Iterator[Any]:
+    """Dagster's webserver as an ASGI app over the code location ``module`` (its code server
+    runs while the context is open), to serve behind ``ck-dagster ui``'s token: Dagster has no
+    public way to embed its webserver, and proxying a second server would leave its port open."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster_webserver import __version__
+    from dagster_webserver.app import create_app_from_workspace_process_context
+
+    target = ModuleTarget(module_name=module, attribute=None, working_directory=None,
+                          location_name=location)
+    with WorkspaceProcessContext(instance, workspace_load_target=target,
+                                 version=__version__) as workspace:
+        yield create_app_from_workspace_process_context(workspace)

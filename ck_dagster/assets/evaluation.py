@@ -1,15 +1,14 @@
-"""Evaluation assets: ``eval_spec`` (observed), ``eval_log``, its check, the report, automation.
+"""Evaluation assets: ``eval_spec`` (observed), ``eval_log``, its check, automation, schedule.
 
 ``eval_log`` runs one inspect-ai job per run (every saved epoch x task, or the base model of a
 control run) through the same launcher and pool as training. It materializes by itself when
-its checkpoint is updated or its evaluation is registered changed (``assets.automation``), the
-report after evaluations change; the ``reevaluate_runs`` schedule (``assets.reevaluation``)
+its checkpoint is updated or its evaluation is registered changed (``assets.automation``; the
+report follows, ``assets/report.py``); the ``reevaluate_runs`` schedule (``assets.reevaluation``)
 catches up with whatever is stale. Editing an evaluation (settings, tasks, task code and its
 imports, data, tokenizer) and registering again observes a new ``eval_spec`` version, which
 marks ``eval_log`` stale.
 """
 
-from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
@@ -17,7 +16,6 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetSpec,
-    AutomationCondition,
     BackfillPolicy,
     Config,
     Failure,
@@ -34,10 +32,9 @@ from pydantic import Field
 from ck_dagster.assets.automation import eager_or_spec_observed
 from ck_dagster.assets.configs import plans_for
 from ck_dagster.assets.launcher import LauncherResource, record_partitions
-from ck_dagster.assets.partitions import runs_partitions, split_key
+from ck_dagster.assets.partitions import runs_partitions
 from ck_dagster.assets.registry import (
     EVAL_SPEC,
-    load_registered_plans,
     registered_keys,
     registered_runs,
     registered_versions,
@@ -51,8 +48,6 @@ from ck_dagster.evaluation.spec import EvalSpec, eval_spec_for
 from ck_dagster.evaluation.submit import eval_job_script, eval_request
 from ck_dagster.experiment.problems import ExperimentFileError
 from ck_dagster.finetune.plan import RunPlan
-from ck_dagster.report.report import ScoreRow, build_report
-from ck_dagster.training.artifacts import read_training_log
 
 eval_spec = AssetSpec(
     key=EVAL_SPEC,
@@ -187,54 +182,3 @@ def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult
     )
 
 
-@asset(
-    deps=[eval_log, checkpoint],
-    group_name="evaluation",
-    kinds={"csv"},
-    # covers whatever is evaluated so far: runs still missing evals must not hold it back
-    automation_condition=AutomationCondition.eager().without(
-        ~AutomationCondition.any_deps_missing()),
-)
-def experiment_report(context: AssetExecutionContext,
-                      job_environment: JobEnvironmentResource) -> MaterializeResult:
-    """Runs x epochs x tasks for every registered experiment, with the varied parameters, the
-    final training loss and scores with their 95% interval; CSV and PNG in
-    <experiment.dir>/report/."""
-    keys = registered_keys(context.instance)
-    plans = load_registered_plans(context.instance, keys, job_environment.environment())
-    by_experiment: dict[str, list[RunPlan]] = {}
-    for key in keys:
-        by_experiment.setdefault(split_key(key)[0], []).append(plans[key])
-    sections, files = [], {}
-    for name, runs in by_experiment.items():
-        report = build_report(name, score_rows(runs))
-        if not report.rows:
-            continue
-        written = report.write(runs[0].experiment.dir / "report")
-        files[f"{name}/csv"] = MetadataValue.path(str(written["csv"]))
-        files[f"{name}/plot"] = MetadataValue.path(str(written["png"]))
-        sections.append(report.markdown())
-        context.log.info(f"report of {name}: {written['csv']}, {written['png']}")
-    return MaterializeResult(metadata={
-        "experiments": len(sections), **files,
-        "report": MetadataValue.md("\n".join(sections) or "No evaluations yet."),
-    })
-
-
-def score_rows(runs: list[RunPlan]) -> Iterator[ScoreRow]:
-    """Every scored evaluation of these runs, with parameters and final training loss."""
-    models = {run.model.name for run in runs}
-    for run in runs:
-        results = read_results(run.run_dir)
-        if results is None:
-            continue
-        parameters = dict(run.run.parameters)
-        if len(models) > 1:
-            parameters["model"] = run.model.name
-        loss = None if run.is_control else read_training_log(run.artifacts_dir).final_loss
-        for outcome in results.evaluations:
-            for scorer, metrics in outcome.metrics.items():
-                if "accuracy" in metrics:
-                    yield ScoreRow(run.run.name, run.run.type, outcome.label, outcome.task,
-                                   scorer, metrics["accuracy"], outcome.completed, parameters,
-                                   loss)

@@ -53,17 +53,21 @@ class LauncherResource(ConfigurableResource):
         return choose_launcher(log=log, kind=self.kind)
 
     def runner(self, context: AssetExecutionContext, label: str,
-               summarize: Callable[[str], str | None]) -> JobRunner:
+               summarize: Callable[[str], str | None],
+               observe: Callable[[str, str], object] | None = None) -> JobRunner:
         """A job runner that holds pool slots and logs into the Dagster run: every job event,
-        and the job log lines ``summarize`` turns into progress."""
+        and the job log lines ``summarize`` turns into progress; ``observe(key, line)`` also
+        gets every job log line (e.g. to record progress on the partition)."""
         mark_process(context.instance, context.run_id)
         slots = PoolSlots(context.instance, self.pool, context.run_id, label, self.pool_limit,
                           context.log.info)
         claims = InstanceClaims(context.instance, context.run_id)
+        progress = ProgressLog(context.log.info, summarize)
         return JobRunner(self.launcher(context.log.info), slots=slots, claims=claims,
                          on_event=lambda key, message: context.log.info(
                              f"{key}: {message}" if key else message),
-                         on_log=ProgressLog(context.log.info, summarize),
+                         on_log=progress if observe is None else
+                         lambda key, line: (progress(key, line), observe(key, line)),
                          max_resubmits=self.max_resubmits, poll_initial=self.poll_initial,
                          poll_max=self.poll_max)
 

@@ -23,7 +23,7 @@ from dagster import (
 )
 
 from ck_dagster.assets.dagster_internals import data_version_tags
-from ck_dagster.assets.partitions import runs_partitions, split_key
+from ck_dagster.assets.partitions import experiments_partitions, runs_partitions, split_key
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.spec import EvalSpec, eval_specs_for
 from ck_dagster.experiment.load import load_experiment
@@ -64,6 +64,8 @@ class Registration:
     removed: list[str] = field(default_factory=list)
     #: registered runs whose evaluation (settings, tasks, task code, prompts) changed.
     eval_changed: list[str] = field(default_factory=list)
+    #: whether the experiment's name is not yet a partition of ``experiments`` (its report's).
+    new_experiment: bool = False
 
     @property
     def observations(self) -> list[AssetObservation]:
@@ -150,7 +152,8 @@ def prepare_registration(instance: DagsterInstance, path: str | Path,
                 f"{experiment.file}: experiment `{experiment.name}` is already registered from "
                 f"{run.experiment_file}; its runs are not overwritten. Give this experiment "
                 "another `experiment.name`, or register the file it came from")
-    registration = Registration(plan, eval_specs)
+    is_new = not instance.has_dynamic_partition(experiments_partitions.name, experiment.name)
+    registration = Registration(plan, eval_specs, new_experiment=is_new)
     for run_plan in plan.runs.values():
         key = run_plan.partition_key
         previous = registered.get(key)
@@ -169,9 +172,13 @@ def prepare_registration(instance: DagsterInstance, path: str | Path,
 
 
 def apply_registration(instance: DagsterInstance, registration: Registration) -> None:
-    """Add the new partitions and record every new or changed run's spec."""
+    """Add the new partitions (runs, and the experiment) and record every new or changed
+    run's spec."""
     if registration.new:
         instance.add_dynamic_partitions(runs_partitions.name, registration.new)
+    if registration.new_experiment:
+        instance.add_dynamic_partitions(experiments_partitions.name,
+                                        [registration.plan.experiment.name])
     for observation in registration.observations:
         instance.report_runless_asset_event(observation)
 

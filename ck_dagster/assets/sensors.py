@@ -11,7 +11,7 @@ from dagster import (
     sensor,
 )
 
-from ck_dagster.assets.partitions import runs_partitions
+from ck_dagster.assets.partitions import experiments_partitions, runs_partitions
 from ck_dagster.assets.registry import prepare_registration
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.errors import CkError
@@ -42,6 +42,7 @@ def experiments_sensor(context: SensorEvaluationContext,
     seen: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
     files = sorted({f for pattern in EXPERIMENT_FILE_PATTERNS for f in folder.rglob(pattern)})
     new_keys: list[str] = []
+    new_experiments: list[str] = []
     observations = []
     names: dict[str, str] = {}
     for file in files:
@@ -67,10 +68,13 @@ def experiments_sensor(context: SensorEvaluationContext,
         seen[str(file)] = {"digest": _digest(file, inputs), "inputs": inputs}
         context.log.info(registration.summary())
         new_keys += registration.new
+        new_experiments += [name] if registration.new_experiment else []
         observations += registration.observations
     return SensorResult(
-        dynamic_partitions_requests=[runs_partitions.build_add_request(new_keys)] if new_keys
-        else [],
+        dynamic_partitions_requests=[
+            *([runs_partitions.build_add_request(new_keys)] if new_keys else []),
+            *([experiments_partitions.build_add_request(new_experiments)]
+              if new_experiments else [])],
         asset_events=observations,
         cursor=json.dumps(seen, sort_keys=True),
     )

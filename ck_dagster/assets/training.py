@@ -23,6 +23,7 @@ from pydantic import Field
 from ck_dagster.assets.configs import plans_for, run_config
 from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions
+from ck_dagster.assets.progress import ProgressObservations
 from ck_dagster.assets.resources import JobEnvironmentResource
 from ck_dagster.finetune.plan import RunPlan
 from ck_dagster.slurm.runner import JobOutcome
@@ -57,7 +58,8 @@ def checkpoint(context: AssetExecutionContext, config: CheckpointConfig,
     metadata = {key: control_metadata(plan) for key, plan in plans.items() if plan.is_control}
     requests = {key: training_request(plan, retrain=config.retrain)
                 for key, plan in plans.items() if not plan.is_control}
-    runner = launcher.runner(context, "checkpoint", training_progress)
+    runner = launcher.runner(context, "checkpoint", training_progress,
+                             ProgressObservations(context))
     outcomes = runner.run(list(requests.values())) if requests else {}
     for key, outcome in outcomes.items():
         if outcome.ok:

@@ -46,13 +46,13 @@ def run_demo(folder: Path, home: Path, echo: Callable[[str], object] = print) ->
     echo(f"\n== training and evaluating {len(keys)} runs (local launcher) ==")
     _materialize(["recipe_config,run_config,checkpoint,eval_log", "--partition-range",
                   f"{keys[0]}...{keys[-1]}"], env, echo)
-    _materialize(["experiment_report"], env, echo)
+    _materialize(["experiment_report", "--partition", experiment.name], env, echo)
     report = experiment.dir / "report"
     echo(f"\n== report ({report}) ==\n")
     echo((report / "report.md").read_text())
     echo(f"plot: {report / 'scores.png'}\nrun folders: {experiment.dir}\n"
          f"demo finished in {time.monotonic() - started:.0f} s. Open the UI on this instance:\n"
-         f"  DAGSTER_HOME={home} {_command('dagster')} dev -w workspace.yaml   (or: make ui)")
+         f"  DAGSTER_HOME={home} {_command('ck-dagster')} ui   (or: make ui)")
     return report
 
 

@@ -41,7 +41,7 @@ def test_train_evaluate_report_and_stale_evaluations(dagster_home, tmp_path, tin
     log = materialize("--select", "recipe_config,run_config,checkpoint,eval_log",
                       "--partition-range", f"{keys[0]}...{keys[-1]}")
     assert "tiny_eval/tuned: submitted job" in log and "eval tiny_eval/tuned" in log
-    materialize("--select", "experiment_report")
+    materialize("--select", "experiment_report", "--partition", "tiny_eval")
 
     last = f"epoch_{EPOCHS - 1}"
     with DagsterInstance.get() as instance:
@@ -54,8 +54,15 @@ def test_train_evaluate_report_and_stale_evaluations(dagster_home, tmp_path, tin
         check = instance.event_log_storage.get_asset_check_execution_history(
             AssetCheckKey(AssetKey("eval_log"), "every_sample_scored"), limit=1)[0]
         assert check.status.value == "SUCCEEDED"
-        report = metadata(instance, "experiment_report", None)
-    assert "| tuned | fine-tuned |" in report["report"]
+        report = metadata(instance, "experiment_report", "tiny_eval")
+    # one row per run, the best epoch, and the tuned run tested against the control on the
+    # same samples (it learnt to capitalize, the base model did not: a significant difference)
+    assert "| base (control) |  |  | base model: 0.000 |" in report["report"]
+    [paired] = [line for line in report["report"].splitlines()
+                if line.startswith("| tuned epoch_") and "control: base" in line]
+    cells = [cell.strip() for cell in paired.strip("|").split("|")]
+    assert float(cells[2]) > 0 and int(cells[3]) > int(cells[4]) and float(cells[5]) < 0.05
+    assert "data:image/png;base64," in report["report"]
 
     for label in ("epoch_0", last):
         [eval_file] = (experiment.run_dir("tuned") / "eval" / "capitalization" / label /
@@ -65,6 +72,8 @@ def test_train_evaluate_report_and_stale_evaluations(dagster_home, tmp_path, tin
     assert {(r["run"], r["epoch"]) for r in rows} == {("tuned", "epoch_0"), ("tuned", last),
                                                       ("base", "base")}
     assert (experiment.dir / "report" / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    [versus] = list(csv.DictReader((experiment.dir / "report" / "comparisons.csv").open()))
+    assert (versus["run"], versus["vs"], versus["other"]) == ("tuned", "control", "base")
 
     # a changed evaluation setting marks the evaluations stale, and nothing upstream
     file.write_text(file.read_text().replace("max_tokens: 12", "max_tokens: 10"))

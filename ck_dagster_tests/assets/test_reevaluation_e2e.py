@@ -71,7 +71,7 @@ def test_a_scheduled_tick_reevaluates_an_edited_evaluation_and_the_report_follow
         assert "tiny/base: submitted job" in execute(
             instance, "checkpoint,eval_log", partition_key="tiny/base"
         )
-        execute(instance, "experiment_report")
+        execute(instance, "experiment_report", partition_key="tiny")
         assert report_metrics(experiment_dir) == {"match", "includes"}
         assert "nothing to re-evaluate" in tick(instance)[0].skip_message
 
@@ -96,5 +96,5 @@ def test_a_scheduled_tick_reevaluates_an_edited_evaluation_and_the_report_follow
         )
         assert "nothing to re-evaluate" in tick(instance)[0].skip_message
 
-        execute(instance, "experiment_report")
+        execute(instance, "experiment_report", partition_key="tiny")
     assert report_metrics(experiment_dir) == {"includes"}

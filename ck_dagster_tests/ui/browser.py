@@ -108,17 +108,33 @@ class Browser:
         return self.driver.execute_script(TABLE_ROWS_JS, table)
 
     def metadata_code_block(self, key: str) -> str:
-        """The code block of markdown metadata entry ``key``. Dagster shows markdown under
+        """The code block of markdown metadata entry ``key`` (see :meth:`metadata_markdown`)."""
+        return self.metadata_markdown(key).find_element(By.TAG_NAME, "pre").text
+
+    def metadata_markdown(self, key: str) -> WebElement:
+        """The rendered markdown of metadata entry ``key``. Dagster shows markdown under
         1,000 characters in the table and longer markdown in a dialog that the entry's
         [Show Markdown] link opens; this opens it like a user would (and leaves it open)."""
         cell = self.metadata_value(key)
         links = cell.find_elements(By.XPATH, ".//a[normalize-space()='[Show Markdown]']")
         if not links:
-            return cell.find_element(By.TAG_NAME, "pre").text
+            return cell
         links[0].click()
         return WebDriverWait(self.driver, self.timeout).until(
             expected_conditions.visibility_of_element_located(
-                (By.CSS_SELECTOR, "[role=dialog] pre"))).text
+                (By.CSS_SELECTOR, "[role=dialog]")))
+
+    def click_last(self, text: str) -> None:
+        """Click the last element on the page, other than a link, whose own text is ``text``
+        (e.g. the oldest entry of an event list)."""
+        self.wait_for_text(text)
+        self.driver.find_elements(
+            By.XPATH, f"//*[not(self::a)][normalize-space(text())='{text}']")[-1].click()
+
+    def image_width(self, element: WebElement, css: str) -> int:
+        """The natural width of the image ``css`` in ``element`` (0 when it did not decode)."""
+        image = element.find_element(By.CSS_SELECTOR, css)
+        return int(self.driver.execute_script("return arguments[0].naturalWidth", image))
 
     def save_screenshot(self, name: str) -> Path:
         """Save the whole page as ``<name>.png``. The Dagster UI scrolls inside panels, not
