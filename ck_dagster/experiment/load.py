@@ -10,7 +10,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from ck_dagster.experiment.problems import (
     ExperimentFileError,
@@ -100,7 +100,7 @@ def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experim
             invalid_runs.add(loc[1])
         elif loc[:1] == ("evaluation",):
             data.pop("evaluation", None)
-        elif loc[:1] == ("experiment",) and len(loc) >= 2 and loc[1] != "dir":
+        elif loc[:1] == ("experiment",) and len(loc) >= 2 and loc[1] not in ("dir", "directory"):
             # a name or description: the runs can be checked without it
             data["experiment"][loc[1]] = "unnamed" if loc[1] == "name" else None
         else:
@@ -169,6 +169,10 @@ def _describe(error: dict[str, Any], path: FieldPath) -> Problem:
     if kind == "extra_forbidden":
         key = str(path[-1])
         allowed = _allowed_keys(path[:-1])
+        if key in allowed:  # one field given by two of its names
+            others = [n for n in _names_of_field(path[:-1], key) if n != key]
+            return Problem(path, f"`{key}` is another name of `{'`, `'.join(others)}`, "
+                           "which is also given", "keep one of them")
         fix = did_you_mean(key, allowed) or _belongs_elsewhere(key, path[:-1]) or (
             "remove it; allowed here: " + ", ".join(sorted(allowed)) if allowed else "remove it")
         return Problem(path, f"unknown key `{key}`", fix)
@@ -187,8 +191,8 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool)) or value is None
 
 
-def _allowed_keys(path: FieldPath) -> list[str]:
-    """The field names the schema allows at ``path`` (for "did you mean")."""
+def _model_at(path: FieldPath) -> Any:
+    """The schema model (or type) of the field at ``path``; None when there is none."""
     model: Any = ExperimentFile
     for part in path:
         model = _unwrap(model)
@@ -199,11 +203,31 @@ def _allowed_keys(path: FieldPath) -> list[str]:
             field = model.model_fields.get(part)
             model = field.annotation if field else None
         else:
-            return []
-    model = _unwrap(model)
+            return None
+    return _unwrap(model)
+
+
+def _allowed_keys(path: FieldPath) -> list[str]:
+    """The field names the schema allows at ``path`` (for "did you mean"), aliases included."""
+    model = _model_at(path)
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
+        return [name for field_name in model.model_fields
+                for name in _field_names(model, field_name)]
     return []
+
+
+def _field_names(model: type[BaseModel], field_name: str) -> list[str]:
+    """A field's names in a file: its v1 name and the names accepted before (aliases)."""
+    alias = model.model_fields[field_name].validation_alias
+    return [str(choice) for choice in alias.choices] if isinstance(alias, AliasChoices) \
+        else [field_name]
+
+
+def _names_of_field(path: FieldPath, key: str) -> list[str]:
+    """Every name of the field that ``key`` names at ``path``."""
+    model = _model_at(path)
+    groups = [_field_names(model, name) for name in model.model_fields]
+    return next(group for group in groups if key in group)
 
 
 def _belongs_elsewhere(key: str, parent: FieldPath) -> str | None:
@@ -214,24 +238,31 @@ def _belongs_elsewhere(key: str, parent: FieldPath) -> str | None:
             return f"training parameters go under `{format_path(parent)}.parameters:`"
         return "it belongs under `controls:` (or a run's `parameters:`)" \
             if key in PARAMETERS else "it belongs under `controls:`"
-    home = _field_homes().get(key)
     here = re.sub(r"\[\d+\]", "[]", format_path(parent)) if parent else ""
-    if home is None or home == here:
+    homes = _field_homes().get(key, [])
+    if here in homes:
         return None
-    if here and home.startswith(here + "."):  # runs[].compute -> runs[2].compute
+    # a home under the key's parent (runs[].compute for a run's `time`), else the shallowest
+    home = next((h for h in homes if here and h.startswith(here + ".")), None)
+    if home is not None:
         home = format_path(parent) + home[len(here):]
+    elif homes:
+        home = homes[0]
+    else:
+        return None
     return f"it belongs under `{home}:`" if home else "it belongs at the top level"
 
 
 @lru_cache(maxsize=1)
-def _field_homes() -> dict[str, str]:
-    """The shallowest place each schema field name is allowed ("dir" -> "experiment")."""
-    homes: dict[str, str] = {}
+def _field_homes() -> dict[str, list[str]]:
+    """Every place each schema field name is allowed, shallowest first ("dir" -> experiment)."""
+    homes: dict[str, list[str]] = {}
     queue: list[tuple[str, Any]] = [("", ExperimentFile)]
     while queue:
         where, model = queue.pop(0)
         for name, field in model.model_fields.items():
-            homes.setdefault(name, where)
+            for alias in _field_names(model, name):
+                homes.setdefault(alias, []).append(where)
             child, place = _unwrap(field.annotation), f"{where}.{name}" if where else name
             if get_origin(child) is list:
                 child, place = _unwrap(get_args(child)[0]), place + "[]"
@@ -280,9 +311,12 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
                         f"control run `{run.name}` is never trained, so `{key}` has no effect",
                         "remove it, or make the run `type: fine-tuned`"))
 
-    if any(c in spec.experiment.dir for c in "%\n"):
-        problems.append(Problem(("experiment", "dir"), "contains `%` or a newline, which SLURM "
-                                "reads as a log-name pattern", "choose a directory without them"))
+    for field, folder in ((_given_name(experiment, ("experiment",), "directory", "dir"),
+                           spec.experiment.directory),
+                          (("output", "base_directory"), spec.output.base_directory or "")):
+        if any(c in folder for c in "%\n"):
+            problems.append(Problem(field, "contains `%` or a newline, which SLURM reads as a "
+                                    "log-name pattern", "choose a directory without them"))
     data_path = experiment.resolve(spec.data.training.path)
     if not data_path.is_file():
         problems.append(Problem(("data", "training", "path"), f"data file {data_path} not found",
@@ -297,6 +331,12 @@ def _evaluation_problems(experiment: Experiment) -> list[Problem]:
         return []
     problems = _duplicates(list(enumerate(t.name for t in evaluation.tasks)),
                            ("evaluation", "tasks"), "task name")
+    trained_with = experiment.spec.controls.get("system_prompt", "")
+    if evaluation.system_prompt is not None and evaluation.system_prompt != trained_with:
+        problems.append(Problem(("evaluation", "system_prompt"),
+                                f"differs from the system prompt the runs train with "
+                                f"({trained_with!r}); evaluation always uses the run's own",
+                                "make it the same as `controls.system_prompt`, or remove it"))
     for index, task in enumerate(evaluation.tasks):
         if task.script is not None and not experiment.resolve(task.script).is_file():
             problems.append(Problem(("evaluation", "tasks", index, "script"),
@@ -320,6 +360,12 @@ def _evaluation_problems(experiment: Experiment) -> list[Problem]:
                 problems.append(Problem(("evaluation", "matrix", index, "epochs", e_index),
                                         f"epoch {epoch} is negative", "epochs count from 0"))
     return problems
+
+
+def _given_name(experiment: Experiment, parent: FieldPath, *names: str) -> FieldPath:
+    """The path of a field under the name the file gives it (``dir`` or ``directory``)."""
+    node = _node(experiment.source.data, parent)
+    return (*parent, next((n for n in names if isinstance(node, dict) and n in node), names[0]))
 
 
 def _run_names_in_file(experiment: Experiment) -> list[tuple[int, str]]:

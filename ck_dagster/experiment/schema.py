@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ck_dagster.experiment.problems import FieldPath
 from ck_dagster.experiment.yaml_lines import LoadedYaml
@@ -47,11 +47,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _aliased(*names: str, **kwargs: Any) -> Any:
+    """A field known by v1's name (the first) and the names ck_dagster accepted before."""
+    return Field(validation_alias=AliasChoices(*names), **kwargs)
+
+
 class ExperimentInfo(_Strict):
-    """``experiment:``: what the experiment is and where its runs live."""
+    """``experiment:``: what the experiment is and where its runs live (the rest is shown in
+    metadata: informational)."""
 
     name: SafeName
-    dir: str = Field(description="where run directories go; relative paths are relative to the file")
+    directory: str = _aliased(
+        "directory", "dir",
+        description="where run directories go; relative paths are relative to the file")
     project: str | None = None
     question: str | None = None
     hypothesis: str | None = None
@@ -86,15 +94,18 @@ class Splits(_Strict):
 
 
 class TrainingData(_Strict):
-    """``data.training``: JSON with train/validation/test lists of {input, output} rows."""
+    """``data.training``: JSON with train/validation/test lists of {input, output} rows, or a
+    folder of parquet files named after their splits."""
 
     path: str
-    dataset_label: str | None = None
-    format: Literal["json"] = "json"
+    label: str | None = _aliased("label", "dataset_label", default=None)
+    format: Literal["json", "parquet"] = "json"
     size_kb: float | None = None
     splits: Splits | None = None
     input_key: str = "input"
     output_key: str = "output"
+    #: v1's record of how the data was generated (informational).
+    data_generation: dict[str, Any] | None = None
 
 
 class Data(_Strict):
@@ -102,11 +113,25 @@ class Data(_Strict):
 
 
 class Output(_Strict):
-    wandb_project: str | None = None
+    """``output:``: where training outputs go and where their metrics are logged."""
+
+    base_directory: str | None = None
+    checkpoint_pattern: str = "{run_name}/epoch_{N}"
+    wandb_project: SafeName | None = None
+
+    @field_validator("checkpoint_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        head, sep, tail = value.rpartition("/")
+        if sep != "/" or tail != "epoch_{N}" or "{run_name}" not in head or \
+                "{" in head.replace("{run_name}", ""):
+            raise ValueError("must be a folder with {run_name}, then /epoch_{N} "
+                             "(e.g. \"ck-out-{run_name}/epoch_{N}\")")
+        return value
 
 
 class Compute(_Strict):
-    """``runs[].compute``: SLURM overrides of what the model's size asks for."""
+    """``compute:`` and ``runs[].compute``: SLURM overrides of the cluster profile."""
 
     time: str | None = None
     gpus: int | None = Field(default=None, ge=0, le=64)
@@ -115,7 +140,8 @@ class Compute(_Strict):
     partition: SlurmValue | None = None
     constraint: SlurmValue | None = None
     account: SlurmValue | None = None
-    mig: bool = False
+    qos: SlurmValue | None = None
+    mig: bool | None = None
 
     @field_validator("time")
     @classmethod
@@ -140,6 +166,8 @@ class Run(_Strict):
     model: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     compute: Compute | None = None
+    #: v1's MIG flag: the same as ``compute.mig``.
+    mig: bool | None = None
 
     @property
     def is_control(self) -> bool:
@@ -157,6 +185,8 @@ class EvalTask(_Strict):
 
     name: SafeName
     script: str | None = None
+    #: v1: the evaluation data; only ``same`` (the training data's test split) is supported.
+    dataset: Literal["same"] | None = None
     description: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     prompt: str | None = None
@@ -173,12 +203,16 @@ class MatrixEntry(_Strict):
 
 
 class Evaluation(_Strict):
+    """``evaluation:``: generation settings, tasks and which run x task x epoch to evaluate."""
+
+    #: v1 repeats the training system prompt here; it must match (evaluation uses the run's).
+    system_prompt: str | None = None
     temperature: float | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
     do_sample: bool | None = None
     max_connections: int | None = Field(default=None, ge=1)
-    scorers: list[Scorer | str] | None = None
+    scorers: list[Scorer | str] | None = _aliased("scorers", "scorer", default=None)
     tasks: list[EvalTask] = Field(min_length=1)
     matrix: list[MatrixEntry] | None = None
 
@@ -193,6 +227,7 @@ class ExperimentFile(_Strict):
     models: Models
     data: Data
     output: Output = Field(default_factory=Output)
+    compute: Compute | None = None
     runs: list[Run] = Field(min_length=1)
     evaluation: Evaluation | None = None
 
@@ -220,8 +255,8 @@ class Experiment:
 
     @property
     def dir(self) -> Path:
-        """The experiment directory: ``<experiment.dir>``, resolved."""
-        return self.resolve(self.spec.experiment.dir)
+        """The experiment directory: ``<experiment.directory>``, resolved."""
+        return self.resolve(self.spec.experiment.directory)
 
     @property
     def runs(self) -> list[Run]:
@@ -239,8 +274,19 @@ class Experiment:
         raise KeyError(name)
 
     def run_dir(self, run: Run | str) -> Path:
-        """``<experiment.dir>/<run>``."""
+        """``<experiment.directory>/<run>``: the run's configs, scripts and evaluations."""
         return self.dir / (run if isinstance(run, str) else run.name)
+
+    def output_dir(self, run: Run | str) -> Path:
+        """Where a run's training outputs (epoch folders, logs) go: the folder of
+        ``output.checkpoint_pattern`` under ``output.base_directory``, or
+        ``<experiment.directory>/<run>/artifacts`` without a base directory."""
+        name = run if isinstance(run, str) else run.name
+        output = self.spec.output
+        if output.base_directory is None:
+            return self.run_dir(name) / "artifacts"
+        folder = output.checkpoint_pattern.rpartition("/")[0].replace("{run_name}", name)
+        return self.resolve(output.base_directory) / folder
 
     def model_entry(self, run: Run) -> BaseModelEntry:
         """The ``models.base`` entry a run names."""

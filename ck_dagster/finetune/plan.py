@@ -14,6 +14,7 @@ The merged config must pass torchtune's own validation before anything is writte
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -71,8 +72,9 @@ class RunPlan:
 
     @property
     def artifacts_dir(self) -> Path:
-        """torchtune's ``output_dir``: epoch checkpoints, metric logs and job logs."""
-        return self.run_dir / "artifacts"
+        """torchtune's ``output_dir``: epoch checkpoints, metric logs and job logs (under
+        ``output.base_directory`` when the file gives one)."""
+        return self.experiment.output_dir(self.run)
 
     @property
     def is_control(self) -> bool:
@@ -191,8 +193,7 @@ class _RunPlanner:
         self.controls = experiment.spec.controls
 
     def plan(self) -> RunPlan | None:
-        compute = self.run.compute.model_dump(exclude_unset=True) if self.run.compute else {}
-        resources = self.model.resources.with_overrides(compute)
+        resources = self.model.resources.with_overrides(run_compute(self.experiment, self.run))
         base_recipe = self.controls.get("base_recipe")
         if self.run.is_control:
             return RunPlan(self.experiment, self.run, self.index, self.model, self.model_path,
@@ -256,8 +257,13 @@ class _RunPlanner:
         model, data = self.model, self.experiment.spec.data.training
         model_field = ("models", "base", self._model_index())
         derived = Source("derived", f"model {model.name}", model_field)
-        config.set("output_dir", str(self.experiment.run_dir(self.run) / "artifacts"),
-                   Source("derived", "<experiment.dir>/<run>/artifacts", ("experiment", "dir")))
+        if self.experiment.spec.output.base_directory is None:
+            output_source = Source("derived", "<experiment.directory>/<run>/artifacts",
+                                   ("experiment",))
+        else:
+            output_source = Source("derived", "output.base_directory + checkpoint_pattern",
+                                   ("output", "base_directory"))
+        config.set("output_dir", str(self.experiment.output_dir(self.run)), output_source)
         if recipe.startswith("lora_"):
             config.set("model._component_", model.lora_builder, derived)
         else:
@@ -289,7 +295,19 @@ class _RunPlanner:
                                               ("runs", self.index, "compute", "gpus")))
         config.merge(model.config_overrides, derived)
 
+    def _same_setting_twice(self, names: Iterable[str], where: tuple[str | int, ...]) -> None:
+        """``lr`` and ``learning_rate`` (or a friendly name and its path) in one layer."""
+        seen: dict[str, str] = {}
+        for name in names:
+            path = parameters.config_path(name)
+            if path in seen:
+                self.problems.append(Problem(
+                    (*where, name), f"`{name}` and `{seen[path]}` both set `{path}`",
+                    "keep one of them"))
+            seen.setdefault(path, name)
+
     def _apply_controls(self, config: ProvenancedConfig) -> None:
+        self._same_setting_twice(self.controls, ("controls",))
         if self.controls.get("validation_during_training"):
             self.problems.append(Problem(
                 ("controls", "validation_during_training"),
@@ -302,6 +320,7 @@ class _RunPlanner:
                                                     ("controls", name)))
 
     def _apply_run_parameters(self, config: ProvenancedConfig) -> None:
+        self._same_setting_twice(self.run.parameters, ("runs", self.index, "parameters"))
         for name, value in self.run.parameters.items():
             self._apply(config, name, value, Source(
                 "run", f"runs[{self.run.name}].parameters.{name}",
@@ -309,6 +328,12 @@ class _RunPlanner:
 
     def _apply(self, config: ProvenancedConfig, name: str, value: Any, source: Source) -> None:
         assert source.field is not None
+        if name == "output_dir":
+            self.problems.append(Problem(
+                source.field, "`output_dir` is where ck_dagster finds a run's checkpoints, so "
+                "it is not a training parameter", "set `output.base_directory` instead (outputs "
+                "go to <base_directory>/<run>/)"))
+            return
         if not parameters.is_known_name(name, config.config):
             known = [*parameters.PARAMETERS, *config.config]
             fix = did_you_mean(name, known) or (
@@ -352,6 +377,7 @@ class _RunPlanner:
 
     def _job(self, recipe: str, nproc: int, resources: Resources) -> JobScript:
         run_dir = self.experiment.run_dir(self.run)
+        outputs = self.experiment.output_dir(self.run)
         command = ["tune", "run"]
         if nproc > 1:
             command += ["--nproc_per_node", str(nproc)]
@@ -359,18 +385,30 @@ class _RunPlanner:
         return JobScript(
             job_name=job_name_for(self.experiment.name, self.run.name, "train"),
             workdir=run_dir,
-            log_path=run_dir / "artifacts" / "slurm-%j.out",
+            log_path=outputs / "slurm-%j.out",
             resources=resources,
             command=command,
             environment=self.environment,
             description=(f"Training job for run {self.experiment.partition_key(self.run)}, "
                          "written by ck_dagster.\nSubmit by hand from this folder with: "
-                         "mkdir -p artifacts && sbatch finetune.slurm"),
+                         f"mkdir -p {shlex.quote(str(outputs))} && sbatch finetune.slurm"),
         )
 
     def _model_index(self) -> int:
         names = [m.name for m in self.experiment.spec.models.base]
         return names.index(self.run.model)
+
+
+def run_compute(experiment: Experiment, run: Run) -> dict[str, Any]:
+    """A run's SLURM overrides: the experiment's ``compute:``, then the run's own (and v1's
+    ``runs[].mig``)."""
+    compute: dict[str, Any] = {}
+    for block in (experiment.spec.compute, run.compute):
+        if block is not None:
+            compute.update(block.model_dump(exclude_unset=True, exclude_none=True))
+    if run.mig is not None:
+        compute["mig"] = run.mig
+    return compute
 
 
 class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]

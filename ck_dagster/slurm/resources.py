@@ -17,6 +17,7 @@ class Resources:
     partition: str | None = None
     constraint: str | None = None
     account: str | None = None
+    qos: str | None = None
 
     def with_overrides(self, compute: dict[str, Any]) -> Resources:
         """Apply ``runs[].compute`` (already validated) on top of these resources.

@@ -111,7 +111,7 @@ class JobScript:
             header.append(f"--gres=gpu:{r.gpus}")
         header += [f"--{name}={value}" for name, value in
                    (("partition", r.partition), ("constraint", r.constraint),
-                    ("account", r.account)) if value]
+                    ("account", r.account), ("qos", r.qos)) if value]
         lines = ["#!/bin/bash"]
         if self.description:
             lines += [f"# {line}" for line in self.description.splitlines()]

@@ -53,6 +53,7 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
         oom_retry_args=oom_retry_args,
         force=retrain,
         notes=notes,
+        log_folder=artifacts,
     )
 
 

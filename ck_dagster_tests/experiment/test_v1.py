@@ -1,0 +1,94 @@
+"""A cruijff_kit v1 ``experiment_summary.yaml`` loads as written, and every field does what it
+says: each field's effect is asserted on the files ck_dagster writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ck_dagster.experiment.load import load_experiment
+from ck_dagster.experiment.problems import ExperimentFileError
+from ck_dagster.finetune.plan import plan_experiment, plan_experiment_file
+from ck_dagster_tests.fixtures.experiments import write_v1_experiment
+
+
+@pytest.fixture()
+def v1_file(tmp_path: Path, tiny_model_dir: Path, capitalization_data: Path) -> Path:
+    return write_v1_experiment(tmp_path, tiny_model_dir, capitalization_data)
+
+
+def test_a_v1_file_loads_as_written(v1_file: Path, tmp_path: Path) -> None:
+    experiment = load_experiment(v1_file)
+    plan = plan_experiment(experiment)
+    assert experiment.dir == tmp_path / "ck-projects" / "v1_rank_sweep"
+    assert set(plan.runs) == {"tiny-llama_rank4", "tiny-llama_rank8", "tiny-llama_base"}
+    rank8 = plan.runs["tiny-llama_rank8"]
+    assert rank8.config is not None
+    # parameters.learning_rate is the learning rate
+    assert rank8.config.get("optimizer.lr") == 2e-3
+    assert rank8.config.get("model.lora_rank") == 8
+    assert experiment.spec.data.training.label == "words_capitalization"
+
+
+def test_the_names_accepted_before_keep_working(tmp_path: Path, tiny_model_dir: Path,
+                                                capitalization_data: Path) -> None:
+    file = write_v1_experiment(tmp_path, tiny_model_dir, capitalization_data, replace={
+        "  directory: ": "  dir: ", "    label: ": "    dataset_label: ",
+        "      learning_rate: 2e-3": "      lr: 2e-3",
+        "    mig: false\n": "", 'compute: {time: "0:30:00"}': 'compute: {time: "0:30:00", mig: false}'})
+    plan = plan_experiment_file(file)
+    assert plan.experiment.dir == tmp_path / "ck-projects" / "v1_rank_sweep"
+    assert plan.experiment.spec.data.training.label == "words_capitalization"
+    assert plan.runs["tiny-llama_rank8"].config.get("optimizer.lr") == 2e-3
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("  directory: ", "  directroy: ",
+     "experiment.directroy: unknown key `directroy` (did you mean `directory`?)"),
+    ("      learning_rate: 1e-3", "      learning_rat: 1e-3",
+     "unknown parameter `learning_rat` (did you mean `learning_rate`?)"),
+    ("      learning_rate: 1e-3", "      learning_rate: 1e-3\n      lr: 1e-3",
+     "`lr` and `learning_rate` both set `optimizer.lr` (keep one of them)"),
+    ("  directory: ", "  dir: x\n  directory: ",
+     "experiment.dir: `dir` is another name of `directory`, which is also given (keep one"),
+    ("    label: ", "    lable: ", "unknown key `lable` (did you mean `label`?)"),
+    ("  base_directory: ", "  base_dir: ",
+     "unknown key `base_dir` (did you mean `base_directory`?)"),
+    ('checkpoint_pattern: "ck-out-{run_name}/epoch_{N}"', 'checkpoint_pattern: "out/epoch_{N}"',
+     "output.checkpoint_pattern: must be a folder with {run_name}"),
+    ("  epochs: 2\n", "  epochs: 2\n  output_dir: /elsewhere\n",
+     "controls.output_dir: `output_dir` is where ck_dagster finds a run's checkpoints"),
+])
+def test_v1_misspellings_are_refused_with_a_fix(tmp_path: Path, tiny_model_dir: Path,
+                                                capitalization_data: Path, old: str, new: str,
+                                                expected: str) -> None:
+    file = write_v1_experiment(tmp_path, tiny_model_dir, capitalization_data,
+                               replace={old: new})
+    with pytest.raises(ExperimentFileError) as caught:
+        plan_experiment_file(file)
+    assert expected in str(caught.value)
+
+
+def test_outputs_go_under_base_directory_and_configs_stay_in_directory(v1_file: Path,
+                                                                       tmp_path: Path) -> None:
+    plan = plan_experiment_file(v1_file)
+    rank4 = plan.runs["tiny-llama_rank4"]
+    outputs = tmp_path / "ck-outputs" / "v1_rank_sweep" / "ck-out-tiny-llama_rank4"
+    assert rank4.run_dir == tmp_path / "ck-projects" / "v1_rank_sweep" / "tiny-llama_rank4"
+    assert rank4.artifacts_dir == outputs
+    assert yaml.safe_load(rank4.finetune_yaml)["output_dir"] == str(outputs)
+    assert f"#SBATCH --output={outputs}/slurm-%j.out" in rank4.slurm_script
+    assert f"--chdir={rank4.run_dir}" in rank4.slurm_script
+
+
+def test_evaluation_system_prompt_must_match_training(tmp_path: Path, tiny_model_dir: Path,
+                                                      capitalization_data: Path) -> None:
+    file = write_v1_experiment(tmp_path, tiny_model_dir, capitalization_data, replace={
+        'evaluation:\n  system_prompt: "You are a helpful assistant."':
+        'evaluation:\n  system_prompt: "Be terse."'})
+    with pytest.raises(ExperimentFileError) as caught:
+        plan_experiment_file(file)
+    assert "evaluation.system_prompt: differs from the system prompt the runs train with" \
+        in str(caught.value)
