@@ -214,7 +214,9 @@ def experiment_report(context: AssetExecutionContext,
         by_experiment.setdefault(split_key(key)[0], []).append(plans[key])
     sections, files = [], {}
     for name, runs in by_experiment.items():
-        report = build_report(name, score_rows(runs))
+        experiment = runs[0].experiment
+        report = build_report(name, score_rows(runs), variables=list(
+            experiment.spec.variables or ()), labels=experiment.vis_labels())
         if not report.rows:
             continue
         written = report.write(runs[0].experiment.dir / "report")
@@ -235,7 +237,9 @@ def score_rows(runs: list[RunPlan]) -> Iterator[ScoreRow]:
         results = read_results(run.run_dir)
         if results is None:
             continue
-        parameters = dict(run.run.parameters)
+        variables = run.experiment.spec.variables
+        parameters = {name: run.experiment.run_value(run.run, name) for name in variables} \
+            if variables and not run.is_control else dict(run.run.parameters)
         if len(models) > 1:
             parameters["model"] = run.model.name
         loss = None if run.is_control else read_training_log(run.artifacts_dir).final_loss

@@ -81,6 +81,7 @@ def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) ->
     accounting = outcome.accounting
     metadata: dict[str, Any] = {
         "run_type": "fine-tuned",
+        "dataset": plan.experiment.information(plan.run)["dataset"],
         "status": outcome.status,
         "job_id": outcome.job_id or "",
         "epochs_saved": len(trained.epochs),

@@ -12,6 +12,8 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, ValidationError
 
+from ck_dagster.errors import CkError
+from ck_dagster.experiment.data import parquet_splits, split_sizes
 from ck_dagster.experiment.problems import (
     ExperimentFileError,
     FieldPath,
@@ -22,7 +24,7 @@ from ck_dagster.experiment.problems import (
 from ck_dagster.experiment.schema import Experiment, ExperimentFile
 from ck_dagster.experiment.yaml_lines import LoadedYaml, load_yaml
 from ck_dagster.finetune.models import MODELS
-from ck_dagster.finetune.parameters import CONTROL_KEYS, PARAMETERS
+from ck_dagster.finetune.parameters import CONTROL_KEYS, PARAMETERS, config_path
 
 #: parameters a control run may set: they change what the model is asked, not how it is trained.
 CONTROL_RUN_PARAMETERS = frozenset({"prompt", "system_prompt"})
@@ -317,11 +319,89 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
         if any(c in folder for c in "%\n"):
             problems.append(Problem(field, "contains `%` or a newline, which SLURM reads as a "
                                     "log-name pattern", "choose a directory without them"))
-    data_path = experiment.resolve(spec.data.training.path)
-    if not data_path.is_file():
-        problems.append(Problem(("data", "training", "path"), f"data file {data_path} not found",
-                                "point it at the JSON file with train/validation/test splits"))
+    problems += _data_problems(experiment)
+    problems += _variables_problems(experiment)
     problems += _evaluation_problems(experiment)
+    return problems
+
+
+def _data_problems(experiment: Experiment) -> list[Problem]:
+    """The data exists in its format, has the splits training and evaluation read, and as many
+    rows in each as ``splits`` says."""
+    spec = experiment.spec
+    data, path = spec.data.training, experiment.resolve(spec.data.training.path)
+    where = ("data", "training", "path")
+    if data.format == "json" and not path.is_file():
+        return [Problem(where, f"data file {path} not found" if not path.exists() else
+                        f"{path} is a folder, not a JSON file",
+                        "point it at the JSON file with train/validation/test splits, or set "
+                        "`format: parquet` for a folder of parquet files")]
+    if data.format == "parquet" and not (path.is_dir() and parquet_splits(path)):
+        return [Problem(where, f"{path} is not a folder of parquet files", "point it at a folder "
+                        "of train.parquet, validation.parquet and test.parquet")]
+    try:
+        sizes = split_sizes(path)
+    except CkError as exc:
+        return [Problem(where, str(exc))]
+    problems = []
+    needed = {"train": "fine-tuned runs train on it"} if any(
+        not r.is_control for r in spec.runs) else {}
+    if spec.evaluation and any(t.script is None for t in spec.evaluation.tasks):
+        needed["test"] = "the built-in evaluation task scores it"
+    for split, why in needed.items():
+        if not sizes.get(split):
+            problems.append(Problem(where, f"{path} has no rows in a `{split}` split, and {why}",
+                                    f"add a `{split}` split to the data"))
+    for split, expected in (data.splits.model_dump(exclude_none=True) if data.splits else
+                            {}).items():
+        if sizes.get(split, 0) != expected:
+            problems.append(Problem(("data", "training", "splits", split),
+                                    f"says {expected} rows, but the `{split}` split of {path} "
+                                    f"has {sizes.get(split, 0)}",
+                                    "correct the count (or remove `splits`)"))
+    return problems
+
+
+def _variables_problems(experiment: Experiment) -> list[Problem]:
+    """``variables`` lists exactly the values the fine-tuned runs use, and every parameter they
+    vary (names compared by the setting they make: ``lr`` is ``learning_rate``)."""
+    variables = experiment.spec.variables
+    if variables is None:
+        return []
+    trained = [(i, r) for i, r in experiment.indexed_runs() if not r.is_control]
+    problems = []
+    for name, listed in variables.items():
+        used = {run.name: experiment.run_value(run, name) for _, run in trained}
+        for index, run in trained:
+            value = used[run.name]
+            if value is None:
+                problems.append(Problem(("runs", index, "parameters"),
+                                        f"run `{run.name}` does not set `{name}`, which "
+                                        "`variables` says the runs vary",
+                                        f"set `{name}` in its parameters"))
+            elif not any(value == v for v in listed):
+                problems.append(Problem(("runs", index, "parameters"),
+                                        f"run `{run.name}` uses {name} = {value!r}, which "
+                                        f"`variables.{name}` does not list",
+                                        f"add it to variables.{name}"))
+        for v_index, value in enumerate(listed):
+            if not any(value == u for u in used.values()):
+                problems.append(Problem(("variables", name, v_index),
+                                        f"no run uses {name} = {value!r}",
+                                        "remove it, or add a run that uses it"))
+    covered = {config_path(name) for name in variables}
+    varied: dict[str, str] = {}
+    for _, run in trained:
+        for name in run.parameters:
+            if config_path(name) not in covered:
+                varied.setdefault(config_path(name), name)
+    for path, name in varied.items():
+        values = {repr(experiment.run_value(run, name)) for _, run in trained}
+        if len(values) > 1:
+            problems.append(Problem(("variables",),
+                                    f"the runs vary `{name}` ({', '.join(sorted(values))}), "
+                                    "which `variables` does not list",
+                                    f"add `{name}: [...]` to variables"))
     return problems
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ck_dagster.experiment.problems import FieldPath
+from ck_dagster.finetune.parameters import config_path
 from ck_dagster.experiment.yaml_lines import LoadedYaml
 
 #: names that become directories, partition keys and SLURM job names.
@@ -296,6 +297,37 @@ class Experiment:
         """A path from the file, with ``~`` expanded and relative paths taken from the file."""
         expanded = Path(path).expanduser()
         return expanded if expanded.is_absolute() else (self.file.parent / expanded).resolve()
+
+    def run_value(self, run: Run, name: str) -> Any:
+        """What a run sets for variable ``name``: its ``model`` for ``model``, else its own
+        parameter or the controls' by any name of the same setting (None when neither does)."""
+        if name == "model":
+            return run.model
+        for layer in (run.parameters, self.spec.controls):
+            for key, value in layer.items():
+                if config_path(key) == config_path(name):
+                    return value
+        return None
+
+    def information(self, run: Run) -> dict[str, Any]:
+        """The informational fields of the file (they change nothing that is built), with the
+        dataset's label, as a run's metadata shows them."""
+        spec = self.spec
+        data, model = spec.data.training, self.model_entry(run)
+        values: dict[str, Any] = {
+            **{f"experiment.{k}": str(v) for k, v in spec.experiment.model_dump(
+                include={"project", "question", "hypothesis", "purpose", "date",
+                         "description"}, exclude_none=True).items()},
+            "dataset": data.label or Path(data.path).stem,
+            "data.size_kb": data.size_kb, "model.size_gb": model.size_gb,
+            "data_generation": data.data_generation,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    def vis_labels(self) -> dict[str, str]:
+        """``evaluation.matrix[].vis_label`` by run: how plots name the runs."""
+        matrix = self.spec.evaluation.matrix if self.spec.evaluation else None
+        return {e.run: e.vis_label for e in matrix or [] if e.vis_label}
 
     def partition_key(self, run: Run | str) -> str:
         """The Dagster partition key of a run: ``<experiment>/<run>``."""

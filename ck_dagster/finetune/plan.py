@@ -14,6 +14,7 @@ The merged config must pass torchtune's own validation before anything is writte
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ck_dagster.experiment.data import data_digest, parquet_splits
 from ck_dagster.experiment.load import read_experiment
 from ck_dagster.experiment.problems import ExperimentFileError, Problem, did_you_mean
 from ck_dagster.experiment.schema import Experiment, Run
@@ -39,6 +41,8 @@ from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
 BUILTIN_RECIPE = "lora_finetune_single_device"
 #: the dataset builder our configs use: it formats prompt + system prompt like evaluation does.
 DATASET_COMPONENT = "ck_dagster.finetune.dataset.prompt_dataset"
+#: the metric logger of runs with ``output.wandb_project``: DiskLogger and WandBLogger.
+WANDB_LOGGER = "ck_dagster.training.metric_logging.DiskAndWandBLogger"
 #: settings a job without a GPU needs (bf16, fused AdamW and activation offloading need CUDA).
 CPU_SETTINGS = {"device": "cpu", "dtype": "fp32", "optimizer.fused": False,
                 "enable_activation_offloading": False}
@@ -107,7 +111,7 @@ class RunPlan:
             assert self.job is not None
             data = self.experiment.resolve(self.experiment.spec.data.training.path)
             parts = [self.finetune_yaml or "", repr(self.resources), " ".join(self.job.command),
-                     file_digest(data)]
+                     data_digest(data)]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     @property
@@ -193,7 +197,8 @@ class _RunPlanner:
         self.controls = experiment.spec.controls
 
     def plan(self) -> RunPlan | None:
-        resources = self.model.resources.with_overrides(run_compute(self.experiment, self.run))
+        resources = self.environment.profile.request(
+            self.model.size, *compute_layers(self.experiment, self.run))
         base_recipe = self.controls.get("base_recipe")
         if self.run.is_control:
             return RunPlan(self.experiment, self.run, self.index, self.model, self.model_path,
@@ -279,17 +284,23 @@ class _RunPlanner:
         config.set("checkpointer.model_type", model.model_type, derived)
         config.set("checkpointer.recipe_checkpoint", None, derived)
         data_source = Source("derived", "data.training", ("data", "training"))
+        data_path = self.experiment.resolve(data.path)
+        files = {"source": "json", "data_files": str(data_path), "field": "train"} \
+            if data.format == "json" else \
+            {"source": "parquet", "data_files": [str(f) for f in parquet_splits(data_path)
+                                                  .get("train", [])]}
         config.set("dataset", {
             "_component_": DATASET_COMPONENT,
-            "source": "json",
-            "data_files": str(self.experiment.resolve(data.path)),
-            "field": "train",
+            **files,
             "input_key": data.input_key,
             "output_key": data.output_key,
             "prompt": "{input}",
             "system_prompt": "",
             "packed": False,
         }, data_source)
+        project = self.experiment.spec.output.wandb_project
+        if project is not None:
+            self._wandb_logger(config, project)
         if resources.gpus == 0:
             config.merge(CPU_SETTINGS, Source("derived", "no GPU requested",
                                               ("runs", self.index, "compute", "gpus")))
@@ -305,6 +316,20 @@ class _RunPlanner:
                     (*where, name), f"`{name}` and `{seen[path]}` both set `{path}`",
                     "keep one of them"))
             seen.setdefault(path, name)
+
+    def _wandb_logger(self, config: ProvenancedConfig, project: str) -> None:
+        """``output.wandb_project``: W&B beside the DiskLogger, run named after the run."""
+        field = ("output", "wandb_project")
+        if importlib.util.find_spec("wandb") is None:
+            self.problems.append(Problem(field, "wandb is not installed here", "pip install "
+                                         "'ck-dagster[wandb]' (in the jobs' environment too), "
+                                         "or remove `wandb_project`"))
+            return
+        log_dir = config.get("metric_logger.log_dir", "${output_dir}/logs")
+        config.set("metric_logger", {
+            "_component_": WANDB_LOGGER, "log_dir": log_dir, "project": project,
+            "name": self.run.name, "wandb_dir": "${output_dir}",
+        }, Source("derived", "output.wandb_project", field))
 
     def _apply_controls(self, config: ProvenancedConfig) -> None:
         self._same_setting_twice(self.controls, ("controls",))
@@ -399,16 +424,14 @@ class _RunPlanner:
         return names.index(self.run.model)
 
 
-def run_compute(experiment: Experiment, run: Run) -> dict[str, Any]:
-    """A run's SLURM overrides: the experiment's ``compute:``, then the run's own (and v1's
-    ``runs[].mig``)."""
-    compute: dict[str, Any] = {}
-    for block in (experiment.spec.compute, run.compute):
-        if block is not None:
-            compute.update(block.model_dump(exclude_unset=True, exclude_none=True))
+def compute_layers(experiment: Experiment, run: Run) -> list[dict[str, Any]]:
+    """A run's SLURM overrides of its profile, in order: the experiment's ``compute:``, then
+    the run's own (with v1's ``runs[].mig``)."""
+    layers = [block.model_dump(exclude_unset=True, exclude_none=True)
+              for block in (experiment.spec.compute, run.compute) if block is not None]
     if run.mig is not None:
-        compute["mig"] = run.mig
-    return compute
+        layers.append({"mig": run.mig})
+    return layers
 
 
 class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]

@@ -61,6 +61,8 @@ class Report:
     experiment: str
     rows: list[ScoreRow]
     varied: list[str]
+    #: how the plot names runs (``evaluation.matrix[].vis_label``); the run name otherwise.
+    labels: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> list[dict[str, Any]]:
         """Rows as flat records: run, parameters, epoch, task, metric, score, 95% CI, loss."""
@@ -105,7 +107,18 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def plot_png(self) -> bytes:
-        """Score by epoch, one line per run and panel per task/metric; control runs dashed."""
+        """The plot (:meth:`figure`) as PNG."""
+        from matplotlib import pyplot as plt
+
+        figure = self.figure()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        plt.close(figure)
+        return buffer.getvalue()
+
+    def figure(self) -> Any:
+        """Score by epoch, one line per run and panel per task/metric; control runs dashed.
+        (A matplotlib Figure; close it with ``pyplot.close``.)"""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -120,7 +133,7 @@ class Report:
                 mine = [r for r in self.rows if (r.run, r.task, r.metric) == (run, task, metric)]
                 if mine and mine[0].run_type == "control":
                     axis.axhline(mine[0].score, linestyle="--", color="grey",
-                                 label=f"{run} (base model)")
+                                 label=f"{self.labels.get(run, run)} (base model)")
                     continue
                 points = sorted((r.epoch, r) for r in mine if r.epoch is not None)
                 if not points:
@@ -129,15 +142,13 @@ class Report:
                 ys = [r.score for _, r in points]
                 low = [r.score - r.interval[0] for _, r in points]
                 high = [r.interval[1] - r.score for _, r in points]
-                axis.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=run)
+                axis.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3,
+                              label=self.labels.get(run, run))
             axis.set(title=f"{self.experiment}: {task}", xlabel="epoch", ylabel=metric,
                      ylim=(-0.02, 1.02), xticks=epochs)
             axis.legend(fontsize="small")
         figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100)
-        plt.close(figure)
-        return buffer.getvalue()
+        return figure
 
     def write(self, folder: Path) -> dict[str, Path]:
         """Write ``report.csv``, ``scores.png`` and ``report.md`` into ``folder``."""
@@ -162,8 +173,12 @@ def varied_parameters(parameters_by_run: Sequence[dict[str, Any]]) -> list[str]:
             if len({repr(p.get(name)) for p in parameters_by_run}) > 1]
 
 
-def build_report(experiment: str, rows: Iterable[ScoreRow]) -> Report:
-    """A report over ``rows``, naming the parameters that vary between its fine-tuned runs."""
+def build_report(experiment: str, rows: Iterable[ScoreRow], *,
+                 variables: Sequence[str] | None = None,
+                 labels: dict[str, str] | None = None) -> Report:
+    """A report over ``rows``: its columns are the experiment's ``variables`` when it lists
+    them, else the parameters that vary between its fine-tuned runs."""
     rows = list(rows)
     by_run = {row.run: row.parameters for row in rows if row.run_type != "control"}
-    return Report(experiment, rows, varied_parameters(list(by_run.values())))
+    varied = list(variables) if variables else varied_parameters(list(by_run.values()))
+    return Report(experiment, rows, varied, dict(labels or {}))

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ck_dagster.slurm.profile import DELLA, ClusterProfile, load_profile, profile_choice
 from ck_dagster.slurm.resources import Resources
 
 #: variables every job exports: offline model and dataset hubs, no telemetry, no stale caches.
@@ -38,31 +39,38 @@ def job_name_for(experiment: str, run: str, kind: str) -> str:
 
 @dataclass(frozen=True)
 class JobEnvironment:
-    """How a job activates its software before running: modules, a conda env, a venv, or none.
+    """The deployment's job settings: how a job activates its software (modules, a conda env, a
+    venv, or none), and the cluster profile its requests follow.
 
-    Configured per deployment (Dagster resource or ``CK_JOB_*`` variables), not per experiment:
-    the same experiment file runs on a laptop and on a cluster.
+    Configured per deployment (Dagster resource or ``CK_JOB_*``/``CK_CLUSTER_PROFILE``
+    variables), not per experiment: the same experiment file runs on a laptop and on a cluster.
     """
 
     modules: tuple[str, ...] = ()
     conda_env: str | None = None
     venv: str | None = None
+    profile: ClusterProfile = DELLA
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> JobEnvironment:
-        """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV`` and ``CK_JOB_VENV``.
+    def from_env(cls, environ: Mapping[str, str] = os.environ,
+                 profile: ClusterProfile | None = None) -> JobEnvironment:
+        """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV``, ``CK_JOB_VENV`` and
+        ``CK_CLUSTER_PROFILE`` (unless ``profile`` is given).
 
-        With none of them set, jobs activate the virtual environment this Python runs in (if
-        any); ``CK_JOB_VENV=none`` turns that off.
+        With none of the ``CK_JOB_*`` set, jobs activate what the profile says, else the
+        virtual environment this Python runs in (if any); ``CK_JOB_VENV=none`` turns that off.
         """
+        profile = profile or load_profile(profile_choice(None, environ))
         modules = tuple(environ.get("CK_JOB_MODULES", "").split())
         conda_env = environ.get("CK_JOB_CONDA_ENV") or None
         venv = environ.get("CK_JOB_VENV")
         if venv is None and not modules and conda_env is None:
+            if profile.has_environment:
+                return cls(profile.modules, profile.conda_env, profile.venv, profile)
             venv = sys.prefix if sys.prefix != sys.base_prefix else None
         if venv in ("", "none"):
             venv = None
-        return cls(modules=modules, conda_env=conda_env, venv=venv)
+        return cls(modules=modules, conda_env=conda_env, venv=venv, profile=profile)
 
     def lines(self) -> list[str]:
         """The shell lines that activate this environment."""

@@ -14,6 +14,14 @@ from ck_dagster.finetune.plan import plan_experiment, plan_experiment_file
 from ck_dagster_tests.fixtures.experiments import write_v1_experiment
 
 
+def refusal(folder: Path, model_dir: Path, data: Path, replace: dict[str, str]) -> str:
+    """The message that refuses the v1 file edited by ``replace``."""
+    file = write_v1_experiment(folder, model_dir, data, replace=replace)
+    with pytest.raises(ExperimentFileError) as caught:
+        plan_experiment_file(file)
+    return str(caught.value)
+
+
 @pytest.fixture()
 def v1_file(tmp_path: Path, tiny_model_dir: Path, capitalization_data: Path) -> Path:
     return write_v1_experiment(tmp_path, tiny_model_dir, capitalization_data)
@@ -64,11 +72,7 @@ def test_the_names_accepted_before_keep_working(tmp_path: Path, tiny_model_dir: 
 def test_v1_misspellings_are_refused_with_a_fix(tmp_path: Path, tiny_model_dir: Path,
                                                 capitalization_data: Path, old: str, new: str,
                                                 expected: str) -> None:
-    file = write_v1_experiment(tmp_path, tiny_model_dir, capitalization_data,
-                               replace={old: new})
-    with pytest.raises(ExperimentFileError) as caught:
-        plan_experiment_file(file)
-    assert expected in str(caught.value)
+    assert expected in refusal(tmp_path, tiny_model_dir, capitalization_data, {old: new})
 
 
 def test_outputs_go_under_base_directory_and_configs_stay_in_directory(v1_file: Path,
@@ -85,10 +89,75 @@ def test_outputs_go_under_base_directory_and_configs_stay_in_directory(v1_file: 
 
 def test_evaluation_system_prompt_must_match_training(tmp_path: Path, tiny_model_dir: Path,
                                                       capitalization_data: Path) -> None:
-    file = write_v1_experiment(tmp_path, tiny_model_dir, capitalization_data, replace={
+    message = refusal(tmp_path, tiny_model_dir, capitalization_data, {
         'evaluation:\n  system_prompt: "You are a helpful assistant."':
         'evaluation:\n  system_prompt: "Be terse."'})
-    with pytest.raises(ExperimentFileError) as caught:
-        plan_experiment_file(file)
     assert "evaluation.system_prompt: differs from the system prompt the runs train with" \
-        in str(caught.value)
+        in message
+
+
+def test_wandb_project_reaches_the_metric_logger(v1_file: Path) -> None:
+    plan = plan_experiment_file(v1_file)
+    config = yaml.safe_load(plan.runs["tiny-llama_rank8"].finetune_yaml)
+    assert config["metric_logger"] == {
+        "_component_": "ck_dagster.training.metric_logging.DiskAndWandBLogger",
+        "log_dir": "${output_dir}/logs", "project": "cruijff_kit_tests",
+        "name": "tiny-llama_rank8", "wandb_dir": "${output_dir}"}
+    assert "export WANDB_MODE=offline" in plan.runs["tiny-llama_rank8"].slurm_script
+
+
+def test_informational_fields_are_shown_as_the_runs_metadata(v1_file: Path) -> None:
+    experiment = load_experiment(v1_file)
+    assert experiment.information(experiment.run("tiny-llama_rank4")) == {
+        "experiment.project": "capitalization",
+        "experiment.question": "Does LoRA rank change how well a tiny model learns to "
+                               "capitalize words?",
+        "experiment.hypothesis": "Rank 8 learns faster than rank 4.",
+        "experiment.purpose": "Check that a v1 file loads and materializes with no edit.",
+        "experiment.date": "2026-12-01",
+        "dataset": "words_capitalization", "data.size_kb": 20, "model.size_gb": 0.01}
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("  lora_rank: [4, 8]", "  lora_rank: [4, 8, 16]", "variables.lora_rank[2]: no run uses "
+     "lora_rank = 16 (remove it, or add a run that uses it)"),
+    ("      learning_rate: 2e-3", "      learning_rate: 3e-3", "run `tiny-llama_rank8` uses "
+     "learning_rate = 0.003, which `variables.learning_rate` does not list"),
+    ("  learning_rate: [1e-3, 2e-3]\n", "", "the runs vary `learning_rate` (0.001, 0.002), "
+     "which `variables` does not list"),
+    ("      lora_rank: 4\n", "", "run `tiny-llama_rank4` does not set `lora_rank`"),
+])
+def test_variables_are_checked_against_what_the_runs_vary(
+        tmp_path: Path, tiny_model_dir: Path, capitalization_data: Path, old: str, new: str,
+        expected: str) -> None:
+    assert expected in refusal(tmp_path, tiny_model_dir, capitalization_data, {old: new})
+
+
+def test_variables_may_use_another_name_of_the_same_setting(
+        tmp_path: Path, tiny_model_dir: Path, capitalization_data: Path) -> None:
+    file = write_v1_experiment(tmp_path, tiny_model_dir, capitalization_data, replace={
+        "  learning_rate: [1e-3, 2e-3]": "  lr: [1e-3, 2e-3]"})
+    assert list(load_experiment(file).spec.variables) == ["lora_rank", "lr"]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("      train: 400", "      train: 399", "data.training.splits.train: says 399 rows, but "
+     "the `train` split of"),
+    ("      test: 100", "      test: 10", "the `test` split of"),
+])
+def test_splits_are_checked_against_the_data(tmp_path: Path, tiny_model_dir: Path,
+                                             capitalization_data: Path, old: str, new: str,
+                                             expected: str) -> None:
+    assert expected in refusal(tmp_path, tiny_model_dir, capitalization_data, {old: new})
+
+
+def test_json_without_a_train_split_is_refused_when_the_file_is_read(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "no_train.json"
+    data.write_text('{"training": [], "validation": [], "test": [{"input": "a", "output": "A"}]}')
+    file = write_v1_experiment(tmp_path, tiny_model_dir, data, replace={
+        "    splits:\n      train: 400\n      validation: 50\n      test: 100\n": ""})
+    with pytest.raises(ExperimentFileError) as caught:
+        load_experiment(file)
+    assert f"data.training.path: {data} has no rows in a `train` split, and fine-tuned runs " \
+        "train on it (add a `train` split to the data)" in str(caught.value)
