@@ -34,6 +34,7 @@ from ck_dagster.finetune.merge import ProvenancedConfig, Source
 from ck_dagster.finetune.models import MODELS, ModelSpec
 from ck_dagster.finetune.validate import component_errors
 from ck_dagster.fileio import sha256_file
+from ck_dagster.slurm.preflight import Refusal, preflight
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
 
@@ -130,6 +131,17 @@ class ExperimentPlan:
 
     experiment: Experiment
     runs: dict[str, RunPlan]
+
+    def preflight(self) -> list[Refusal] | None:
+        """Training jobs the SLURM cluster could never run (see :func:`preflight_runs`)."""
+        return preflight_runs(self.runs.values())
+
+
+def preflight_runs(runs: Iterable[RunPlan]) -> list[Refusal] | None:
+    """Training jobs of ``runs`` the SLURM cluster could never run, with what it lacks; None
+    when no SLURM controller answers (then nothing was asked)."""
+    return preflight((run.partition_key, run.resources, run.slurm_script or "")
+                     for run in runs if not run.is_control)
 
 
 def plan_experiment(experiment: Experiment, environment: JobEnvironment | None = None,
@@ -246,7 +258,15 @@ class _RunPlanner:
         return recipe, catalog.load(base_recipe)
 
     def _recipe_for_gpus(self, recipe: str, gpus: int) -> tuple[str, int]:
-        """More than one GPU switches a single-device recipe to its distributed twin."""
+        """More than one GPU switches a single-device recipe to its distributed twin; a
+        distributed recipe needs a GPU (on one, ``tune run --nproc_per_node 1`` runs it)."""
+        if recipe.endswith("_distributed") and gpus == 0:
+            single = recipe.replace("_distributed", "_single_device")
+            self.problems.append(Problem(
+                ("controls", "base_recipe"), f"`{recipe}` is a distributed recipe, which "
+                "needs GPUs, but this run asks for none", f"use a config of `{single}`, or "
+                "set `compute.gpus`"))
+            return recipe, 1
         if gpus <= 1:
             return recipe, 1
         twin = recipe.replace("_single_device", "_distributed")
@@ -404,7 +424,7 @@ class _RunPlanner:
         run_dir = self.experiment.run_dir(self.run)
         outputs = self.experiment.output_dir(self.run)
         command = ["tune", "run"]
-        if nproc > 1:
+        if nproc > 1 or recipe.endswith("_distributed"):  # torchrun launches these
             command += ["--nproc_per_node", str(nproc)]
         command += [recipe, "--config", "finetune.yaml"]
         return JobScript(
