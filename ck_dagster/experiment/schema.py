@@ -22,6 +22,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 #: SLURM option values: partition, constraint expressions, account names, times, memory.
 _SLURM_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:,|&*\[\]-]*$")
 _MEMORY = re.compile(r"^[0-9]+[KMGT]?$")
+_WANDB_PROJECT = re.compile(r"^[^/\\#?%:\s]{1,128}$")
 _TIME = re.compile(r"^(?:[0-9]+-)?[0-9]+(?::[0-9]{1,2}){0,2}$")
 
 
@@ -118,7 +119,15 @@ class Output(_Strict):
 
     base_directory: str | None = None
     checkpoint_pattern: str = "{run_name}/epoch_{N}"
-    wandb_project: SafeName | None = None
+    wandb_project: str | None = None
+
+    @field_validator("wandb_project")
+    @classmethod
+    def _project(cls, value: str | None) -> str | None:
+        if value is not None and not _WANDB_PROJECT.match(value):
+            raise ValueError("is not a W&B project name (1 to 128 characters, none of "
+                             "/ \\ # ? % : or spaces)")
+        return value
 
     @field_validator("checkpoint_pattern")
     @classmethod

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
+from ck_dagster.cli import main
 from ck_dagster.evaluation.results import read_results
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster_tests.assets.test_checkpoint import latest, materialize
-from ck_dagster_tests.fixtures.dagster import run_command
 from ck_dagster_tests.fixtures.experiments import write_parquet_data, write_v1_experiment
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -31,7 +31,7 @@ def test_a_v1_file_with_parquet_data_trains_and_evaluates_on_slurm(
         "      test: 100": f"      test: {TEST_ROWS}",
         # the last epoch only: one evaluation is enough to show parity on parquet
         "      epochs: [0, 1]": "      epochs: [1]"})
-    run_command(["ck-dagster", "register", file])
+    assert main(["register", str(file)]) == 0
     experiment = load_experiment(file)
     run = "tiny-llama_rank4"
     key = experiment.partition_key(run)

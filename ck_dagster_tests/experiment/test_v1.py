@@ -161,3 +161,10 @@ def test_json_without_a_train_split_is_refused_when_the_file_is_read(
         load_experiment(file)
     assert f"data.training.path: {data} has no rows in a `train` split, and fine-tuned runs " \
         "train on it (add a `train` split to the data)" in str(caught.value)
+
+
+def test_a_wandb_project_w_and_b_would_refuse_is_refused_here(
+        tmp_path: Path, tiny_model_dir: Path, capitalization_data: Path) -> None:
+    message = refusal(tmp_path, tiny_model_dir, capitalization_data, {
+        'wandb_project: "cruijff_kit_tests"': 'wandb_project: "tests/v1"'})
+    assert "output.wandb_project: is not a W&B project name" in message
