@@ -8,7 +8,6 @@ Materializing is Dagster's job: ``dagster asset materialize -m ck_dagster.defini
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -173,11 +172,14 @@ def _demo(args: argparse.Namespace) -> int:
 def _instance():  # -> DagsterInstance (imported lazily: dagster is slow to import)
     from dagster import DagsterInstance
 
-    if not os.environ.get("DAGSTER_HOME"):
+    from ck_dagster.settings import Settings
+
+    configured = Settings.from_env().dagster_home
+    if not configured:
         raise CkError("DAGSTER_HOME is not set: point it at the folder of the Dagster instance "
                       "to register with (e.g. export DAGSTER_HOME=$PWD/.dagster_home; "
                       "mkdir -p $DAGSTER_HOME)")
-    home = Path(os.environ["DAGSTER_HOME"])
+    home = Path(configured)
     if not home.is_dir():
         raise CkError(f"DAGSTER_HOME={home} does not exist: create it (mkdir -p {home})")
     return DagsterInstance.get()

@@ -20,7 +20,7 @@ from ck_dagster.assets.evaluation import (
     reevaluate_job,
     reevaluate_runs,
 )
-from ck_dagster.assets.jobs import LauncherResource
+from ck_dagster.assets.launcher import LauncherResource
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.assets.sensors import experiments_sensor
 from ck_dagster.assets.training import checkpoint

@@ -1,4 +1,5 @@
-"""Atomic file writes and content hashes: files on disk are never half-written."""
+"""Generic file helpers: atomic writes (files on disk are never half-written), content hashes,
+a lock-guarded cache, and the tail of a log."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from ck_dagster.settings import Settings
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> bool:
@@ -59,7 +62,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def cache_dir() -> Path:
     """Where ck_dagster keeps what it can rebuild (``$CK_DAGSTER_CACHE``, else
     ``~/.cache/ck_dagster``)."""
-    return Path(os.environ.get("CK_DAGSTER_CACHE") or Path.home() / ".cache" / "ck_dagster")
+    return Settings.from_env().cache_dir
 
 
 def cached(path: Path, make: Callable[[Path], object]) -> Path:
@@ -71,3 +74,26 @@ def cached(path: Path, make: Callable[[Path], object]) -> Path:
         if not path.exists():
             make(path)
     return path
+
+
+def tail(path: str | os.PathLike[str] | None, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ("" when it does not exist yet).
+
+    Reads backwards in blocks, so a multi-gigabyte training log costs the same as a small one.
+    """
+    if path is None or lines <= 0:
+        return ""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the `with` below)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return ""
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        data, position = b"", end
+        while position > 0 and data.count(b"\n") <= lines:
+            step = min(65536, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])

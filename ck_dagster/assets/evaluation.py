@@ -7,7 +7,6 @@ every registered run. Editing an evaluation (settings, tasks, task code) and reg
 observes a new ``eval_spec`` version, which marks ``eval_log`` stale.
 """
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,7 +38,7 @@ from dagster import (
 from pydantic import Field
 
 from ck_dagster.assets.configs import plans_for
-from ck_dagster.assets.jobs import LauncherResource, record_partitions
+from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions, split_key
 from ck_dagster.assets.registry import (
     EVAL_SPEC,
@@ -58,6 +57,7 @@ from ck_dagster.evaluation.submit import eval_job_script, eval_request
 from ck_dagster.experiment.problems import ExperimentFileError
 from ck_dagster.finetune.plan import RunPlan
 from ck_dagster.report.report import ScoreRow, build_report
+from ck_dagster.settings import Settings
 from ck_dagster.training.artifacts import read_training_log
 
 eval_spec = AssetSpec(
@@ -206,7 +206,8 @@ def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult
 def experiment_report(context: AssetExecutionContext,
                       job_environment: JobEnvironmentResource) -> MaterializeResult:
     """Runs x epochs x tasks for every registered experiment, with the varied parameters, the
-    final training loss and scores with their 95% interval; CSV and PNG in <experiment.dir>/report/."""
+    final training loss and scores with their 95% interval; CSV and PNG in
+    <experiment.dir>/report/."""
     keys = registered_keys(context.instance)
     plans = load_registered_plans(context.instance, keys, job_environment.environment())
     by_experiment: dict[str, list[RunPlan]] = {}
@@ -257,7 +258,7 @@ reevaluate_job = define_asset_job(
     description="Evaluate runs again, even when their results are current.")
 
 
-@schedule(job=reevaluate_job, cron_schedule=os.environ.get("CK_REEVALUATE_CRON", "0 6 * * 1"),
+@schedule(job=reevaluate_job, cron_schedule=Settings.from_env().reevaluate_cron,
           default_status=DefaultScheduleStatus.RUNNING)
 def reevaluate_runs(context: ScheduleEvaluationContext) -> Iterator[RunRequest | SkipReason]:
     """Re-evaluate every registered run that has a checkpoint (weekly by default; set

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from ck_dagster.slurm.profile import load_profile, profile_choice
+from ck_dagster.finetune.cluster_profile import deployment_environment
+from ck_dagster.settings import Settings
 from ck_dagster.slurm.script import JobEnvironment
 
 
@@ -28,11 +28,11 @@ class JobEnvironmentResource(ConfigurableResource):
 
     def environment(self) -> JobEnvironment:
         """The domain-level job environment these settings describe."""
-        profile = load_profile(profile_choice(self.cluster_profile))
+        environment = deployment_environment(profile=self.cluster_profile)
         if not (self.modules or self.conda_env or self.venv):
-            return JobEnvironment.from_env(os.environ, profile)
+            return environment
         venv = None if self.venv in (None, "", "none") else self.venv
-        return JobEnvironment(tuple(self.modules), self.conda_env, venv, profile)
+        return JobEnvironment(tuple(self.modules), self.conda_env, venv, environment.profile)
 
 
 class ExperimentsFolderResource(ConfigurableResource):
@@ -45,5 +45,5 @@ class ExperimentsFolderResource(ConfigurableResource):
 
     def folder(self) -> Path | None:
         """The watched folder, if one is configured."""
-        value = self.path or os.environ.get("CK_EXPERIMENTS_DIR")
+        value = self.path or Settings.from_env().experiments_dir
         return Path(value).expanduser() if value else None

@@ -16,14 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ck_dagster.catalog import parameters
+from ck_dagster.catalog.models import KnownModel
+from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
 from ck_dagster.errors import CkError
+from ck_dagster.experiment.data import data_digest, split_sizes
 from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Problem
 from ck_dagster.experiment.schema import EvalTask, Evaluation, MatrixEntry, Scorer
 from ck_dagster.fileio import atomic_write_text
-from ck_dagster.finetune import parameters
-from ck_dagster.finetune.parameters import INPUT_PLACEHOLDER
-from ck_dagster.finetune.models import ModelSpec
-from ck_dagster.experiment.data import data_digest, split_sizes
 from ck_dagster.finetune.plan import RunPlan, file_digest
 
 #: the folder of a run that holds everything evaluation writes.
@@ -65,7 +65,7 @@ class TorchtuneModel(_Frozen):
     dtype: str = "fp32"
 
     @classmethod
-    def of(cls, model: ModelSpec, model_dir: Path, *, device: str = "cpu",
+    def of(cls, model: KnownModel, model_dir: Path, *, device: str = "cpu",
            dtype: str = "fp32") -> TorchtuneModel:
         """The registry's settings for ``model``, with its tokenizer files in ``model_dir``."""
         tokenizer: dict[str, Any] = {"_component_": model.tokenizer, **{

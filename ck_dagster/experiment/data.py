@@ -20,6 +20,8 @@ from ck_dagster.fileio import sha256_file
 
 #: the splits ck_dagster knows, in the order they are reported.
 SPLITS = ("train", "validation", "test")
+#: name, size and mtime of each file of the data.
+Stamp = tuple[tuple[str, int, int], ...]
 _SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_]+?)(?:[-_.][0-9].*)?\.parquet$")
 
 
@@ -63,14 +65,14 @@ def data_digest(path: Path) -> str:
     return _digest(path, _stamp(path))
 
 
-def _stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
+def _stamp(path: Path) -> Stamp:
     """Name, size and mtime of every file the data is made of (the caches' key)."""
     files = sorted(path.glob("*.parquet")) if is_parquet(path) else [path]
     return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
 @lru_cache(maxsize=64)
-def _split_sizes(path: Path, stamp: tuple[tuple[str, int, int], ...]) -> tuple[tuple[str, int], ...]:
+def _split_sizes(path: Path, stamp: Stamp) -> tuple[tuple[str, int], ...]:
     if is_parquet(path):
         import pyarrow.parquet as pq
 
@@ -81,7 +83,7 @@ def _split_sizes(path: Path, stamp: tuple[tuple[str, int, int], ...]) -> tuple[t
 
 
 @lru_cache(maxsize=64)
-def _digest(path: Path, stamp: tuple[tuple[str, int, int], ...]) -> str:
+def _digest(path: Path, stamp: Stamp) -> str:
     if not is_parquet(path):
         return sha256_file(path)
     digest = hashlib.sha256()

@@ -12,19 +12,18 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, ValidationError
 
-from ck_dagster.errors import CkError
+from ck_dagster.catalog.models import MODELS
+from ck_dagster.catalog.parameters import CONTROL_KEYS, PARAMETERS, config_path
+from ck_dagster.errors import CkError, did_you_mean
 from ck_dagster.experiment.data import parquet_splits, split_sizes
 from ck_dagster.experiment.problems import (
     ExperimentFileError,
     FieldPath,
     Problem,
-    did_you_mean,
     format_path,
 )
 from ck_dagster.experiment.schema import Experiment, ExperimentFile
 from ck_dagster.experiment.yaml_lines import LoadedYaml, load_yaml
-from ck_dagster.finetune.models import MODELS
-from ck_dagster.finetune.parameters import CONTROL_KEYS, PARAMETERS, config_path
 
 #: parameters a control run may set: they change what the model is asked, not how it is trained.
 CONTROL_RUN_PARAMETERS = frozenset({"prompt", "system_prompt"})
@@ -53,7 +52,7 @@ def load_experiment(path: str | Path) -> Experiment:
     """
     reading = read_experiment(path)
     if reading.problems or reading.experiment is None:
-        raise ExperimentFileError(reading.file, reading.problems)
+        raise ExperimentFileError(Path(path).expanduser(), reading.problems)  # as typed
     return reading.experiment
 
 
@@ -87,10 +86,13 @@ def read_experiment(path: str | Path) -> ExperimentReading:
 
 
 def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experiment | None:
-    """The refused file without its unknown keys, invalid runs and invalid evaluation section,
-    when that validates: the runs that are fine can then be checked further in the same pass."""
+    """The refused file without its unknown keys and invalid evaluation section, when that
+    validates, so later checks report their problems in the same pass. A refused run is kept
+    with a stand-in for its wrong ``type`` (its parameters are checked as a fine-tuned run's),
+    else left out."""
     data = copy.deepcopy(loaded.data)
     invalid_runs: set[int] = set()
+    repairable: set[int] = set()
     for error in exc.errors(include_url=False):
         loc = error["loc"]
         if error["type"] == "extra_forbidden":
@@ -99,7 +101,7 @@ def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experim
             if isinstance(parent, dict):
                 parent.pop(path[-1], None)
         elif loc[:1] == ("runs",) and len(loc) >= 2 and isinstance(loc[1], int):
-            invalid_runs.add(loc[1])
+            (repairable if loc[2:] == ("type",) else invalid_runs).add(loc[1])
         elif loc[:1] == ("evaluation",):
             data.pop("evaluation", None)
         elif loc[:1] == ("experiment",) and len(loc) >= 2 and loc[1] not in ("dir", "directory"):
@@ -110,6 +112,8 @@ def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experim
     runs = data.get("runs")
     if not isinstance(runs, list):
         return None
+    for index in repairable - invalid_runs:
+        runs[index]["type"] = "fine-tuned"
     positions = [i for i in range(len(runs)) if i not in invalid_runs]
     data["runs"] = [runs[i] for i in positions]
     try:
@@ -183,7 +187,8 @@ def _describe(error: dict[str, Any], path: FieldPath) -> Problem:
     message = error["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
-        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",")
+                   if c.strip()]
         fix = did_you_mean(str(value), choices) or f"use one of: {expected}"
         return Problem(path, f"`{value}` is not allowed", fix)
     return Problem(path, f"{message} (got {value!r})" if _is_scalar(value) else message)
@@ -294,7 +299,7 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
         if model.name not in MODELS:
             fix = did_you_mean(model.name, MODELS) or (
                 "known models: " + ", ".join(MODELS) + " (adding one is one entry in "
-                "ck_dagster/finetune/models.py)")
+                "ck_dagster/catalog/models.py)")
             problems.append(Problem(("models", "base", index, "name"),
                                     f"unknown model `{model.name}`", fix))
 
@@ -395,7 +400,7 @@ def _variables_problems(experiment: Experiment) -> list[Problem]:
         for name in run.parameters:
             if config_path(name) not in covered:
                 varied.setdefault(config_path(name), name)
-    for path, name in varied.items():
+    for name in varied.values():
         values = {repr(experiment.run_value(run, name)) for _, run in trained}
         if len(values) > 1:
             problems.append(Problem(("variables",),

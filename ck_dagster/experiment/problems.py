@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,6 @@ def format_path(path: FieldPath) -> str:
         else:
             text += f".{part}" if text else str(part)
     return text or "(top level)"
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A "did you mean `x`?" hint naming the closest candidates, or None."""
-    close = difflib.get_close_matches(word, list(dict.fromkeys(candidates)), n=3, cutoff=0.6)
-    if not close:
-        return None
-    return "did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
 
 
 @dataclass(frozen=True)

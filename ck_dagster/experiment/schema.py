@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from ck_dagster.catalog.parameters import config_path
 from ck_dagster.experiment.problems import FieldPath
-from ck_dagster.finetune.parameters import config_path
 from ck_dagster.experiment.yaml_lines import LoadedYaml
 
 #: names that become directories, partition keys and SLURM job names.
@@ -157,7 +157,8 @@ class Compute(_Strict):
     @classmethod
     def _time(cls, value: str | None) -> str | None:
         if value is not None and not _TIME.match(value):
-            raise ValueError("is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
+            raise ValueError(
+                "is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
         return value
 
     @field_validator("mem")

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ck_dagster.finetune.catalog import RECIPES_ROOT
+from ck_dagster.finetune.torchtune_internals import keys_read_by
 from ck_dagster.finetune.validate import component_errors
 
-_CFG_KEY = re.compile(r"""\bcfg(?:\.get\(\s*["'](\w+)["']|\.(\w+)\b|\[\s*["'](\w+)["']\s*\])""")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_DICTCONFIG_METHODS = {"get", "items", "keys", "values", "pop", "copy"}
 
 
 def validation_problems(config_file: Path, recipe: str) -> list[str]:
@@ -34,11 +30,3 @@ def _load(config_file: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"{config_file} is not a YAML mapping")
     return config
-
-
-@cache
-def keys_read_by(recipe: str) -> frozenset[str]:
-    """The top-level config keys a torchtune recipe reads (``cfg.x``, ``cfg.get("x")``)."""
-    source = (RECIPES_ROOT / f"{recipe}.py").read_text()
-    found = {next(g for g in match.groups() if g) for match in _CFG_KEY.finditer(source)}
-    return frozenset(found - _DICTCONFIG_METHODS)

@@ -24,16 +24,18 @@ from typing import Any
 
 import yaml
 
+from ck_dagster.catalog import parameters
+from ck_dagster.catalog.models import MODELS, KnownModel
+from ck_dagster.errors import did_you_mean
 from ck_dagster.experiment.data import data_digest, parquet_splits
 from ck_dagster.experiment.load import read_experiment
-from ck_dagster.experiment.problems import ExperimentFileError, Problem, did_you_mean
+from ck_dagster.experiment.problems import ExperimentFileError, Problem
 from ck_dagster.experiment.schema import Experiment, Run
-from ck_dagster.finetune import parameters
-from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
-from ck_dagster.finetune.merge import ProvenancedConfig, Source
-from ck_dagster.finetune.models import MODELS, ModelSpec
-from ck_dagster.finetune.validate import component_errors
 from ck_dagster.fileio import sha256_file
+from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
+from ck_dagster.finetune.cluster_profile import deployment_environment
+from ck_dagster.finetune.merge import ProvenancedConfig, Source
+from ck_dagster.finetune.validate import component_errors
 from ck_dagster.slurm.preflight import Refusal, preflight
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
@@ -56,7 +58,7 @@ class RunPlan:
     experiment: Experiment
     run: Run
     index: int
-    model: ModelSpec
+    model: KnownModel
     model_path: Path
     #: the ``tune ls`` config the run starts from; None means the built-in defaults.
     base_recipe: str | None
@@ -166,15 +168,15 @@ def plan_experiment_file(path: str | Path,
     if reading.experiment is not None:
         runs, plan_problems = _plan_runs(reading.experiment, environment)
         problems += plan_problems
-    if problems or reading.experiment is None:
-        raise ExperimentFileError(reading.file, problems)
+    if problems or reading.experiment is None:  # named as the user typed it
+        raise ExperimentFileError(Path(path).expanduser(), problems)
     return ExperimentPlan(reading.experiment, runs)
 
 
 def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
                only: Iterable[str] | None = None) -> tuple[dict[str, RunPlan], list[Problem]]:
     """The plans of the runs that are valid, and the problems of the others (with lines)."""
-    environment = environment or JobEnvironment.from_env()
+    environment = environment or deployment_environment()
     wanted = set(only) if only is not None else None
     base_models = {m.name for m in experiment.spec.models.base}
     problems: list[Problem] = []
@@ -183,7 +185,9 @@ def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
         if wanted is not None and run.name not in wanted:
             continue
         if run.model not in MODELS or run.model not in base_models:
-            continue  # reported when the file was read
+            # the model is reported when the file was read; its values are checked all the same
+            problems += _value_problems(experiment, run, index)
+            continue
         planner = _RunPlanner(experiment, run, index, environment)
         plan = planner.plan()
         problems += planner.problems
@@ -192,6 +196,19 @@ def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
     problems += _matrix_problems(experiment, runs)
     return runs, [Problem(p.path, p.message, p.fix, p.line or experiment.line_of(p.path))
                   for p in problems]
+
+
+def _value_problems(experiment: Experiment, run: Run, index: int) -> list[Problem]:
+    """The friendly parameters of controls and ``run`` whose values are wrong, checked without
+    a recipe (for runs that cannot be planned), so that no problem waits for the next pass."""
+    given = [(name, value, ("controls", name)) for name, value in experiment.spec.controls.items()
+             if name not in parameters.CONTROL_KEYS]
+    given += [(name, value, ("runs", index, "parameters", name))
+              for name, value in run.parameters.items()]
+    return [Problem(field, f"`{name}: {value!r}` {reason}")
+            for name, value, field in given
+            if name in parameters.PARAMETERS
+            and (reason := parameters.check_value(name, value))]
 
 
 class _RunPlanner:
@@ -217,6 +234,7 @@ class _RunPlanner:
                            base_recipe, None, 0, resources, None, None)
         recipe, base = self._base(base_recipe)
         if base is None:
+            self.problems += _value_problems(self.experiment, self.run, self.index)
             return None
         recipe, nproc = self._recipe_for_gpus(recipe, resources.gpus)
         config = ProvenancedConfig()
@@ -244,9 +262,8 @@ class _RunPlanner:
             return BUILTIN_RECIPE, catalog.builtin_defaults()
         field = ("controls", "base_recipe")
         if not isinstance(base_recipe, str) or base_recipe not in catalog.configs:
-            close = catalog.closest(str(base_recipe))
-            fix = ("did you mean " + " or ".join(f"`{c}`" for c in close) + "?" if close else
-                   "run `ck-dagster recipes` for the configs torchtune has")
+            fix = (did_you_mean(str(base_recipe), catalog.configs)
+                   or "run `ck-dagster recipes` for the configs torchtune has")
             self.problems.append(Problem(field, f"unknown base recipe `{base_recipe}`", fix))
             return "", None
         recipe = catalog.get(base_recipe).recipe
@@ -405,7 +422,8 @@ class _RunPlanner:
     def _derive_after(self, config: ProvenancedConfig) -> None:
         rank = config.get("model.lora_rank")
         alpha_source = config.sources.get("model.lora_alpha")
-        if rank is not None and (alpha_source is None or alpha_source.kind in ("recipe", "derived")):
+        derived = alpha_source is None or alpha_source.kind in ("recipe", "derived")
+        if rank is not None and derived:
             config.set("model.lora_alpha", 2 * rank, Source("derived", "2 x model.lora_rank"))
 
     # -- checks and job -----------------------------------------------------------------------

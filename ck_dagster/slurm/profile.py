@@ -18,29 +18,18 @@ A site's profile is a YAML file that starts from a preset (``base:``) and overri
     environment: {modules: [anaconda3/2025.6], conda_env: ck}
 
 Choose it with the ``job_environment`` resource's ``cluster_profile`` or ``CK_CLUSTER_PROFILE``
-(``della``, ``generic`` or a path); ``della`` when neither is set.
+(``della``, ``generic`` or a path); ``della`` when neither is set. Profile files are read by
+``ck_dagster.finetune.cluster_profile``; this module is the profiles themselves.
 SLURM requests follow: model size -> profile -> experiment ``compute:`` -> ``runs[].compute``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from functools import lru_cache
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from ck_dagster.errors import CkError
-from ck_dagster.experiment.schema import Compute
-from ck_dagster.experiment.yaml_lines import load_yaml
 from ck_dagster.slurm.resources import RESOURCES_BY_SIZE, Resources
-
-#: the environment variable that chooses the profile in the shell.
-PROFILE_VARIABLE = "CK_CLUSTER_PROFILE"
-DEFAULT_PROFILE = "della"
 
 Settings = tuple[tuple[str, Any], ...]
 
@@ -87,78 +76,3 @@ GENERIC = ClusterProfile(
                      for size, r in RESOURCES_BY_SIZE.items()),
     mig=(("mem", "16G"),))
 PRESETS: dict[str, ClusterProfile] = {"della": DELLA, "generic": GENERIC}
-
-
-class _Environment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    modules: list[str] = Field(default_factory=list)
-    conda_env: str | None = None
-    venv: str | None = None
-
-
-class _ProfileFile(BaseModel):
-    """A profile file as written (sizes and rules override its ``base`` preset)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str | None = None
-    base: Literal["della", "generic"] = "generic"
-    sizes: dict[str, Compute] = Field(default_factory=dict)
-    mig: Compute | None = None
-    defaults: Compute | None = None
-    environment: _Environment = Field(default_factory=_Environment)
-
-
-def profile_choice(setting: str | None = None,
-                   environ: Mapping[str, str] = os.environ) -> str:
-    """The profile a deployment chose: its setting, else ``CK_CLUSTER_PROFILE``, else della."""
-    return setting or environ.get(PROFILE_VARIABLE) or DEFAULT_PROFILE
-
-
-def load_profile(choice: str) -> ClusterProfile:
-    """A preset by name, or a profile file by path (refused with the field and fix)."""
-    if choice in PRESETS:
-        return PRESETS[choice]
-    path = Path(choice).expanduser().resolve()
-    if not path.is_file():
-        raise CkError(f"cluster profile `{choice}` is neither a preset "
-                      f"({', '.join(PRESETS)}) nor a file: set {PROFILE_VARIABLE} (or the "
-                      "job_environment resource's cluster_profile) to one of them")
-    stat = path.stat()
-    return _load_file(path, stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=16)
-def _load_file(path: Path, size: int, mtime_ns: int) -> ClusterProfile:
-    loaded = load_yaml(path.read_text(encoding="utf-8"))
-    if loaded.problems:
-        problem = loaded.problems[0]
-        raise CkError(f"{path}:{problem.line or 1}: {problem.message}")
-    try:
-        spec = _ProfileFile.model_validate(loaded.data or {})
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"])
-        line = loaded.line_of(tuple(error["loc"])) or 1
-        raise CkError(f"{path}:{line}: {where}: {error['msg']} (see the profile format in "
-                      "ck_dagster/slurm/profile.py)") from None
-    base = PRESETS[spec.base]
-    unknown = sorted(set(spec.sizes) - set(dict(base.sizes)))
-    if unknown:
-        raise CkError(f"{path}: sizes.{unknown[0]}: unknown model size (sizes: "
-                      f"{', '.join(size for size, _ in base.sizes)})")
-    defaults = _set(spec.defaults)
-    sizes = tuple((size, base.request(size, defaults, _set(spec.sizes.get(size))))
-                  for size, _ in base.sizes)
-    mig = dict(base.mig)
-    if spec.mig is not None:
-        mig.update(spec.mig.model_dump(exclude_unset=True, exclude={"mig"}))
-    return ClusterProfile(spec.name or path.stem, sizes, tuple(mig.items()),
-                          tuple(spec.environment.modules), spec.environment.conda_env,
-                          spec.environment.venv)
-
-
-def _set(compute: Compute | None) -> dict[str, Any]:
-    """The fields a profile section sets (``mig`` has no meaning there)."""
-    return compute.model_dump(exclude_unset=True, exclude={"mig"}) if compute else {}

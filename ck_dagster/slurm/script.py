@@ -6,14 +6,14 @@ script is safe to read, to submit by hand with ``sbatch`` and passes ``bash -n``
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ck_dagster.slurm.profile import DELLA, ClusterProfile, load_profile, profile_choice
+from ck_dagster.settings import Settings
+from ck_dagster.slurm.profile import DELLA, ClusterProfile
 from ck_dagster.slurm.resources import Resources
 
 #: variables every job exports: offline model and dataset hubs, no telemetry, no stale caches.
@@ -26,6 +26,19 @@ OFFLINE_ENVIRONMENT: dict[str, str] = {
     # tiktoken caches tokenizer files by path: a regenerated file would load stale.
     "TIKTOKEN_CACHE_DIR": "",
 }
+
+
+EXIT_MARKER_PREFIX = ".ck-exit-"
+
+
+def exit_marker(log_path: Path, job_id: str) -> Path:
+    """The file a job writes as its script exits, beside its log: its exit code.
+
+    Followers look for it on every log read (a ``stat``, no controller call), so a job's end is
+    seen within seconds however far the status calls have backed off; SLURM stays the judge
+    of how it ended.
+    """
+    return Path(log_path).parent / f"{EXIT_MARKER_PREFIX}{job_id}"
 
 
 def job_name_for(experiment: str, run: str, kind: str) -> str:
@@ -52,18 +65,17 @@ class JobEnvironment:
     profile: ClusterProfile = DELLA
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ,
-                 profile: ClusterProfile | None = None) -> JobEnvironment:
-        """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV``, ``CK_JOB_VENV`` and
-        ``CK_CLUSTER_PROFILE`` (unless ``profile`` is given).
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 profile: ClusterProfile = DELLA) -> JobEnvironment:
+        """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV`` and ``CK_JOB_VENV``
+        (from ``environ``, default this process's environment) through the settings, for jobs
+        that follow ``profile`` (``ck_dagster.finetune.cluster_profile`` reads the chosen one).
 
         With none of the ``CK_JOB_*`` set, jobs activate what the profile says, else the
         virtual environment this Python runs in (if any); ``CK_JOB_VENV=none`` turns that off.
         """
-        profile = profile or load_profile(profile_choice(None, environ))
-        modules = tuple(environ.get("CK_JOB_MODULES", "").split())
-        conda_env = environ.get("CK_JOB_CONDA_ENV") or None
-        venv = environ.get("CK_JOB_VENV")
+        settings = Settings.from_env(environ)
+        modules, conda_env, venv = settings.job_modules, settings.job_conda_env, settings.job_venv
         if venv is None and not modules and conda_env is None:
             if profile.has_environment:
                 return cls(profile.modules, profile.conda_env, profile.venv, profile)
@@ -78,7 +90,8 @@ class JobEnvironment:
         if self.modules:
             lines += ["module purge", "module load " + " ".join(map(shlex.quote, self.modules))]
         if self.conda_env:
-            lines += ['eval "$(conda shell.bash hook)"', f"conda activate {shlex.quote(self.conda_env)}"]
+            lines += ['eval "$(conda shell.bash hook)"',
+                      f"conda activate {shlex.quote(self.conda_env)}"]
         if self.venv:
             lines.append(f"source {shlex.quote(str(Path(self.venv) / 'bin' / 'activate'))}")
         return lines
@@ -125,6 +138,7 @@ class JobScript:
             lines += [f"# {line}" for line in self.description.splitlines()]
         lines += [f"#SBATCH {_quote_option(option)}" for option in header]
         lines += ["", "set -eo pipefail"]
+        lines += self._exit_marker_lines()
         lines += self.environment.lines()
         lines += [f"export {name}={shlex.quote(value)}" for name, value in self.variables.items()]
         # torch would start a thread per core of the node, not per core the job was given
@@ -135,6 +149,17 @@ class JobScript:
         command = " ".join(shlex.quote(str(part)) for part in self.command)
         lines.append(f"{command} \"$@\"" if self.forward_arguments else command)
         return "\n".join(lines) + "\n"
+
+    def _exit_marker_lines(self) -> list[str]:
+        """Write :func:`exit_marker` when the script exits, however it exits (a requeued job
+        removes its previous run's marker first)."""
+        folder = str(self.log_path.parent)
+        if "%" in folder:  # a per-job log folder: no fixed place to leave the marker
+            return []
+        return [f'CK_EXIT_MARKER={shlex.quote(folder)}/{EXIT_MARKER_PREFIX}'
+                '"${SLURM_JOB_ID:-local}"',
+                'rm -f "$CK_EXIT_MARKER"',
+                "trap 'echo \"$?\" > \"$CK_EXIT_MARKER\"' EXIT"]
 
 
 def _quote_option(option: str) -> str:

@@ -45,7 +45,8 @@ def test_the_names_accepted_before_keep_working(tmp_path: Path, tiny_model_dir: 
     file = write_v1_experiment(tmp_path, tiny_model_dir, capitalization_data, replace={
         "  directory: ": "  dir: ", "    label: ": "    dataset_label: ",
         "      learning_rate: 2e-3": "      lr: 2e-3",
-        "    mig: false\n": "", 'compute: {time: "0:30:00"}': 'compute: {time: "0:30:00", mig: false}'})
+        "    mig: false\n": "",
+        'compute: {time: "0:30:00"}': 'compute: {time: "0:30:00", mig: false}'})
     plan = plan_experiment_file(file)
     assert plan.experiment.dir == tmp_path / "ck-projects" / "v1_rank_sweep"
     assert plan.experiment.spec.data.training.label == "words_capitalization"

@@ -9,10 +9,10 @@ import pytest
 
 from ck_dagster.assets.resources import JobEnvironmentResource
 from ck_dagster.errors import CkError
+from ck_dagster.finetune.cluster_profile import deployment_environment, load_profile
 from ck_dagster.finetune.plan import plan_experiment_file
-from ck_dagster.slurm.profile import DELLA, GENERIC, load_profile
+from ck_dagster.slurm.profile import DELLA, GENERIC
 from ck_dagster.slurm.script import JobEnvironment
-from ck_dagster_tests.fixtures.dagster import EXAMPLES
 
 SITE = """name: mysite
 base: della
@@ -54,7 +54,7 @@ def test_a_site_profile_overrides_its_preset(tmp_path: Path) -> None:
     assert (three.partition, three.constraint, three.mem) == ("big", None, "80G")
     mig = profile.request("1B", {"mig": True})
     assert (mig.partition, mig.mem) == ("mig", "10G")
-    environment = JobEnvironment.from_env({"CK_CLUSTER_PROFILE": str(file)})
+    environment = deployment_environment({"CK_CLUSTER_PROFILE": str(file)})
     assert environment.profile == profile
     assert environment.lines() == ["module purge", "module load anaconda3/2025.6",
                                    'eval "$(conda shell.bash hook)"', "conda activate ck"]
