@@ -8,18 +8,11 @@ conda, venv: what cruijff_kit v1 kept in ``claude.local.md``). Two presets ship:
   and no partition);
 - ``generic``: the same sizes without partition or constraint: the cluster's defaults.
 
-A site's profile is a YAML file that starts from a preset (``base:``) and overrides it::
-
-    base: generic
-    sizes:
-      1B: {partition: gpu, mem: 32G}
-    mig: {partition: mig, mem: 10G}
-    defaults: {account: my_lab, qos: short, time: "2:00:00"}
-    environment: {modules: [anaconda3/2025.6], conda_env: ck}
+A site's profile is a YAML file that starts from a preset and overrides it (its format is in
+``ck_dagster.finetune.cluster_profile``, which reads it).
 
 Choose it with the ``job_environment`` resource's ``cluster_profile`` or ``CK_CLUSTER_PROFILE``
-(``della``, ``generic`` or a path); ``della`` when neither is set. Profile files are read by
-``ck_dagster.finetune.cluster_profile``; this module is the profiles themselves.
+(``della``, ``generic`` or a path); ``della`` when neither is set.
 SLURM requests follow: model size -> profile -> experiment ``compute:`` -> ``runs[].compute``.
 """
 
