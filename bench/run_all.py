@@ -19,6 +19,7 @@ BENCHMARKS = [
     ("bench_slurm_polling.py", []),
     ("bench_materialization_delay.py", []),
     ("bench_eval.py", []),
+    ("bench_hostile_input.py", []),
 ]
 
 
@@ -73,6 +74,10 @@ def rows(figures: dict) -> list[tuple[str, str, str, str]]:
         return [("eval throughput, samples/s (vs bare inspect eval hf/)",
                  f"{figures['samples_per_s']:.1f}", f"{figures['baseline_samples_per_s']:.1f}",
                  f"{figures['ratio']:.1f}x")]
+    if name == "hostile_input":
+        return [("worst 1 MB experiment file: read time, peak memory",
+                 f"{figures['worst_s']:.2f} s, {figures['peak_mb']:.0f} MB",
+                 f"{figures['baseline_worst_s']:.0f} s", "-")]
     return []
 
 

@@ -4,7 +4,12 @@
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable
+
+#: Unicode categories of characters that must never reach a file or terminal as they are:
+#: control characters and the line and paragraph separators.
+CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")
 
 
 class CkError(Exception):
@@ -21,3 +26,10 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     if not close:
         return None
     return "did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``), so a message quoting a hostile
+    value cannot move the cursor, clear the screen or split a line of a terminal or log."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(ch) in CONTROL_CATEGORIES else ch for ch in text)

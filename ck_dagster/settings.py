@@ -22,6 +22,7 @@ VARIABLES = {
     "CK_CLUSTER_PROFILE": "the cluster profile: della (default), generic or a profile file",
     "CK_EXPERIMENTS_DIR": "the folder the experiments sensor watches",
     "CK_REEVALUATE_CRON": "when the reevaluate_runs schedule runs (cron)",
+    "CK_REEVALUATE_FORCE": "1/true: reevaluate_runs evaluates every trained run, current or not",
     "CK_DAGSTER_CACHE": "where the tiny model and data are cached",
     "DAGSTER_HOME": "the Dagster instance folder (Dagster's own variable)",
 }
@@ -43,6 +44,8 @@ class Settings:
     cluster_profile: str = "della"
     experiments_dir: str | None = None
     reevaluate_cron: str = DEFAULT_REEVALUATE_CRON
+    #: the reevaluate_runs schedule evaluates every trained run, not only the stale ones.
+    reevaluate_force: bool = False
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "ck_dagster")
     dagster_home: str | None = None
     #: the PATH that ``sbatch`` is looked up on.
@@ -61,10 +64,16 @@ class Settings:
             cluster_profile=env.get("CK_CLUSTER_PROFILE") or "della",
             experiments_dir=env.get("CK_EXPERIMENTS_DIR") or None,
             reevaluate_cron=env.get("CK_REEVALUATE_CRON") or DEFAULT_REEVALUATE_CRON,
+            reevaluate_force=_flag(env.get("CK_REEVALUATE_FORCE")),
             cache_dir=Path(env.get("CK_DAGSTER_CACHE") or Path.home() / ".cache" / "ck_dagster"),
             dagster_home=env.get("DAGSTER_HOME") or None,
             path=env.get("PATH"),
         )
+
+
+def _flag(value: str | None) -> bool:
+    """A yes/no variable: ``1``, ``true``, ``yes`` or ``on`` (any case) mean yes."""
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def set_defaults(values: Mapping[str, str]) -> None:

@@ -20,6 +20,15 @@ def test_dagster_observation_data_version_tag() -> None:
     assert observation.data_version == "v-123", "Dagster moved DATA_VERSION_TAG: fix the adapter"
 
 
+def test_dagster_automation_context_reaches_instance_and_subsets() -> None:
+    """assets/dagster_internals.py: what the custom automation condition reaches through."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
+    from dagster._core.asset_graph_view.entity_subset import EntitySubset
+
+    assert isinstance(getattr(AssetGraphView, "instance", None), property), "fix the adapter"
+    assert callable(getattr(EntitySubset, "compute_intersection_with_partition_keys", None))
+
+
 def test_inspect_default_max_tokens_is_still_inspects() -> None:
     """evaluation/provider.py mirrors inspect-ai's default for new tokens."""
     from inspect_ai._util.constants import DEFAULT_MAX_TOKENS

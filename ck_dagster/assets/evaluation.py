@@ -2,9 +2,11 @@
 
 ``eval_log`` runs one inspect-ai job per run (every saved epoch x task, or the base model of a
 control run) through the same launcher and pool as training. It materializes by itself when
-its checkpoint is updated, the report after evaluations change, and a schedule re-evaluates
-every registered run. Editing an evaluation (settings, tasks, task code) and registering again
-observes a new ``eval_spec`` version, which marks ``eval_log`` stale.
+its checkpoint is updated or its evaluation is registered changed (``assets.automation``), the
+report after evaluations change; the ``reevaluate_runs`` schedule (``assets.reevaluation``)
+catches up with whatever is stale. Editing an evaluation (settings, tasks, task code and its
+imports, data, tokenizer) and registering again observes a new ``eval_spec`` version, which
+marks ``eval_log`` stale.
 """
 
 from collections.abc import Iterator
@@ -14,29 +16,22 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
-    AssetSelection,
     AssetSpec,
     AutomationCondition,
     BackfillPolicy,
     Config,
-    DefaultScheduleStatus,
     Failure,
     MaterializeResult,
     MetadataValue,
-    RunConfig,
-    RunRequest,
-    ScheduleEvaluationContext,
-    SkipReason,
     TableColumn,
     TableRecord,
     TableSchema,
     asset,
     asset_check,
-    define_asset_job,
-    schedule,
 )
 from pydantic import Field
 
+from ck_dagster.assets.automation import eager_or_spec_observed
 from ck_dagster.assets.configs import plans_for
 from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions, split_key
@@ -57,7 +52,6 @@ from ck_dagster.evaluation.submit import eval_job_script, eval_request
 from ck_dagster.experiment.problems import ExperimentFileError
 from ck_dagster.finetune.plan import RunPlan
 from ck_dagster.report.report import ScoreRow, build_report
-from ck_dagster.settings import Settings
 from ck_dagster.training.artifacts import read_training_log
 
 eval_spec = AssetSpec(
@@ -95,10 +89,8 @@ class EvalConfig(Config):
     group_name="evaluation",
     kinds={"inspect", "slurm"},
     code_version=code_version("ck_dagster.evaluation"),
-    # eval_spec is only ever observed, which eager() would take for missing
-    automation_condition=AutomationCondition.eager().replace(
-        "any_deps_missing",
-        AutomationCondition.any_deps_missing().ignore(AssetSelection.assets(EVAL_SPEC))),
+    # a new checkpoint, or a registered change of the evaluation (eval_spec is only observed)
+    automation_condition=eager_or_spec_observed(EVAL_SPEC),
 )
 def eval_log(context: AssetExecutionContext, config: EvalConfig, launcher: LauncherResource,
              job_environment: JobEnvironmentResource) -> MaterializeResult:
@@ -250,26 +242,3 @@ def score_rows(runs: list[RunPlan]) -> Iterator[ScoreRow]:
                     yield ScoreRow(run.run.name, run.run.type, outcome.label, outcome.task,
                                    scorer, metrics["accuracy"], outcome.completed, parameters,
                                    loss)
-
-
-reevaluate_job = define_asset_job(
-    "reevaluate_runs_job", selection=AssetSelection.assets(eval_log),
-    partitions_def=runs_partitions,
-    description="Evaluate runs again, even when their results are current.")
-
-
-@schedule(job=reevaluate_job, cron_schedule=Settings.from_env().reevaluate_cron,
-          default_status=DefaultScheduleStatus.RUNNING)
-def reevaluate_runs(context: ScheduleEvaluationContext) -> Iterator[RunRequest | SkipReason]:
-    """Re-evaluate every registered run that has a checkpoint (weekly by default; set
-    CK_REEVALUATE_CRON), one run request per partition."""
-    keys = registered_keys(context.instance)
-    materialized = context.instance.get_materialized_partitions(checkpoint.key)
-    wanted = [key for key in keys if key in materialized]
-    if not wanted:
-        yield SkipReason("no registered run has a checkpoint yet")
-        return
-    tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
-    for key in wanted:
-        yield RunRequest(run_key=f"{key}@{tick}", partition_key=key,
-                         run_config=RunConfig(ops={"eval_log": EvalConfig(force=True)}))

@@ -25,9 +25,8 @@ from dagster import (
 from ck_dagster.assets.dagster_internals import data_version_tags
 from ck_dagster.assets.partitions import runs_partitions, split_key
 from ck_dagster.errors import CkError
-from ck_dagster.evaluation.spec import EvalSpec, eval_spec_for
+from ck_dagster.evaluation.spec import EvalSpec, eval_specs_for
 from ck_dagster.experiment.load import load_experiment
-from ck_dagster.experiment.problems import ExperimentFileError, Problem
 from ck_dagster.finetune.plan import (
     ExperimentPlan,
     RunPlan,
@@ -132,23 +131,6 @@ def eval_spec_observation(spec: EvalSpec) -> AssetObservation:
             "spec_version": spec.version,
         },
     )
-
-
-def eval_specs_for(plan: ExperimentPlan) -> dict[str, EvalSpec]:
-    """Every run's evaluation; all problems at once (ExperimentFileError) when any is refused.
-    Empty when the experiment has no ``evaluation:`` section."""
-    if plan.experiment.spec.evaluation is None:
-        return {}
-    specs: dict[str, EvalSpec] = {}
-    problems: list[Problem] = []
-    for run_plan in plan.runs.values():
-        try:
-            specs[run_plan.partition_key] = eval_spec_for(run_plan)
-        except ExperimentFileError as exc:
-            problems += exc.problems  # ExperimentFileError keeps each problem once
-    if problems:
-        raise ExperimentFileError(plan.experiment.file, problems)
-    return specs
 
 
 def prepare_registration(instance: DagsterInstance, path: str | Path,

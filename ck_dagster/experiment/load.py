@@ -15,16 +15,27 @@ from pydantic import AliasChoices, BaseModel, ValidationError
 from ck_dagster.catalog.models import MODELS
 from ck_dagster.catalog.parameters import CONTROL_KEYS, PARAMETERS, config_path
 from ck_dagster.errors import CkError, did_you_mean
+from ck_dagster.experiment import values
 from ck_dagster.experiment.data import parquet_splits, split_sizes
+from ck_dagster.experiment.data_file import data_file_problems
 from ck_dagster.experiment.problems import (
     ExperimentFileError,
     FieldPath,
     Problem,
     format_path,
 )
-from ck_dagster.experiment.schema import Experiment, ExperimentFile
+from ck_dagster.experiment.schema import Experiment, ExperimentFile, resolve_path
+from ck_dagster.experiment.values import control_characters
 from ck_dagster.experiment.yaml_lines import LoadedYaml, load_yaml
+from ck_dagster.fileio import (
+    UnreadableFile,
+    file_in_the_way,
+    read_bounded,
+    regular_file_reason,
+)
 
+#: the largest experiment file read (they are a few kilobytes).
+MAX_FILE_BYTES = 1_000_000
 #: parameters a control run may set: they change what the model is asked, not how it is trained.
 CONTROL_RUN_PARAMETERS = frozenset({"prompt", "system_prompt"})
 
@@ -58,13 +69,26 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def read_experiment(path: str | Path) -> ExperimentReading:
     """Parse and check an experiment file, collecting every problem instead of raising."""
-    file = Path(path).expanduser().resolve()
+    file = resolve_path(str(path), Path.cwd())
     try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ExperimentReading(file, None, [Problem((), "file not found", "check the path")])
-    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
-        return ExperimentReading(file, None, [Problem((), f"cannot be read: {exc}")])
+        file = file.resolve()
+    except (RuntimeError, OSError):
+        pass  # a symlink loop: reading it says so
+    if control_characters(str(file)):
+        return ExperimentReading(file, None, [Problem(
+            (), "the file's path contains control characters "
+            f"({', '.join(control_characters(str(file)))})", "rename the file")])
+    try:
+        text = read_bounded(file, MAX_FILE_BYTES).decode("utf-8")
+    except UnreadableFile as exc:
+        fix = "check the path" if str(exc).startswith("not found") else \
+            "give the path of an experiment file (YAML)"
+        return ExperimentReading(file, None, [Problem((), str(exc), fix)])
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        return ExperimentReading(file, None, [Problem(
+            (), f"is not UTF-8 text (byte {exc.object[exc.start]:#04x})",
+            "save the file as UTF-8", line)])
     loaded = load_yaml(text)
     problems = list(loaded.problems)
     if loaded.data is None and not problems:
@@ -74,12 +98,18 @@ def read_experiment(path: str | Path) -> ExperimentReading:
                                 line=1))
     if problems:
         return ExperimentReading(file, None, problems)
+    value_problems = [_with_line(p, loaded) for p in values.value_problems(loaded.data)]
     try:
         experiment: Experiment | None = Experiment(
             ExperimentFile.model_validate(loaded.data), file, loaded)
     except ValidationError as exc:
         problems = _schema_problems(exc, loaded)
         experiment = _valid_part(exc, loaded, file)
+    if value_problems:
+        # a value no field may hold is never checked further; one problem per field
+        fields = {p.path for p in value_problems}
+        return ExperimentReading(file, None, value_problems +
+                                 [p for p in problems if p.path not in fields])
     if experiment is not None:
         problems += [_with_line(p, loaded) for p in _cross_reference_problems(experiment)]
     return ExperimentReading(file, experiment, problems)
@@ -318,16 +348,62 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
                         f"control run `{run.name}` is never trained, so `{key}` has no effect",
                         "remove it, or make the run `type: fine-tuned`"))
 
-    for field, folder in ((_given_name(experiment, ("experiment",), "directory", "dir"),
-                           spec.experiment.directory),
-                          (("output", "base_directory"), spec.output.base_directory or "")):
-        if any(c in folder for c in "%\n"):
-            problems.append(Problem(field, "contains `%` or a newline, which SLURM reads as a "
-                                    "log-name pattern", "choose a directory without them"))
+    problems += _path_problems(experiment)
     problems += _data_problems(experiment)
     problems += _variables_problems(experiment)
     problems += _evaluation_problems(experiment)
     return problems
+
+
+def _path_problems(experiment: Experiment) -> list[Problem]:
+    """Paths that cannot be used: ``~user`` unknown, names too long, an experiment folder that
+    is a file or that SLURM's #SBATCH lines cannot hold, a data file that is not one."""
+    spec = experiment.spec
+    folder = _given_name(experiment, ("experiment",), "directory", "dir")
+    fields: list[tuple[FieldPath, str]] = [(folder, spec.experiment.directory),
+                                           (("data", "training", "path"), spec.data.training.path)]
+    if spec.output.base_directory is not None:
+        fields.append((("output", "base_directory"), spec.output.base_directory))
+    fields += [(("models", "base", i, "path"), m.path) for i, m in enumerate(spec.models.base)]
+    fields += [(("evaluation", "tasks", i, "script"), t.script) for i, t in
+               enumerate(spec.evaluation.tasks if spec.evaluation else []) if t.script]
+    problems = []
+    for field, text in fields:
+        reason = path_reason(text)
+        if reason:
+            problems.append(Problem(field, f"`{text}` {reason}", "give a path that exists "
+                                    "or can be made"))
+    if problems:
+        return problems
+    for field, directory, resolved in (
+            (folder, spec.experiment.directory, experiment.dir),
+            (("output", "base_directory"), spec.output.base_directory,
+             experiment.resolve(spec.output.base_directory or "."))):
+        if directory is None:
+            continue
+        if any(c in directory for c in "%\\") or "${" in directory:
+            problems.append(Problem(field, "contains `%`, `\\` or `${`, which SLURM reads as a "
+                                    "log-name pattern or an escape in #SBATCH lines, or "
+                                    "torchtune as an interpolation",
+                                    "choose a directory without them"))
+        blocker = file_in_the_way(resolved)
+        if blocker is not None:
+            problems.append(Problem(field, f"{blocker} is a file, so {resolved} cannot be a "
+                                    "folder", "choose another folder"))
+    return problems
+
+
+def path_reason(text: str) -> str | None:
+    """Why a path from the file cannot be used at all, or None."""
+    try:
+        Path(text).expanduser()
+    except RuntimeError:
+        return f"names a user (`{text.split('/', 1)[0]}`) this machine does not know"
+    if len(text.encode()) > 4000:
+        return "is too long for a path"
+    if any(len(part.encode()) > 255 for part in Path(text).parts):
+        return "has a name longer than 255 bytes, which file systems refuse"
+    return None
 
 
 def _data_problems(experiment: Experiment) -> list[Problem]:
@@ -336,11 +412,14 @@ def _data_problems(experiment: Experiment) -> list[Problem]:
     spec = experiment.spec
     data, path = spec.data.training, experiment.resolve(spec.data.training.path)
     where = ("data", "training", "path")
-    if data.format == "json" and not path.is_file():
-        return [Problem(where, f"data file {path} not found" if not path.exists() else
-                        f"{path} is a folder, not a JSON file",
+    if data.format == "json" and path.is_dir():
+        return [Problem(where, f"data file {path} is a folder, not a file",
                         "point it at the JSON file with train/validation/test splits, or set "
                         "`format: parquet` for a folder of parquet files")]
+    if data.format == "json":
+        found = data_file_problems(path, data.input_key, data.output_key)
+        if found:
+            return [Problem(where, message, fix) for message, fix in found]
     if data.format == "parquet" and not (path.is_dir() and parquet_splits(path)):
         return [Problem(where, f"{path} is not a folder of parquet files", "point it at a folder "
                         "of train.parquet, validation.parquet and test.parquet")]
@@ -355,8 +434,9 @@ def _data_problems(experiment: Experiment) -> list[Problem]:
         needed["test"] = "the built-in evaluation task scores it"
     for split, why in needed.items():
         if not sizes.get(split):
-            problems.append(Problem(where, f"{path} has no rows in a `{split}` split, and {why}",
-                                    f"add a `{split}` split to the data"))
+            kind = "list" if data.format == "json" else "split"
+            problems.append(Problem(where, f"{path} has no rows in a `{split}` {kind}, and {why}",
+                                    f"add a `{split}` {kind} to the data"))
     for split, expected in (data.splits.model_dump(exclude_none=True) if data.splits else
                             {}).items():
         if sizes.get(split, 0) != expected:
@@ -423,9 +503,11 @@ def _evaluation_problems(experiment: Experiment) -> list[Problem]:
                                 f"({trained_with!r}); evaluation always uses the run's own",
                                 "make it the same as `controls.system_prompt`, or remove it"))
     for index, task in enumerate(evaluation.tasks):
-        if task.script is not None and not experiment.resolve(task.script).is_file():
+        script = experiment.resolve(task.script) if task.script is not None else None
+        reason = regular_file_reason(script) if script else None
+        if reason:
             problems.append(Problem(("evaluation", "tasks", index, "script"),
-                                    f"task script {experiment.resolve(task.script)} not found",
+                                    f"task script {script} {reason}",
                                     "fix the path, or leave `script` out for the built-in task"))
     run_names = [name for _, name in _run_names_in_file(experiment)]
     task_names = [t.name for t in evaluation.tasks]

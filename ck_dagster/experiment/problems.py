@@ -6,7 +6,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ck_dagster.errors import CkError
+from ck_dagster.errors import CkError, printable
+
+#: the most problems a message lists (all are kept in ``ExperimentFileError.problems``).
+MAX_SHOWN = 100
 
 #: a field path inside the experiment file, e.g. ("runs", 1, "parameters", "lora_rank").
 FieldPath = tuple[str | int, ...]
@@ -36,7 +39,7 @@ class Problem:
         """``file:line: field: message; fix`` (the form editors and terminals link)."""
         where = f"{file}:{self.line}" if self.line else str(file)
         text = f"{where}: {format_path(self.path)}: {self.message}"
-        return f"{text} ({self.fix})" if self.fix else text
+        return printable(f"{text} ({self.fix})" if self.fix else text)
 
 
 class ExperimentFileError(CkError):
@@ -50,7 +53,10 @@ class ExperimentFileError(CkError):
             f"{self.file}: {count} problem{'s' if count != 1 else ''}; "
             "nothing was registered or written"
         )
-        super().__init__("\n".join([header, *("  " + p.render(self.file) for p in self.problems)]))
+        shown = ["  " + p.render(self.file) for p in self.problems[:MAX_SHOWN]]
+        if count > MAX_SHOWN:
+            shown.append(f"  ... and {count - MAX_SHOWN} more problems")
+        super().__init__("\n".join([printable(header), *shown]))
 
 
 def _in_file_order(problems: Iterable[Problem]) -> list[Problem]:

@@ -13,8 +13,11 @@ The merged config must pass torchtune's own validation before anything is writte
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
+import json
+import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,11 +29,13 @@ import yaml
 
 from ck_dagster.catalog import parameters
 from ck_dagster.catalog.models import MODELS, KnownModel
-from ck_dagster.errors import did_you_mean
+from ck_dagster.errors import CkError, did_you_mean, printable
 from ck_dagster.experiment.data import data_digest, parquet_splits
+from ck_dagster.experiment.data_file import data_file_problems
 from ck_dagster.experiment.load import read_experiment
 from ck_dagster.experiment.problems import ExperimentFileError, Problem
 from ck_dagster.experiment.schema import Experiment, Run
+from ck_dagster.experiment.yaml_lines import add_yaml12_numbers
 from ck_dagster.fileio import sha256_file
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
 from ck_dagster.finetune.cluster_profile import deployment_environment
@@ -46,6 +51,9 @@ BUILTIN_RECIPE = "lora_finetune_single_device"
 DATASET_COMPONENT = "ck_dagster.finetune.dataset.prompt_dataset"
 #: the metric logger of runs with ``output.wandb_project``: DiskLogger and WandBLogger.
 WANDB_LOGGER = "ck_dagster.training.metric_logging.DiskAndWandBLogger"
+#: config paths that hold where a run's outputs go: ck_dagster's to set, never a parameter.
+OUTPUT_PATHS = frozenset({"output_dir", "checkpointer.output_dir"})
+_INTERPOLATION_START = re.compile(r"(\\*)\$\{")
 #: settings a job without a GPU needs (bf16, fused AdamW and activation offloading need CUDA).
 CPU_SETTINGS = {"device": "cpu", "dtype": "fp32", "optimizer.fused": False,
                 "enable_activation_offloading": False}
@@ -92,11 +100,13 @@ class RunPlan:
         """The run's ``finetune.yaml`` text (None for control runs)."""
         if self.config is None:
             return None
-        header = (f"# torchtune config for run {self.partition_key}, written by ck_dagster from\n"
-                  f"# {self.experiment.file} (base: {self.base_recipe or 'built-in defaults'}).\n"
-                  f"# Train by hand: tune run {self.recipe} --config finetune.yaml\n")
-        return header + yaml.dump(self.config.config, Dumper=_ConfigDumper, sort_keys=False,
-                                  width=100)
+        header = "".join(printable(line) + "\n" for line in (
+            f"# torchtune config for run {self.partition_key}, written by ck_dagster from",
+            f"# {self.experiment.file} (base: {self.base_recipe or 'built-in defaults'}).",
+            f"# Train by hand: tune run {self.recipe} --config finetune.yaml"))
+        written = written_config(self.config)
+        text = header + yaml.dump(written, Dumper=_ConfigDumper, sort_keys=False, width=100)
+        return check_reads_back(text, written)
 
     @cached_property
     def slurm_script(self) -> str | None:
@@ -112,7 +122,8 @@ class RunPlan:
             parts = ["control", self.model.name, str(self.model_path)]
         else:
             assert self.job is not None
-            data = self.experiment.resolve(self.experiment.spec.data.training.path)
+            data = Path(self.config.get("dataset.data_files")) if self.config else \
+                self.experiment.resolve(self.experiment.spec.data.training.path)
             parts = [self.finetune_yaml or "", repr(self.resources), " ".join(self.job.command),
                      data_digest(data)]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -362,10 +373,10 @@ class _RunPlanner:
                                          "'ck-dagster[wandb]' (in the jobs' environment too), "
                                          "or remove `wandb_project`"))
             return
-        log_dir = config.get("metric_logger.log_dir", "${output_dir}/logs")
+        outputs = self.experiment.output_dir(self.run)
         config.set("metric_logger", {
-            "_component_": WANDB_LOGGER, "log_dir": log_dir, "project": project,
-            "name": self.run.name, "wandb_dir": "${output_dir}",
+            "_component_": WANDB_LOGGER, "log_dir": str(outputs / "logs"), "project": project,
+            "name": self.run.name, "wandb_dir": str(outputs),
         }, Source("derived", "output.wandb_project", field))
 
     def _apply_controls(self, config: ProvenancedConfig) -> None:
@@ -390,12 +401,6 @@ class _RunPlanner:
 
     def _apply(self, config: ProvenancedConfig, name: str, value: Any, source: Source) -> None:
         assert source.field is not None
-        if name == "output_dir":
-            self.problems.append(Problem(
-                source.field, "`output_dir` is where ck_dagster finds a run's checkpoints, so "
-                "it is not a training parameter", "set `output.base_directory` instead (outputs "
-                "go to <base_directory>/<run>/)"))
-            return
         if not parameters.is_known_name(name, config.config):
             known = [*parameters.PARAMETERS, *config.config]
             fix = did_you_mean(name, known) or (
@@ -408,6 +413,24 @@ class _RunPlanner:
             self.problems.append(Problem(source.field, f"`{name}: {value!r}` {reason}"))
             return
         path = parameters.config_path(name)
+        if path in OUTPUT_PATHS:
+            self.problems.append(Problem(
+                source.field, f"`{path}` is where ck_dagster keeps the run's checkpoints and "
+                "logs (<base_directory>/<run>/, or <directory>/<run>/artifacts), which "
+                "training, evaluation and the report find there", "remove it; to keep outputs "
+                "on other storage, set `output.base_directory`"))
+            return
+        if path == "dataset.data_files":
+            value = self._data_files(value, source)
+            if value is None:
+                return
+        current = config.get(path)
+        if isinstance(current, dict) and current and not isinstance(value, dict):
+            self.problems.append(Problem(
+                source.field, f"`{name}: {value!r}` would replace the whole `{path}` section "
+                "of the config",
+                f"set one of its fields instead, e.g. `{path}.{next(iter(current))}`"))
+            return
         section = path.split(".", 1)[0]
         given = [*self.controls, *self.run.parameters]
         if "." in path and not isinstance(config.config.get(section), dict) and \
@@ -418,6 +441,21 @@ class _RunPlanner:
                 f"remove it, or set `{section}._component_` too"))
             return
         config.set(path, value, source)
+
+    def _data_files(self, value: Any, source: Source) -> str | None:
+        """A ``dataset.data_files`` override, checked like ``data.training.path``."""
+        assert source.field is not None
+        if not isinstance(value, str):
+            self.problems.append(Problem(source.field, "`dataset.data_files` must be the path "
+                                         "of one JSON file", "give a path, or leave it out to "
+                                         "use data.training.path"))
+            return None
+        data = self.experiment.resolve(value)
+        training = self.experiment.spec.data.training
+        found = [Problem(source.field, message, fix) for message, fix in
+                 data_file_problems(data, training.input_key, training.output_key)]
+        self.problems += found
+        return None if found else str(data)
 
     def _derive_after(self, config: ProvenancedConfig) -> None:
         rank = config.get("model.lora_rank")
@@ -430,7 +468,7 @@ class _RunPlanner:
 
     def _validate(self, config: ProvenancedConfig) -> None:
         """torchtune's own check: components import, arguments match their signatures."""
-        for node, argument, message in component_errors(config.config):
+        for node, argument, message in component_errors(written_config(config)):
             source = (config.sources.get(f"{node}.{argument}") if argument else None) or \
                 _most_specific_source(config, node)
             field = source.field if source and source.field else ("runs", self.index)
@@ -473,11 +511,63 @@ def compute_layers(experiment: Experiment, run: Run) -> list[dict[str, Any]]:
 
 
 class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
-    """Writes multi-line strings (prompts) as readable ``|`` blocks."""
+    """Writes multi-line strings (prompts) as readable ``|`` blocks, and quotes text that
+    OmegaConf would read as a number (``1e-4``)."""
 
 
 _ConfigDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
     "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+add_yaml12_numbers(_ConfigDumper)
+
+
+def written_config(config: ProvenancedConfig) -> dict[str, Any]:
+    """The config as ``finetune.yaml`` holds it: text that did not come from the recipe (a
+    prompt, a path, any parameter) has OmegaConf's ``${`` escaped, so it trains as written
+    instead of being resolved (``${oc.env:HOME}`` stays those characters).
+
+    torchtune resolves a component's node twice (``OmegaConf.resolve``, then ``to_object``
+    in ``config.instantiate``), so text inside a component is escaped twice; a top-level value
+    the recipe reads itself, once.
+    """
+    written = copy.deepcopy(config.config)
+    for path, value, source in config.leaves():
+        if source.kind != "recipe" and "${" in json.dumps(value):
+            *parents, last = path.split(".")
+            node = written
+            for part in parents:
+                node = node[part]
+            top = config.config.get(parents[0]) if parents else None
+            times = 2 if isinstance(top, dict) and "_component_" in top else 1
+            for _ in range(times):
+                node[last] = _escaped(node[last])
+    return written
+
+
+def _escaped(value: Any) -> Any:
+    """Every string in ``value`` with each ``${`` (and the backslashes before it) escaped."""
+    if isinstance(value, str):
+        return _INTERPOLATION_START.sub(lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    return value
+
+
+def check_reads_back(text: str, meant: dict[str, Any]) -> str:
+    """``text`` when torchtune's reader (OmegaConf) reads it back as ``meant``; a
+    :class:`CkError` otherwise, so a config that would train on something else is never
+    written."""
+    from omegaconf import OmegaConf
+
+    try:
+        read = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it back is the same refusal
+        read = f"unreadable ({exc})"
+    if read != meant:
+        raise CkError("the torchtune config would not read back as written; nothing was "
+                      "written. Please report this with the experiment file")
+    return text
 
 
 def file_digest(path: Path) -> str:

@@ -1,17 +1,22 @@
 """SLURM batch scripts: the SBATCH header, the environment a job activates, the command.
 
 Every value that comes from a user (paths, names, environment settings) is shell-quoted, so a
-script is safe to read, to submit by hand with ``sbatch`` and passes ``bash -n``.
+script is safe to read, to submit by hand with ``sbatch`` and passes ``bash -n``; a value that
+cannot be quoted safely is refused, and every script is checked with ``bash -n`` before it is
+written (:func:`check_script`).
 """
 
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ck_dagster.errors import CONTROL_CATEGORIES, CkError, printable
 from ck_dagster.settings import Settings
 from ck_dagster.slurm.profile import DELLA, ClusterProfile
 from ck_dagster.slurm.resources import Resources
@@ -135,7 +140,7 @@ class JobScript:
                     ("account", r.account), ("qos", r.qos)) if value]
         lines = ["#!/bin/bash"]
         if self.description:
-            lines += [f"# {line}" for line in self.description.splitlines()]
+            lines += [f"# {printable(line)}" for line in self.description.splitlines()]
         lines += [f"#SBATCH {_quote_option(option)}" for option in header]
         lines += ["", "set -eo pipefail"]
         lines += self._exit_marker_lines()
@@ -162,8 +167,26 @@ class JobScript:
                 "trap 'echo \"$?\" > \"$CK_EXIT_MARKER\"' EXIT"]
 
 
+def check_script(text: str) -> str:
+    """``text`` when ``bash -n`` parses it; a :class:`CkError` otherwise. Writers call it
+    before a script is written (rendering stays pure: no process)."""
+    result = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True,
+                            timeout=60, check=False)
+    if result.returncode != 0:
+        raise CkError(f"the job script would not parse (bash -n: {result.stderr.strip()}); "
+                      "nothing was written. Please report this: a value reached it unquoted")
+    return text
+
+
 def _quote_option(option: str) -> str:
-    """``--output=/a b/x`` -> ``--output='/a b/x'``: sbatch reads quotes in #SBATCH lines."""
+    """``--output=/a b/x`` -> ``--output='/a b/x'``: sbatch reads quotes in #SBATCH lines.
+
+    sbatch reads a backslash as an escape even inside quotes, and a line ends at a newline:
+    values holding either (or any control character) cannot be quoted, and are refused.
+    """
     name, _, value = option.partition("=")
+    if "\\" in value or any(unicodedata.category(ch) in CONTROL_CATEGORIES for ch in value):
+        raise CkError(f"#SBATCH {name} cannot hold {value!r}: a backslash or control "
+                      "character cannot be quoted in #SBATCH lines")
     return f"{name}={shlex.quote(value)}" if value else name
 

@@ -61,7 +61,7 @@ def test_a_parquet_experiment_trains_on_the_train_files(
 
 
 @pytest.mark.parametrize(("parquet", "expected"), [
-    (False, "is a folder, not a JSON file (point it at the JSON file with "
+    (False, "is a folder, not a file (point it at the JSON file with "
             "train/validation/test splits, or set `format: parquet`"),
     (True, "is not a folder of parquet files"),
 ])

@@ -103,7 +103,8 @@ def test_a_run_naming_an_unknown_model_still_has_its_values_checked(tmp_path: Pa
         check(file)
     assert [(format_path(p.path), p.message) for p in caught.value.problems] == [
         ("runs[0].model", "run `rank4` names unknown model `Llama-3.2-1B`"),
-        ("runs[0].parameters.lora_rank", "`lora_rank: 0` must be a whole number above 0")]
+        ("runs[0].parameters.lora_rank",
+         "`lora_rank: 0` must be a whole number from 1 to 8192 (no model is wider)")]
 
 
 @pytest.mark.parametrize(("key", "parent", "fix"), [
