@@ -122,7 +122,8 @@ class RunPlan:
             parts = ["control", self.model.name, str(self.model_path)]
         else:
             assert self.job is not None
-            data = Path(self.config.get("dataset.data_files")) if self.config else \
+            json_file = self.config is not None and self.config.get("dataset.source") == "json"
+            data = Path(self.config.get("dataset.data_files")) if json_file else \
                 self.experiment.resolve(self.experiment.spec.data.training.path)
             parts = [self.finetune_yaml or "", repr(self.resources), " ".join(self.job.command),
                      data_digest(data)]
