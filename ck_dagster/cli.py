@@ -53,10 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     dry_run = verbs.add_parser(
         "dry-run", help="render every run's finetune.yaml and finetune.slurm to a folder",
         description="Validate an experiment file and write every run's files under OUT/<run>/ "
-                    "without touching Dagster or SLURM.")
+                    "without touching Dagster or submitting anything. When a SLURM controller "
+                    "answers, ask it whether each training job could ever run (sinfo, sbatch "
+                    "--test-only) and exit 1 naming every job it would refuse.")
     dry_run.add_argument("file", type=Path, metavar="FILE")
     dry_run.add_argument("--out", type=Path, default=None,
                          help="folder to write to (default: ./dry-run/<experiment>)")
+    dry_run.add_argument("--no-preflight", action="store_true",
+                         help="do not ask the SLURM cluster whether the jobs could run")
     dry_run.set_defaults(func=_dry_run)
 
     recipes = verbs.add_parser("recipes", help="list torchtune's recipes and configs (tune ls)")
@@ -132,6 +136,9 @@ def _register(args: argparse.Namespace) -> int:
     for registration in registrations:
         apply_registration(instance, registration)
         print(registration.summary())
+        for refusal in registration.plan.preflight() or []:
+            print(f"ck-dagster: warning: {registration.plan.experiment.file}: the cluster could "
+                  f"never run {refusal}", file=sys.stderr)
     return 0
 
 
@@ -155,6 +162,20 @@ def _dry_run(args: argparse.Namespace) -> int:
               f"{run.resources.gpus} GPU, {run.resources.mem})")
     write_tree(out, files)
     print(f"{len(plan.runs)} runs valid; nothing was registered or submitted")
+    if args.no_preflight:
+        return 0
+    refusals = plan.preflight()
+    if refusals is None:
+        print("no SLURM controller answered: the cluster was not asked about the jobs")
+        return 0
+    for refusal in refusals:
+        print(f"ck-dagster: {args.file}: the cluster could never run {refusal}",
+              file=sys.stderr)
+    if refusals:
+        print(f"ck-dagster: {len({r.run for r in refusals})} run(s) would be refused by the "
+              "cluster (sinfo, sbatch --test-only)", file=sys.stderr)
+        return 1
+    print("the cluster would run every job (sinfo, sbatch --test-only)")
     return 0
 
 

@@ -19,6 +19,7 @@ VARIABLES = {
     "CK_JOB_MODULES": "modules every job loads (space-separated)",
     "CK_JOB_CONDA_ENV": "the conda environment every job activates",
     "CK_JOB_VENV": "the virtual environment every job activates (none: nothing)",
+    "CK_CLUSTER_PROFILE": "the cluster profile: della (default), generic or a profile file",
     "CK_EXPERIMENTS_DIR": "the folder the experiments sensor watches",
     "CK_REEVALUATE_CRON": "when the reevaluate_runs schedule runs (cron)",
     "CK_REEVALUATE_FORCE": "1/true: reevaluate_runs evaluates every trained run, current or not",
@@ -39,6 +40,8 @@ class Settings:
     job_conda_env: str | None = None
     #: None: unset (a job activates Dagster's own venv); "none": activate nothing.
     job_venv: str | None = None
+    #: the cluster profile jobs follow (ck_dagster.slurm.profile): a preset name or a path.
+    cluster_profile: str = "della"
     experiments_dir: str | None = None
     reevaluate_cron: str = DEFAULT_REEVALUATE_CRON
     #: the reevaluate_runs schedule evaluates every trained run, not only the stale ones.
@@ -58,6 +61,7 @@ class Settings:
             job_modules=tuple(env.get("CK_JOB_MODULES", "").split()),
             job_conda_env=env.get("CK_JOB_CONDA_ENV") or None,
             job_venv=env.get("CK_JOB_VENV"),
+            cluster_profile=env.get("CK_CLUSTER_PROFILE") or "della",
             experiments_dir=env.get("CK_EXPERIMENTS_DIR") or None,
             reevaluate_cron=env.get("CK_REEVALUATE_CRON") or DEFAULT_REEVALUATE_CRON,
             reevaluate_force=_flag(env.get("CK_REEVALUATE_FORCE")),

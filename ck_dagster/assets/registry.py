@@ -114,6 +114,8 @@ def run_spec_observation(plan: RunPlan) -> AssetObservation:
             "model": plan.model.name,
             "base_recipe": plan.base_recipe or "built-in defaults",
             "spec_version": plan.spec_version,
+            **{key: value if isinstance(value, (str, int, float)) else MetadataValue.json(value)
+               for key, value in plan.experiment.information(plan.run).items()},
         },
     )
 

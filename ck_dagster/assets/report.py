@@ -64,7 +64,13 @@ def experiment_report(
         )
     plans = load_registered_plans(context.instance, keys, job_environment.environment())
     runs = [plans[key] for key in keys]
-    report = build_report(experiment, score_rows(runs))
+    spec = runs[0].experiment
+    report = build_report(
+        experiment,
+        score_rows(runs),
+        variables=list(spec.spec.variables or ()),
+        labels=spec.vis_labels(),
+    )
     plot = report.plot_png() if report.rows else None
     metadata: dict = {
         "runs": len(runs),
@@ -86,7 +92,12 @@ def score_rows(runs: list[RunPlan]) -> Iterator[ScoreRow]:
         results = read_results(run.run_dir)
         if results is None:
             continue
-        parameters = dict(run.run.parameters)
+        variables = run.experiment.spec.variables
+        parameters = (
+            {name: run.experiment.run_value(run.run, name) for name in variables}
+            if variables and not run.is_control
+            else dict(run.run.parameters)
+        )
         if len(models) > 1:
             parameters["model"] = run.model.name
         losses = (

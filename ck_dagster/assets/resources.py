@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from ck_dagster.finetune.cluster_profile import deployment_environment
 from ck_dagster.settings import Settings
 from ck_dagster.slurm.script import JobEnvironment
 
@@ -14,19 +15,24 @@ class JobEnvironmentResource(ConfigurableResource):
     """How SLURM jobs activate their software: module loads, a conda env, a venv, or none.
 
     Left empty, the ``CK_JOB_MODULES`` / ``CK_JOB_CONDA_ENV`` / ``CK_JOB_VENV`` variables
-    apply, and without those the virtual environment Dagster itself runs in.
+    apply, then the cluster profile's environment, then the virtual environment Dagster itself
+    runs in. ``cluster_profile`` chooses the site's SLURM policy (ck_dagster.slurm.profile).
     """
 
     modules: list[str] = []
     conda_env: str | None = None
     venv: str | None = None
+    #: the cluster profile (``della``, ``generic`` or a profile file's path); left empty,
+    #: ``CK_CLUSTER_PROFILE`` applies, else ``della``.
+    cluster_profile: str | None = None
 
     def environment(self) -> JobEnvironment:
         """The domain-level job environment these settings describe."""
+        environment = deployment_environment(profile=self.cluster_profile)
         if not (self.modules or self.conda_env or self.venv):
-            return JobEnvironment.from_env()
+            return environment
         venv = None if self.venv in (None, "", "none") else self.venv
-        return JobEnvironment(tuple(self.modules), self.conda_env, venv)
+        return JobEnvironment(tuple(self.modules), self.conda_env, venv, environment.profile)
 
 
 class ExperimentsFolderResource(ConfigurableResource):

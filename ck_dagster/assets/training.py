@@ -11,6 +11,7 @@ from dagster import (
     AssetExecutionContext,
     BackfillPolicy,
     Config,
+    Failure,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -25,7 +26,8 @@ from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions
 from ck_dagster.assets.progress import ProgressObservations
 from ck_dagster.assets.resources import JobEnvironmentResource
-from ck_dagster.finetune.plan import RunPlan
+from ck_dagster.finetune.plan import RunPlan, preflight_runs
+from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.runner import JobOutcome
 from ck_dagster.training.progress import training_progress
 from ck_dagster.training.submit import describe, training_request
@@ -60,11 +62,21 @@ def checkpoint(context: AssetExecutionContext, config: CheckpointConfig,
                 for key, plan in plans.items() if not plan.is_control}
     runner = launcher.runner(context, "checkpoint", training_progress,
                              ProgressObservations(context))
+    if requests and isinstance(runner.launcher, SlurmLauncher):
+        refuse_unrunnable(plans, requests)
     outcomes = runner.run(list(requests.values())) if requests else {}
     for key, outcome in outcomes.items():
         if outcome.ok:
             metadata[key] = checkpoint_metadata(plans[key], outcome, requests[key].notes)
     return record_partitions(context, metadata, outcomes, "training jobs")
+
+
+def refuse_unrunnable(plans: dict[str, RunPlan], requests: dict[str, Any]) -> None:
+    """Fail before submitting anything when the cluster could never run one of the jobs."""
+    refusals = preflight_runs(plans[key] for key in requests)
+    if refusals:
+        raise Failure(description="Nothing was submitted: the cluster could never run "
+                      + "; ".join(str(r) for r in refusals))
 
 
 def control_metadata(plan: RunPlan) -> dict[str, Any]:
@@ -83,6 +95,7 @@ def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) ->
     accounting = outcome.accounting
     metadata: dict[str, Any] = {
         "run_type": "fine-tuned",
+        "dataset": plan.experiment.information(plan.run)["dataset"],
         "status": outcome.status,
         "job_id": outcome.job_id or "",
         "epochs_saved": len(trained.epochs),

@@ -105,6 +105,7 @@ _PARAMETERS = [
     Parameter("apply_lora_to_mlp", "model.apply_lora_to_mlp", _boolean, "LoRA on MLP layers"),
     Parameter("apply_lora_to_output", "model.apply_lora_to_output", _boolean,
               "LoRA on the output projection"),
+    Parameter("learning_rate", "optimizer.lr", _positive_number, "learning rate (v1's name)"),
     Parameter("lr", "optimizer.lr", _positive_number, "learning rate"),
     Parameter("weight_decay", "optimizer.weight_decay", _non_negative_number, "weight decay"),
     Parameter("num_warmup_steps", "lr_scheduler.num_warmup_steps", _non_negative_int,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ck_dagster.catalog.models import KnownModel
 from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.imports import local_imports
+from ck_dagster.experiment.data import data_digest, split_sizes
 from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Problem
 from ck_dagster.experiment.schema import EvalTask, Evaluation, MatrixEntry, Scorer
 from ck_dagster.fileio import atomic_write_text
@@ -360,32 +361,21 @@ def _test_data(plan: RunPlan, *, needed: bool) -> EvalData:
     path = plan.experiment.resolve(data.path)
     input_key, output_key = data.input_key, data.output_key
     if plan.config is not None:
-        path = Path(plan.config.get("dataset.data_files", path))
+        if plan.config.get("dataset.source") == "json":  # a data file set in the controls
+            path = Path(plan.config.get("dataset.data_files", path))
         input_key = plan.config.get("dataset.input_key", input_key)
         output_key = plan.config.get("dataset.output_key", output_key)
-    if not path.is_file():
+    if not path.exists():
         raise _problem(plan, ("data", "training", "path"), f"data file {path} not found",
                        "point it at the JSON file with train/validation/test splits")
-    stat = path.stat()
-    rows = _split_rows(path, stat.st_size, stat.st_mtime_ns, TEST_SPLIT)
+    rows = split_sizes(path).get(TEST_SPLIT, 0)
     if needed and not rows:
         raise _problem(plan, ("data", "training", "path"),
-                       f"{path} has no rows in a `{TEST_SPLIT}` list, which the built-in "
-                       "evaluation task scores", f"add a `{TEST_SPLIT}` list of rows, or give "
+                       f"{path} has no rows in a `{TEST_SPLIT}` split, which the built-in "
+                       "evaluation task scores", f"add a `{TEST_SPLIT}` split of rows, or give "
                        "the task a `script`")
-    return EvalData(path=str(path), sha256=file_digest(path), input_key=input_key,
+    return EvalData(path=str(path), sha256=data_digest(path), input_key=input_key,
                     output_key=output_key, rows=rows)
-
-
-@lru_cache(maxsize=64)
-def _split_rows(path: Path, size: int, mtime_ns: int, split: str) -> int:
-    """Rows in one split of a train/validation/test JSON (cached while the file is unchanged)."""
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8")).get(split)
-    except (ValueError, AttributeError) as exc:
-        raise CkError(f"{path}: not a JSON object of train/validation/test lists ({exc})") \
-            from None
-    return len(rows) if isinstance(rows, list) else 0
 
 
 def _settings(evaluation: Evaluation) -> EvalSettings:

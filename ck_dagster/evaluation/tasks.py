@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from inspect_ai.util import RegistryInfo, registry_info
 from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.spec import DEFAULT_SCORERS, TEST_SPLIT, EvalSpec, TaskSpec
+from ck_dagster.experiment.data import read_split
 from ck_dagster.experiment.schema import Scorer
 from ck_dagster.finetune.dataset import prompt_messages
 
@@ -75,11 +75,10 @@ def input_output(data_path: str, prompt: str = INPUT_PLACEHOLDER, system_prompt:
 
 def _split(path: Path, split: str) -> list[dict[str, Any]]:
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))[split]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CkError(f"{path}: cannot read the `{split}` rows ({exc!r}); the built-in task "
-                      f"needs a JSON object with a `{split}` list of input/output rows") from None
-    return rows
+        return read_split(path, split)
+    except CkError as exc:
+        raise CkError(f"{exc}; the built-in task needs a `{split}` split of input/output "
+                      "rows") from None
 
 
 def load_task(spec: EvalSpec, task_spec: TaskSpec) -> Task:

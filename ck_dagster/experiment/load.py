@@ -10,12 +10,13 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from ck_dagster.catalog.models import MODELS
-from ck_dagster.catalog.parameters import CONTROL_KEYS, PARAMETERS
-from ck_dagster.errors import did_you_mean
+from ck_dagster.catalog.parameters import CONTROL_KEYS, PARAMETERS, config_path
+from ck_dagster.errors import CkError, did_you_mean
 from ck_dagster.experiment import values
+from ck_dagster.experiment.data import parquet_splits, split_sizes
 from ck_dagster.experiment.data_file import data_file_problems
 from ck_dagster.experiment.problems import (
     ExperimentFileError,
@@ -133,7 +134,7 @@ def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experim
             (repairable if loc[2:] == ("type",) else invalid_runs).add(loc[1])
         elif loc[:1] == ("evaluation",):
             data.pop("evaluation", None)
-        elif loc[:1] == ("experiment",) and len(loc) >= 2 and loc[1] != "dir":
+        elif loc[:1] == ("experiment",) and len(loc) >= 2 and loc[1] not in ("dir", "directory"):
             # a name or description: the runs can be checked without it
             data["experiment"][loc[1]] = "unnamed" if loc[1] == "name" else None
         else:
@@ -204,6 +205,10 @@ def _describe(error: dict[str, Any], path: FieldPath) -> Problem:
     if kind == "extra_forbidden":
         key = str(path[-1])
         allowed = _allowed_keys(path[:-1])
+        if key in allowed:  # one field given by two of its names
+            others = [n for n in _names_of_field(path[:-1], key) if n != key]
+            return Problem(path, f"`{key}` is another name of `{'`, `'.join(others)}`, "
+                           "which is also given", "keep one of them")
         fix = did_you_mean(key, allowed) or _belongs_elsewhere(key, path[:-1]) or (
             "remove it; allowed here: " + ", ".join(sorted(allowed)) if allowed else "remove it")
         return Problem(path, f"unknown key `{key}`", fix)
@@ -223,8 +228,8 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool)) or value is None
 
 
-def _allowed_keys(path: FieldPath) -> list[str]:
-    """The field names the schema allows at ``path`` (for "did you mean")."""
+def _model_at(path: FieldPath) -> Any:
+    """The schema model (or type) of the field at ``path``; None when there is none."""
     model: Any = ExperimentFile
     for part in path:
         model = _unwrap(model)
@@ -235,11 +240,31 @@ def _allowed_keys(path: FieldPath) -> list[str]:
             field = model.model_fields.get(part)
             model = field.annotation if field else None
         else:
-            return []
-    model = _unwrap(model)
+            return None
+    return _unwrap(model)
+
+
+def _allowed_keys(path: FieldPath) -> list[str]:
+    """The field names the schema allows at ``path`` (for "did you mean"), aliases included."""
+    model = _model_at(path)
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
+        return [name for field_name in model.model_fields
+                for name in _field_names(model, field_name)]
     return []
+
+
+def _field_names(model: type[BaseModel], field_name: str) -> list[str]:
+    """A field's names in a file: its v1 name and the names accepted before (aliases)."""
+    alias = model.model_fields[field_name].validation_alias
+    return [str(choice) for choice in alias.choices] if isinstance(alias, AliasChoices) \
+        else [field_name]
+
+
+def _names_of_field(path: FieldPath, key: str) -> list[str]:
+    """Every name of the field that ``key`` names at ``path``."""
+    model = _model_at(path)
+    groups = [_field_names(model, name) for name in model.model_fields]
+    return next(group for group in groups if key in group)
 
 
 def _belongs_elsewhere(key: str, parent: FieldPath) -> str | None:
@@ -250,24 +275,31 @@ def _belongs_elsewhere(key: str, parent: FieldPath) -> str | None:
             return f"training parameters go under `{format_path(parent)}.parameters:`"
         return "it belongs under `controls:` (or a run's `parameters:`)" \
             if key in PARAMETERS else "it belongs under `controls:`"
-    home = _field_homes().get(key)
     here = re.sub(r"\[\d+\]", "[]", format_path(parent)) if parent else ""
-    if home is None or home == here:
+    homes = _field_homes().get(key, [])
+    if here in homes:
         return None
-    if here and home.startswith(here + "."):  # runs[].compute -> runs[2].compute
+    # a home under the key's parent (runs[].compute for a run's `time`), else the shallowest
+    home = next((h for h in homes if here and h.startswith(here + ".")), None)
+    if home is not None:
         home = format_path(parent) + home[len(here):]
+    elif homes:
+        home = homes[0]
+    else:
+        return None
     return f"it belongs under `{home}:`" if home else "it belongs at the top level"
 
 
 @lru_cache(maxsize=1)
-def _field_homes() -> dict[str, str]:
-    """The shallowest place each schema field name is allowed ("dir" -> "experiment")."""
-    homes: dict[str, str] = {}
+def _field_homes() -> dict[str, list[str]]:
+    """Every place each schema field name is allowed, shallowest first ("dir" -> experiment)."""
+    homes: dict[str, list[str]] = {}
     queue: list[tuple[str, Any]] = [("", ExperimentFile)]
     while queue:
         where, model = queue.pop(0)
         for name, field in model.model_fields.items():
-            homes.setdefault(name, where)
+            for alias in _field_names(model, name):
+                homes.setdefault(alias, []).append(where)
             child, place = _unwrap(field.annotation), f"{where}.{name}" if where else name
             if get_origin(child) is list:
                 child, place = _unwrap(get_args(child)[0]), place + "[]"
@@ -317,6 +349,8 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
                         "remove it, or make the run `type: fine-tuned`"))
 
     problems += _path_problems(experiment)
+    problems += _data_problems(experiment)
+    problems += _variables_problems(experiment)
     problems += _evaluation_problems(experiment)
     return problems
 
@@ -325,8 +359,11 @@ def _path_problems(experiment: Experiment) -> list[Problem]:
     """Paths that cannot be used: ``~user`` unknown, names too long, an experiment folder that
     is a file or that SLURM's #SBATCH lines cannot hold, a data file that is not one."""
     spec = experiment.spec
-    fields: list[tuple[FieldPath, str]] = [(("experiment", "dir"), spec.experiment.dir),
+    folder = _given_name(experiment, ("experiment",), "directory", "dir")
+    fields: list[tuple[FieldPath, str]] = [(folder, spec.experiment.directory),
                                            (("data", "training", "path"), spec.data.training.path)]
+    if spec.output.base_directory is not None:
+        fields.append((("output", "base_directory"), spec.output.base_directory))
     fields += [(("models", "base", i, "path"), m.path) for i, m in enumerate(spec.models.base)]
     fields += [(("evaluation", "tasks", i, "script"), t.script) for i, t in
                enumerate(spec.evaluation.tasks if spec.evaluation else []) if t.script]
@@ -338,19 +375,21 @@ def _path_problems(experiment: Experiment) -> list[Problem]:
                                     "or can be made"))
     if problems:
         return problems
-    directory = spec.experiment.dir
-    if any(c in directory for c in "%\\") or "${" in directory:
-        problems.append(Problem(("experiment", "dir"), "contains `%`, `\\` or `${`, which SLURM "
-                                "reads as a log-name pattern or an escape in #SBATCH lines, or "
-                                "torchtune as an interpolation", "choose a directory without them"))
-    blocker = file_in_the_way(experiment.dir)
-    if blocker is not None:
-        problems.append(Problem(("experiment", "dir"), f"{blocker} is a file, so "
-                                f"{experiment.dir} cannot be a folder", "choose another folder"))
-    data = experiment.resolve(spec.data.training.path)
-    problems += [Problem(("data", "training", "path"), message, fix) for message, fix in
-                 data_file_problems(data, spec.data.training.input_key,
-                                    spec.data.training.output_key)]
+    for field, directory, resolved in (
+            (folder, spec.experiment.directory, experiment.dir),
+            (("output", "base_directory"), spec.output.base_directory,
+             experiment.resolve(spec.output.base_directory or "."))):
+        if directory is None:
+            continue
+        if any(c in directory for c in "%\\") or "${" in directory:
+            problems.append(Problem(field, "contains `%`, `\\` or `${`, which SLURM reads as a "
+                                    "log-name pattern or an escape in #SBATCH lines, or "
+                                    "torchtune as an interpolation",
+                                    "choose a directory without them"))
+        blocker = file_in_the_way(resolved)
+        if blocker is not None:
+            problems.append(Problem(field, f"{blocker} is a file, so {resolved} cannot be a "
+                                    "folder", "choose another folder"))
     return problems
 
 
@@ -367,12 +406,102 @@ def path_reason(text: str) -> str | None:
     return None
 
 
+def _data_problems(experiment: Experiment) -> list[Problem]:
+    """The data exists in its format, has the splits training and evaluation read, and as many
+    rows in each as ``splits`` says."""
+    spec = experiment.spec
+    data, path = spec.data.training, experiment.resolve(spec.data.training.path)
+    where = ("data", "training", "path")
+    if data.format == "json" and path.is_dir():
+        return [Problem(where, f"data file {path} is a folder, not a file",
+                        "point it at the JSON file with train/validation/test splits, or set "
+                        "`format: parquet` for a folder of parquet files")]
+    if data.format == "json":
+        found = data_file_problems(path, data.input_key, data.output_key)
+        if found:
+            return [Problem(where, message, fix) for message, fix in found]
+    if data.format == "parquet" and not (path.is_dir() and parquet_splits(path)):
+        return [Problem(where, f"{path} is not a folder of parquet files", "point it at a folder "
+                        "of train.parquet, validation.parquet and test.parquet")]
+    try:
+        sizes = split_sizes(path)
+    except CkError as exc:
+        return [Problem(where, str(exc))]
+    problems = []
+    needed = {"train": "fine-tuned runs train on it"} if any(
+        not r.is_control for r in spec.runs) else {}
+    if spec.evaluation and any(t.script is None for t in spec.evaluation.tasks):
+        needed["test"] = "the built-in evaluation task scores it"
+    for split, why in needed.items():
+        if not sizes.get(split):
+            kind = "list" if data.format == "json" else "split"
+            problems.append(Problem(where, f"{path} has no rows in a `{split}` {kind}, and {why}",
+                                    f"add a `{split}` {kind} to the data"))
+    for split, expected in (data.splits.model_dump(exclude_none=True) if data.splits else
+                            {}).items():
+        if sizes.get(split, 0) != expected:
+            problems.append(Problem(("data", "training", "splits", split),
+                                    f"says {expected} rows, but the `{split}` split of {path} "
+                                    f"has {sizes.get(split, 0)}",
+                                    "correct the count (or remove `splits`)"))
+    return problems
+
+
+def _variables_problems(experiment: Experiment) -> list[Problem]:
+    """``variables`` lists exactly the values the fine-tuned runs use, and every parameter they
+    vary (names compared by the setting they make: ``lr`` is ``learning_rate``)."""
+    variables = experiment.spec.variables
+    if variables is None:
+        return []
+    trained = [(i, r) for i, r in experiment.indexed_runs() if not r.is_control]
+    problems = []
+    for name, listed in variables.items():
+        used = {run.name: experiment.run_value(run, name) for _, run in trained}
+        for index, run in trained:
+            value = used[run.name]
+            if value is None:
+                problems.append(Problem(("runs", index, "parameters"),
+                                        f"run `{run.name}` does not set `{name}`, which "
+                                        "`variables` says the runs vary",
+                                        f"set `{name}` in its parameters"))
+            elif not any(value == v for v in listed):
+                problems.append(Problem(("runs", index, "parameters"),
+                                        f"run `{run.name}` uses {name} = {value!r}, which "
+                                        f"`variables.{name}` does not list",
+                                        f"add it to variables.{name}"))
+        for v_index, value in enumerate(listed):
+            if not any(value == u for u in used.values()):
+                problems.append(Problem(("variables", name, v_index),
+                                        f"no run uses {name} = {value!r}",
+                                        "remove it, or add a run that uses it"))
+    covered = {config_path(name) for name in variables}
+    varied: dict[str, str] = {}
+    for _, run in trained:
+        for name in run.parameters:
+            if config_path(name) not in covered:
+                varied.setdefault(config_path(name), name)
+    for name in varied.values():
+        values = {repr(experiment.run_value(run, name)) for _, run in trained}
+        if len(values) > 1:
+            problems.append(Problem(("variables",),
+                                    f"the runs vary `{name}` ({', '.join(sorted(values))}), "
+                                    "which `variables` does not list",
+                                    f"add `{name}: [...]` to variables"))
+    return problems
+
+
 def _evaluation_problems(experiment: Experiment) -> list[Problem]:
     evaluation = experiment.spec.evaluation
     if evaluation is None:
         return []
     problems = _duplicates(list(enumerate(t.name for t in evaluation.tasks)),
                            ("evaluation", "tasks"), "task name")
+    trained_with = experiment.spec.controls.get("system_prompt", "")
+    if evaluation.system_prompt is not None and evaluation.system_prompt != trained_with:
+        problems.append(Problem(("evaluation", "system_prompt"),
+                                f"differs from the system prompt the runs train with "
+                                f"({trained_with!r}); evaluation always uses the run's own",
+                                "make it the same as `controls.system_prompt`, or remove it"))
     for index, task in enumerate(evaluation.tasks):
         script = experiment.resolve(task.script) if task.script is not None else None
         reason = regular_file_reason(script) if script else None
@@ -398,6 +527,12 @@ def _evaluation_problems(experiment: Experiment) -> list[Problem]:
                 problems.append(Problem(("evaluation", "matrix", index, "epochs", e_index),
                                         f"epoch {epoch} is negative", "epochs count from 0"))
     return problems
+
+
+def _given_name(experiment: Experiment, parent: FieldPath, *names: str) -> FieldPath:
+    """The path of a field under the name the file gives it (``dir`` or ``directory``)."""
+    node = _node(experiment.source.data, parent)
+    return (*parent, next((n for n in names if isinstance(node, dict) and n in node), names[0]))
 
 
 def _run_names_in_file(experiment: Experiment) -> list[tuple[int, str]]:

@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from ck_dagster.catalog.parameters import MAX_SEED
+from ck_dagster.catalog.parameters import MAX_SEED, config_path
 from ck_dagster.experiment.problems import FieldPath
 from ck_dagster.experiment.yaml_lines import LoadedYaml
 
@@ -28,6 +28,7 @@ MAX_NAME_LENGTH = 100
 _SLURM_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:,|&*\[\]-]*")
 _MEMORY = re.compile(r"([0-9]+)([KMGT]?)")
 _TIME = re.compile(r"(?:[0-9]+-)?[0-9]+(?::[0-9]{1,2}){0,2}")
+_WANDB_PROJECT = re.compile(r"^[^/\\#?%:\s]{1,128}$")
 
 
 def _safe_name(value: str) -> str:
@@ -81,11 +82,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _aliased(*names: str, **kwargs: Any) -> Any:
+    """A field known by v1's name (the first) and the names ck_dagster accepted before."""
+    return Field(validation_alias=AliasChoices(*names), **kwargs)
+
+
 class ExperimentInfo(_Strict):
-    """``experiment:``: what the experiment is and where its runs live."""
+    """``experiment:``: what the experiment is and where its runs live (the rest is shown in
+    metadata: informational)."""
 
     name: SafeName
-    dir: Folder = Field(
+    directory: Folder = _aliased(
+        "directory", "dir",
         description="where run directories go; relative paths are relative to the file")
     project: str | None = None
     question: str | None = None
@@ -121,15 +129,18 @@ class Splits(_Strict):
 
 
 class TrainingData(_Strict):
-    """``data.training``: JSON with train/validation/test lists of {input, output} rows."""
+    """``data.training``: JSON with train/validation/test lists of {input, output} rows, or a
+    folder of parquet files named after their splits."""
 
     path: str
-    dataset_label: str | None = None
-    format: Literal["json"] = "json"
+    label: str | None = _aliased("label", "dataset_label", default=None)
+    format: Literal["json", "parquet"] = "json"
     size_kb: float | None = None
     splits: Splits | None = None
     input_key: str = "input"
     output_key: str = "output"
+    #: v1's record of how the data was generated (informational).
+    data_generation: dict[str, Any] | None = None
 
 
 class Data(_Strict):
@@ -137,11 +148,33 @@ class Data(_Strict):
 
 
 class Output(_Strict):
+    """``output:``: where training outputs go and where their metrics are logged."""
+
+    base_directory: str | None = None
+    checkpoint_pattern: str = "{run_name}/epoch_{N}"
     wandb_project: str | None = None
+
+    @field_validator("wandb_project")
+    @classmethod
+    def _project(cls, value: str | None) -> str | None:
+        if value is not None and not _WANDB_PROJECT.match(value):
+            raise ValueError("is not a W&B project name (1 to 128 characters, none of "
+                             "/ \\ # ? % : or spaces)")
+        return value
+
+    @field_validator("checkpoint_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        head, sep, tail = value.rpartition("/")
+        if sep != "/" or tail != "epoch_{N}" or "{run_name}" not in head or \
+                "{" in head.replace("{run_name}", ""):
+            raise ValueError("must be a folder with {run_name}, then /epoch_{N} "
+                             "(e.g. \"ck-out-{run_name}/epoch_{N}\")")
+        return value
 
 
 class Compute(_Strict):
-    """``runs[].compute``: SLURM overrides of what the model's size asks for."""
+    """``compute:`` and ``runs[].compute``: SLURM overrides of the cluster profile."""
 
     time: str | None = None
     gpus: int | None = Field(default=None, ge=0, le=64)
@@ -150,7 +183,8 @@ class Compute(_Strict):
     partition: SlurmValue | None = None
     constraint: SlurmValue | None = None
     account: SlurmValue | None = None
-    mig: bool = False
+    qos: SlurmValue | None = None
+    mig: bool | None = None
 
     @field_validator("time")
     @classmethod
@@ -187,6 +221,8 @@ class Run(_Strict):
     model: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     compute: Compute | None = None
+    #: v1's MIG flag: the same as ``compute.mig``.
+    mig: bool | None = None
 
     @property
     def is_control(self) -> bool:
@@ -204,6 +240,8 @@ class EvalTask(_Strict):
 
     name: SafeName
     script: str | None = None
+    #: v1: the evaluation data; only ``same`` (the training data's test split) is supported.
+    dataset: Literal["same"] | None = None
     description: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     prompt: str | None = None
@@ -220,12 +258,16 @@ class MatrixEntry(_Strict):
 
 
 class Evaluation(_Strict):
+    """``evaluation:``: generation settings, tasks and which run x task x epoch to evaluate."""
+
+    #: v1 repeats the training system prompt here; it must match (evaluation uses the run's).
+    system_prompt: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     do_sample: bool | None = None
     max_connections: int | None = Field(default=None, ge=1)
-    scorers: list[Scorer | str] | None = None
+    scorers: list[Scorer | str] | None = _aliased("scorers", "scorer", default=None)
     tasks: list[EvalTask] = Field(min_length=1)
     matrix: list[MatrixEntry] | None = None
 
@@ -240,6 +282,7 @@ class ExperimentFile(_Strict):
     models: Models
     data: Data
     output: Output = Field(default_factory=Output)
+    compute: Compute | None = None
     runs: list[Run] = Field(min_length=1)
     evaluation: Evaluation | None = None
 
@@ -267,8 +310,8 @@ class Experiment:
 
     @property
     def dir(self) -> Path:
-        """The experiment directory: ``<experiment.dir>``, resolved."""
-        return self.resolve(self.spec.experiment.dir)
+        """The experiment directory: ``<experiment.directory>``, resolved."""
+        return self.resolve(self.spec.experiment.directory)
 
     @property
     def runs(self) -> list[Run]:
@@ -286,8 +329,19 @@ class Experiment:
         raise KeyError(name)
 
     def run_dir(self, run: Run | str) -> Path:
-        """``<experiment.dir>/<run>``."""
+        """``<experiment.directory>/<run>``: the run's configs, scripts and evaluations."""
         return self.dir / (run if isinstance(run, str) else run.name)
+
+    def output_dir(self, run: Run | str) -> Path:
+        """Where a run's training outputs (epoch folders, logs) go: the folder of
+        ``output.checkpoint_pattern`` under ``output.base_directory``, or
+        ``<experiment.directory>/<run>/artifacts`` without a base directory."""
+        name = run if isinstance(run, str) else run.name
+        output = self.spec.output
+        if output.base_directory is None:
+            return self.run_dir(name) / "artifacts"
+        folder = output.checkpoint_pattern.rpartition("/")[0].replace("{run_name}", name)
+        return self.resolve(output.base_directory) / folder
 
     def model_entry(self, run: Run) -> BaseModelEntry:
         """The ``models.base`` entry a run names."""
@@ -300,6 +354,37 @@ class Experiment:
         loop) comes back as written, made absolute; reading the file reports it as a problem.
         """
         return resolve_path(path, self.file.parent)
+
+    def run_value(self, run: Run, name: str) -> Any:
+        """What a run sets for variable ``name``: its ``model`` for ``model``, else its own
+        parameter or the controls' by any name of the same setting (None when neither does)."""
+        if name == "model":
+            return run.model
+        for layer in (run.parameters, self.spec.controls):
+            for key, value in layer.items():
+                if config_path(key) == config_path(name):
+                    return value
+        return None
+
+    def information(self, run: Run) -> dict[str, Any]:
+        """The informational fields of the file (they change nothing that is built), with the
+        dataset's label, as a run's metadata shows them."""
+        spec = self.spec
+        data, model = spec.data.training, self.model_entry(run)
+        values: dict[str, Any] = {
+            **{f"experiment.{k}": str(v) for k, v in spec.experiment.model_dump(
+                include={"project", "question", "hypothesis", "purpose", "date",
+                         "description"}, exclude_none=True).items()},
+            "dataset": data.label or Path(data.path).stem,
+            "data.size_kb": data.size_kb, "model.size_gb": model.size_gb,
+            "data_generation": data.data_generation,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    def vis_labels(self) -> dict[str, str]:
+        """``evaluation.matrix[].vis_label`` by run: how plots name the runs."""
+        matrix = self.spec.evaluation.matrix if self.spec.evaluation else None
+        return {e.run: e.vis_label for e in matrix or [] if e.vis_label}
 
     def partition_key(self, run: Run | str) -> str:
         """The Dagster partition key of a run: ``<experiment>/<run>``."""

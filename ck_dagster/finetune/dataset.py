@@ -59,7 +59,7 @@ def prompt_dataset(
     tokenizer: ModelTokenizer,
     *,
     source: str = "json",
-    data_files: str,
+    data_files: str | list[str],
     field: str = "train",
     prompt: str = INPUT_PLACEHOLDER,
     system_prompt: str = "",
@@ -70,16 +70,18 @@ def prompt_dataset(
     split: str = "train",
     **load_dataset_kwargs: Any,
 ) -> SFTDataset | PackedDataset:
-    """torchtune's SFTDataset over one top-level list (``field``) of a train/validation/test JSON.
+    """torchtune's SFTDataset over one split of the data: a top-level list (``field``) of a
+    train/validation/test JSON, or (``source: parquet``) the split's parquet files.
 
-    Used as ``dataset._component_: ck_dagster.finetune.dataset.prompt_dataset``; the file is read
-    locally by the datasets ``json`` loader, so nothing is fetched from the Hub.
+    Used as ``dataset._component_: ck_dagster.finetune.dataset.prompt_dataset``; the files are
+    read locally by the datasets ``json``/``parquet`` loaders, so nothing is fetched from the Hub.
     """
     message_transform = PromptToMessages(prompt=prompt, system_prompt=system_prompt,
                                          input_key=input_key, output_key=output_key,
                                          train_on_input=train_on_input)
     ds = SFTDataset(source=source, message_transform=message_transform, model_transform=tokenizer,
-                    data_files=data_files, field=field, split=split, **load_dataset_kwargs)
+                    data_files=data_files, split=split,
+                    **({"field": field} if source == "json" else {}), **load_dataset_kwargs)
     if packed:
         if tokenizer.max_seq_len is None:
             raise CkError("dataset.packed needs tokenizer.max_seq_len to be set")

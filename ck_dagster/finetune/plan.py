@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -28,6 +30,7 @@ import yaml
 from ck_dagster.catalog import parameters
 from ck_dagster.catalog.models import MODELS, KnownModel
 from ck_dagster.errors import CkError, did_you_mean, printable
+from ck_dagster.experiment.data import data_digest, parquet_splits
 from ck_dagster.experiment.data_file import data_file_problems
 from ck_dagster.experiment.load import read_experiment
 from ck_dagster.experiment.problems import ExperimentFileError, Problem
@@ -35,8 +38,10 @@ from ck_dagster.experiment.schema import Experiment, Run
 from ck_dagster.experiment.yaml_lines import add_yaml12_numbers
 from ck_dagster.fileio import sha256_file
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
+from ck_dagster.finetune.cluster_profile import deployment_environment
 from ck_dagster.finetune.merge import ProvenancedConfig, Source
 from ck_dagster.finetune.validate import component_errors
+from ck_dagster.slurm.preflight import Refusal, preflight
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
 
@@ -44,6 +49,8 @@ from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
 BUILTIN_RECIPE = "lora_finetune_single_device"
 #: the dataset builder our configs use: it formats prompt + system prompt like evaluation does.
 DATASET_COMPONENT = "ck_dagster.finetune.dataset.prompt_dataset"
+#: the metric logger of runs with ``output.wandb_project``: DiskLogger and WandBLogger.
+WANDB_LOGGER = "ck_dagster.training.metric_logging.DiskAndWandBLogger"
 #: config paths that hold where a run's outputs go: ck_dagster's to set, never a parameter.
 OUTPUT_PATHS = frozenset({"output_dir", "checkpointer.output_dir"})
 _INTERPOLATION_START = re.compile(r"(\\*)\$\{")
@@ -80,8 +87,9 @@ class RunPlan:
 
     @property
     def artifacts_dir(self) -> Path:
-        """torchtune's ``output_dir``: epoch checkpoints, metric logs and job logs."""
-        return self.run_dir / "artifacts"
+        """torchtune's ``output_dir``: epoch checkpoints, metric logs and job logs (under
+        ``output.base_directory`` when the file gives one)."""
+        return self.experiment.output_dir(self.run)
 
     @property
     def is_control(self) -> bool:
@@ -114,10 +122,11 @@ class RunPlan:
             parts = ["control", self.model.name, str(self.model_path)]
         else:
             assert self.job is not None
-            data = Path(self.config.get("dataset.data_files")) if self.config else \
+            json_file = self.config is not None and self.config.get("dataset.source") == "json"
+            data = Path(self.config.get("dataset.data_files")) if json_file else \
                 self.experiment.resolve(self.experiment.spec.data.training.path)
             parts = [self.finetune_yaml or "", repr(self.resources), " ".join(self.job.command),
-                     file_digest(data)]
+                     data_digest(data)]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     @property
@@ -136,6 +145,17 @@ class ExperimentPlan:
 
     experiment: Experiment
     runs: dict[str, RunPlan]
+
+    def preflight(self) -> list[Refusal] | None:
+        """Training jobs the SLURM cluster could never run (see :func:`preflight_runs`)."""
+        return preflight_runs(self.runs.values())
+
+
+def preflight_runs(runs: Iterable[RunPlan]) -> list[Refusal] | None:
+    """Training jobs of ``runs`` the SLURM cluster could never run, with what it lacks; None
+    when no SLURM controller answers (then nothing was asked)."""
+    return preflight((run.partition_key, run.resources, run.slurm_script or "")
+                     for run in runs if not run.is_control)
 
 
 def plan_experiment(experiment: Experiment, environment: JobEnvironment | None = None,
@@ -168,7 +188,7 @@ def plan_experiment_file(path: str | Path,
 def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
                only: Iterable[str] | None = None) -> tuple[dict[str, RunPlan], list[Problem]]:
     """The plans of the runs that are valid, and the problems of the others (with lines)."""
-    environment = environment or JobEnvironment.from_env()
+    environment = environment or deployment_environment()
     wanted = set(only) if only is not None else None
     base_models = {m.name for m in experiment.spec.models.base}
     problems: list[Problem] = []
@@ -218,8 +238,8 @@ class _RunPlanner:
         self.controls = experiment.spec.controls
 
     def plan(self) -> RunPlan | None:
-        compute = self.run.compute.model_dump(exclude_unset=True) if self.run.compute else {}
-        resources = self.model.resources.with_overrides(compute)
+        resources = self.environment.profile.request(
+            self.model.size, *compute_layers(self.experiment, self.run))
         base_recipe = self.controls.get("base_recipe")
         if self.run.is_control:
             return RunPlan(self.experiment, self.run, self.index, self.model, self.model_path,
@@ -267,7 +287,15 @@ class _RunPlanner:
         return recipe, catalog.load(base_recipe)
 
     def _recipe_for_gpus(self, recipe: str, gpus: int) -> tuple[str, int]:
-        """More than one GPU switches a single-device recipe to its distributed twin."""
+        """More than one GPU switches a single-device recipe to its distributed twin; a
+        distributed recipe needs a GPU (on one, ``tune run --nproc_per_node 1`` runs it)."""
+        if recipe.endswith("_distributed") and gpus == 0:
+            single = recipe.replace("_distributed", "_single_device")
+            self.problems.append(Problem(
+                ("controls", "base_recipe"), f"`{recipe}` is a distributed recipe, which "
+                "needs GPUs, but this run asks for none", f"use a config of `{single}`, or "
+                "set `compute.gpus`"))
+            return recipe, 1
         if gpus <= 1:
             return recipe, 1
         twin = recipe.replace("_single_device", "_distributed")
@@ -283,8 +311,13 @@ class _RunPlanner:
         model, data = self.model, self.experiment.spec.data.training
         model_field = ("models", "base", self._model_index())
         derived = Source("derived", f"model {model.name}", model_field)
-        config.set("output_dir", str(self.experiment.run_dir(self.run) / "artifacts"),
-                   Source("derived", "<experiment.dir>/<run>/artifacts", ("experiment", "dir")))
+        if self.experiment.spec.output.base_directory is None:
+            output_source = Source("derived", "<experiment.directory>/<run>/artifacts",
+                                   ("experiment",))
+        else:
+            output_source = Source("derived", "output.base_directory + checkpoint_pattern",
+                                   ("output", "base_directory"))
+        config.set("output_dir", str(self.experiment.output_dir(self.run)), output_source)
         if recipe.startswith("lora_"):
             config.set("model._component_", model.lora_builder, derived)
         else:
@@ -300,23 +333,55 @@ class _RunPlanner:
         config.set("checkpointer.model_type", model.model_type, derived)
         config.set("checkpointer.recipe_checkpoint", None, derived)
         data_source = Source("derived", "data.training", ("data", "training"))
+        data_path = self.experiment.resolve(data.path)
+        files = {"source": "json", "data_files": str(data_path), "field": "train"} \
+            if data.format == "json" else \
+            {"source": "parquet", "data_files": [str(f) for f in parquet_splits(data_path)
+                                                  .get("train", [])]}
         config.set("dataset", {
             "_component_": DATASET_COMPONENT,
-            "source": "json",
-            "data_files": str(self.experiment.resolve(data.path)),
-            "field": "train",
+            **files,
             "input_key": data.input_key,
             "output_key": data.output_key,
             "prompt": "{input}",
             "system_prompt": "",
             "packed": False,
         }, data_source)
+        project = self.experiment.spec.output.wandb_project
+        if project is not None:
+            self._wandb_logger(config, project)
         if resources.gpus == 0:
             config.merge(CPU_SETTINGS, Source("derived", "no GPU requested",
                                               ("runs", self.index, "compute", "gpus")))
         config.merge(model.config_overrides, derived)
 
+    def _same_setting_twice(self, names: Iterable[str], where: tuple[str | int, ...]) -> None:
+        """``lr`` and ``learning_rate`` (or a friendly name and its path) in one layer."""
+        seen: dict[str, str] = {}
+        for name in names:
+            path = parameters.config_path(name)
+            if path in seen:
+                self.problems.append(Problem(
+                    (*where, name), f"`{name}` and `{seen[path]}` both set `{path}`",
+                    "keep one of them"))
+            seen.setdefault(path, name)
+
+    def _wandb_logger(self, config: ProvenancedConfig, project: str) -> None:
+        """``output.wandb_project``: W&B beside the DiskLogger, run named after the run."""
+        field = ("output", "wandb_project")
+        if importlib.util.find_spec("wandb") is None:
+            self.problems.append(Problem(field, "wandb is not installed here", "pip install "
+                                         "'ck-dagster[wandb]' (in the jobs' environment too), "
+                                         "or remove `wandb_project`"))
+            return
+        outputs = self.experiment.output_dir(self.run)
+        config.set("metric_logger", {
+            "_component_": WANDB_LOGGER, "log_dir": str(outputs / "logs"), "project": project,
+            "name": self.run.name, "wandb_dir": str(outputs),
+        }, Source("derived", "output.wandb_project", field))
+
     def _apply_controls(self, config: ProvenancedConfig) -> None:
+        self._same_setting_twice(self.controls, ("controls",))
         if self.controls.get("validation_during_training"):
             self.problems.append(Problem(
                 ("controls", "validation_during_training"),
@@ -329,6 +394,7 @@ class _RunPlanner:
                                                     ("controls", name)))
 
     def _apply_run_parameters(self, config: ProvenancedConfig) -> None:
+        self._same_setting_twice(self.run.parameters, ("runs", self.index, "parameters"))
         for name, value in self.run.parameters.items():
             self._apply(config, name, value, Source(
                 "run", f"runs[{self.run.name}].parameters.{name}",
@@ -351,9 +417,9 @@ class _RunPlanner:
         if path in OUTPUT_PATHS:
             self.problems.append(Problem(
                 source.field, f"`{path}` is where ck_dagster keeps the run's checkpoints and "
-                "logs (<experiment.dir>/<run>/artifacts), which training, evaluation and the "
-                "report find there", "remove it; to keep outputs on other storage, set "
-                "`output.base_directory`"))
+                "logs (<base_directory>/<run>/, or <directory>/<run>/artifacts), which "
+                "training, evaluation and the report find there", "remove it; to keep outputs "
+                "on other storage, set `output.base_directory`"))
             return
         if path == "dataset.data_files":
             value = self._data_files(value, source)
@@ -413,25 +479,36 @@ class _RunPlanner:
 
     def _job(self, recipe: str, nproc: int, resources: Resources) -> JobScript:
         run_dir = self.experiment.run_dir(self.run)
+        outputs = self.experiment.output_dir(self.run)
         command = ["tune", "run"]
-        if nproc > 1:
+        if nproc > 1 or recipe.endswith("_distributed"):  # torchrun launches these
             command += ["--nproc_per_node", str(nproc)]
         command += [recipe, "--config", "finetune.yaml"]
         return JobScript(
             job_name=job_name_for(self.experiment.name, self.run.name, "train"),
             workdir=run_dir,
-            log_path=run_dir / "artifacts" / "slurm-%j.out",
+            log_path=outputs / "slurm-%j.out",
             resources=resources,
             command=command,
             environment=self.environment,
             description=(f"Training job for run {self.experiment.partition_key(self.run)}, "
                          "written by ck_dagster.\nSubmit by hand from this folder with: "
-                         "mkdir -p artifacts && sbatch finetune.slurm"),
+                         f"mkdir -p {shlex.quote(str(outputs))} && sbatch finetune.slurm"),
         )
 
     def _model_index(self) -> int:
         names = [m.name for m in self.experiment.spec.models.base]
         return names.index(self.run.model)
+
+
+def compute_layers(experiment: Experiment, run: Run) -> list[dict[str, Any]]:
+    """A run's SLURM overrides of its profile, in order: the experiment's ``compute:``, then
+    the run's own (with v1's ``runs[].mig``)."""
+    layers = [block.model_dump(exclude_unset=True, exclude_none=True)
+              for block in (experiment.spec.compute, run.compute) if block is not None]
+    if run.mig is not None:
+        layers.append({"mig": run.mig})
+    return layers
 
 
 class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]

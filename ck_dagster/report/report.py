@@ -169,6 +169,8 @@ class Report:
     experiment: str
     rows: list[ScoreRow]
     varied: list[str]
+    #: how the plot names runs (``evaluation.matrix[].vis_label``); the run name otherwise.
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[str]:
@@ -298,8 +300,19 @@ class Report:
         return lines
 
     def plot_png(self) -> bytes:
+        """The plot (:meth:`figure`) as PNG."""
+        from matplotlib import pyplot as plt
+
+        figure = self.figure()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=80)
+        plt.close(figure)
+        return buffer.getvalue()
+
+    def figure(self) -> Any:
         """Primary metric by epoch with its interval, a panel per task, control runs dashed;
-        a last panel of the losses by epoch when any was logged."""
+        a last panel of the losses by epoch when any was logged. (A matplotlib Figure; close
+        it with ``pyplot.close``.)"""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -316,7 +329,10 @@ class Report:
                 mine = [r for r in rows if r.run == run]
                 if mine[0].is_control:
                     axis.axhline(
-                        mine[0].score, linestyle="--", color="grey", label=f"{run} (base model)"
+                        mine[0].score,
+                        linestyle="--",
+                        color="grey",
+                        label=f"{self.labels.get(run, run)} (base model)",
                     )
                     continue
                 points = sorted((r.epoch, r) for r in mine if r.epoch is not None)
@@ -329,7 +345,7 @@ class Report:
                     ],
                     marker="o",
                     capsize=3,
-                    label=run,
+                    label=self.labels.get(run, run),
                 )
             axis.set(
                 title=f"{self.experiment}: {task}",
@@ -342,10 +358,7 @@ class Report:
         if has_loss:
             self._plot_losses(axes[0][-1], epochs)
         figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=80)
-        plt.close(figure)
-        return buffer.getvalue()
+        return figure
 
     def _plot_losses(self, axis: Any, epochs: list[int]) -> None:
         rows = [r for r in self.primary_rows(self.tasks[0]) if not r.is_control]
@@ -355,7 +368,7 @@ class Report:
                 [e for e, r in points if r.train_loss is not None],
                 [r.train_loss for _, r in points if r.train_loss is not None],
                 marker="o",
-                label=f"{run} training",
+                label=f"{self.labels.get(run, run)} training",
             )
             if any(r.val_loss is not None for _, r in points):
                 axis.plot(
@@ -364,7 +377,7 @@ class Report:
                     marker="s",
                     linestyle="--",
                     color=line[0].get_color(),
-                    label=f"{run} validation",
+                    label=f"{self.labels.get(run, run)} validation",
                 )
         axis.set(title=f"{self.experiment}: loss", xlabel="epoch", ylabel="loss", xticks=epochs)
         axis.legend(fontsize="small")
@@ -433,11 +446,19 @@ def varied_parameters(parameters_by_run: Sequence[dict[str, Any]]) -> list[str]:
     return [name for name in names if len({repr(p.get(name)) for p in parameters_by_run}) > 1]
 
 
-def build_report(experiment: str, rows: Iterable[ScoreRow]) -> Report:
-    """A report over ``rows``, naming the parameters that vary between its fine-tuned runs."""
+def build_report(
+    experiment: str,
+    rows: Iterable[ScoreRow],
+    *,
+    variables: Sequence[str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> Report:
+    """A report over ``rows``: its columns are the experiment's ``variables`` when it lists
+    them, else the parameters that vary between its fine-tuned runs."""
     rows = list(rows)
     by_run = {row.run: row.parameters for row in rows if not row.is_control}
-    return Report(experiment, rows, varied_parameters(list(by_run.values())))
+    varied = list(variables) if variables else varied_parameters(list(by_run.values()))
+    return Report(experiment, rows, varied, dict(labels or {}))
 
 
 def _losses(row: ScoreRow) -> str:

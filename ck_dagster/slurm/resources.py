@@ -1,9 +1,9 @@
-"""SLURM resources for a job: what a model size needs, and how ``runs[].compute`` overrides it."""
+"""SLURM resources for a job, and what each model size needs under the della rules (the
+``della`` cluster profile; ``ck_dagster.slurm.profile`` applies profiles and ``compute:``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -17,17 +17,7 @@ class Resources:
     partition: str | None = None
     constraint: str | None = None
     account: str | None = None
-
-    def with_overrides(self, compute: dict[str, Any]) -> Resources:
-        """Apply ``runs[].compute`` (already validated) on top of these resources.
-
-        ``mig: true`` (a 1B model on a MIG slice) means 16G and no partition, as in v1.
-        """
-        fields = {k: v for k, v in compute.items() if k != "mig" and v is not None}
-        result = self
-        if compute.get("mig"):
-            result = replace(result, mem="16G", partition=None)
-        return replace(result, **fields)
+    qos: str | None = None
 
 
 # The v1 rule (RAM = VRAM), by model size class; see docs in experiment-schema.md.

@@ -116,6 +116,8 @@ class JobRequest:
     #: what changed since a live job of this request was submitted ([] when nothing did or
     #: it cannot be told); such a job is stale: cancelled, and the request submitted again.
     changes_since_submitted: Callable[[], list[str]] = lambda: []
+    #: the folder the job logs into, when it is not the script's (``output.base_directory``).
+    log_folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ class JobRunner:
     def _found(self, request: JobRequest) -> list[JobStatus]:
         """Jobs of the request's name that log into its folder: the same name may be used by
         another Dagster instance or a copy of the experiment elsewhere."""
-        folder = request.script.resolve().parent
+        folder = (request.log_folder or request.script.parent).resolve()
         return [s for s in self.launcher.find(request.job_name)
                 if s.log_path is None or folder in s.log_path.resolve().parents]
 

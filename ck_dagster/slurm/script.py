@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ck_dagster.errors import CONTROL_CATEGORIES, CkError, printable
 from ck_dagster.settings import Settings
+from ck_dagster.slurm.profile import DELLA, ClusterProfile
 from ck_dagster.slurm.resources import Resources
 
 #: variables every job exports: offline model and dataset hubs, no telemetry, no stale caches.
@@ -56,31 +57,37 @@ def job_name_for(experiment: str, run: str, kind: str) -> str:
 
 @dataclass(frozen=True)
 class JobEnvironment:
-    """How a job activates its software before running: modules, a conda env, a venv, or none.
+    """The deployment's job settings: how a job activates its software (modules, a conda env, a
+    venv, or none), and the cluster profile its requests follow.
 
-    Configured per deployment (Dagster resource or ``CK_JOB_*`` variables), not per experiment:
-    the same experiment file runs on a laptop and on a cluster.
+    Configured per deployment (Dagster resource or ``CK_JOB_*``/``CK_CLUSTER_PROFILE``
+    variables), not per experiment: the same experiment file runs on a laptop and on a cluster.
     """
 
     modules: tuple[str, ...] = ()
     conda_env: str | None = None
     venv: str | None = None
+    profile: ClusterProfile = DELLA
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 profile: ClusterProfile = DELLA) -> JobEnvironment:
         """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV`` and ``CK_JOB_VENV``
-        (from ``environ``, default this process's environment) through the settings.
+        (from ``environ``, default this process's environment) through the settings, for jobs
+        that follow ``profile`` (``ck_dagster.finetune.cluster_profile`` reads the chosen one).
 
-        With none of them set, jobs activate the virtual environment this Python runs in (if
-        any); ``CK_JOB_VENV=none`` turns that off.
+        With none of the ``CK_JOB_*`` set, jobs activate what the profile says, else the
+        virtual environment this Python runs in (if any); ``CK_JOB_VENV=none`` turns that off.
         """
         settings = Settings.from_env(environ)
         modules, conda_env, venv = settings.job_modules, settings.job_conda_env, settings.job_venv
         if venv is None and not modules and conda_env is None:
+            if profile.has_environment:
+                return cls(profile.modules, profile.conda_env, profile.venv, profile)
             venv = sys.prefix if sys.prefix != sys.base_prefix else None
         if venv in ("", "none"):
             venv = None
-        return cls(modules=modules, conda_env=conda_env, venv=venv)
+        return cls(modules=modules, conda_env=conda_env, venv=venv, profile=profile)
 
     def lines(self) -> list[str]:
         """The shell lines that activate this environment."""
@@ -130,7 +137,7 @@ class JobScript:
             header.append(f"--gres=gpu:{r.gpus}")
         header += [f"--{name}={value}" for name, value in
                    (("partition", r.partition), ("constraint", r.constraint),
-                    ("account", r.account)) if value]
+                    ("account", r.account), ("qos", r.qos)) if value]
         lines = ["#!/bin/bash"]
         if self.description:
             lines += [f"# {printable(line)}" for line in self.description.splitlines()]

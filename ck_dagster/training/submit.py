@@ -71,6 +71,7 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
         notes=notes,
         verb="trained",
         changes_since_submitted=changes_since_submitted,
+        log_folder=artifacts,
     )
 
 

@@ -23,7 +23,7 @@ from ck_dagster_tests.fixtures.dagster import run_command
 
 # what the experiment implies, not the recipe/controls/run precedence rule itself
 DERIVED = ("output_dir", "model._component_", "model.lora_alpha", "tokenizer.", "checkpointer.",
-           "dataset.")
+           "dataset.", "metric_logger.")  # metric_logger: output.wandb_project
 
 
 def materialize(selection: str, keys: list[str]) -> str:

@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from ck_dagster.experiment.load import load_experiment
+from ck_dagster.experiment.problems import ExperimentFileError
 from ck_dagster.finetune.catalog import recipe_catalog
 from ck_dagster.finetune.merge import ProvenancedConfig, Source
-from ck_dagster.finetune.plan import plan_experiment
+from ck_dagster.finetune.plan import plan_experiment, plan_experiment_file
 from ck_dagster.slurm.script import JobEnvironment
 from ck_dagster_tests.fixtures.dagster import EXAMPLES
 
@@ -187,3 +188,26 @@ print("torch imported:", "torch" in sys.modules)
                            capture_output=True, text=True).stdout for _ in range(2)]
     assert runs[0] == "refused: True\ntorch imported: True\n"
     assert runs[1] == "refused: True\ntorch imported: False\n"
+
+
+def test_a_distributed_recipe_on_one_gpu_runs_under_torchrun_and_on_none_is_refused(
+        tmp_path: Path) -> None:
+    """torchtune refuses a distributed recipe that no distributed launcher started."""
+    def plan(compute: str):
+        file = tmp_path / "distributed.yaml"
+        file.write_text(f"""experiment: {{name: dist, directory: runs}}
+controls: {{base_recipe: llama3_1/8B_lora}}
+models: {{base: [{{name: Llama-3.1-8B-Instruct, path: /models/Llama-3.1-8B-Instruct}}]}}
+data: {{training: {{path: {EXAMPLES / 'data' / 'words_capitalization.json'}}}}}
+runs: [{{name: one, type: fine-tuned, model: Llama-3.1-8B-Instruct, compute: {compute}}}]
+""")
+        return plan_experiment_file(file, NO_ENV)
+
+    script = plan("{gpus: 1}").runs["one"].slurm_script
+    assert "tune run --nproc_per_node 1 lora_finetune_distributed --config finetune.yaml" \
+        in script
+    with pytest.raises(ExperimentFileError) as caught:
+        plan("{gpus: 0}")
+    assert "controls.base_recipe: `lora_finetune_distributed` is a distributed recipe, which " \
+        "needs GPUs, but this run asks for none (use a config of " \
+        "`lora_finetune_single_device`, or set `compute.gpus`)" in str(caught.value)

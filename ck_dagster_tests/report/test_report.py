@@ -143,3 +143,20 @@ def test_table_csv_markdown_and_plot(tmp_path) -> None:
 
 def test_an_experiment_without_evaluations_says_so() -> None:
     assert "No evaluations yet." in build_report("cap", []).markdown()
+
+
+def test_variables_are_the_columns_and_vis_labels_name_the_plotted_runs() -> None:
+    from matplotlib import pyplot as plt
+
+    report = build_report(
+        "cap",
+        rows(),
+        variables=["lora_rank", "learning_rate"],
+        labels={"rank4": "rank 4", "base": "untrained"},
+    )
+    assert report.varied == ["lora_rank", "learning_rate"]
+    assert list(report.table()[0])[2:4] == ["lora_rank", "learning_rate"]
+    figure = report.figure()
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    plt.close(figure)
+    assert sorted(legend) == ["rank 4", "rank8", "untrained (base model)"]
