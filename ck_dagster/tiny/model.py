@@ -50,7 +50,8 @@ def wide_llama() -> TransformerDecoder:
 
 def lora_wide_llama(lora_attn_modules: list[LORA_ATTN_MODULES], **lora: Any) -> TransformerDecoder:
     """The wide bench model with LoRA adapters (``lora_tiny_llama``'s arguments)."""
-    return lora_tiny_llama(lora_attn_modules, dims=WIDE_DIMS, **lora)
+    return lora_llama3_2(lora_attn_modules=lora_attn_modules, **WIDE_DIMS, **lora,
+                         tie_word_embeddings=True)
 
 
 def lora_tiny_llama(
@@ -62,14 +63,13 @@ def lora_tiny_llama(
     lora_dropout: float = 0.0,
     use_dora: bool = False,
     quantize_base: bool = False,
-    dims: dict[str, Any] = DIMS,
 ) -> TransformerDecoder:
     """The tiny model with LoRA adapters; the arguments are ``lora_llama3_2_1b``'s."""
     return lora_llama3_2(
         lora_attn_modules=lora_attn_modules,
         apply_lora_to_mlp=apply_lora_to_mlp,
         apply_lora_to_output=apply_lora_to_output,
-        **dims,
+        **DIMS,
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
