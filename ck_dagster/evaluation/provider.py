@@ -149,31 +149,41 @@ def release_checkpoints() -> None:
 
 def apply_adapter(checkpoint: Checkpoint, folder: Path | None) -> None:
     """Merge the LoRA adapter saved in epoch folder ``folder`` into the loaded weights (None:
-    back to the loaded weights), as torchtune merges it on saving: in its module layout, on CPU,
-    in the model's dtype, with its ``get_merged_lora_ckpt``."""
+    back to the loaded weights), as torchtune merges it on saving (``get_merged_lora_ckpt``:
+    ``W + (alpha / rank) * B @ A`` in its module layout, on CPU, in the model's dtype), so the
+    weights are bit for bit those torchtune saves merged. Each weight is written once."""
     if checkpoint.adapter == folder:
         return
     parameters = dict(checkpoint.model.named_parameters())
+    adapter, rank, alpha = read_adapter(folder) if folder is not None else ({}, 1, 1.0)
+    modules = {key.rsplit(".lora_", 1)[0] for key in adapter if ".lora_" in key}
     with torch.no_grad():
-        for key, weight in checkpoint.replaced.items():
-            parameters[key].copy_(weight)
+        for key, weight in checkpoint.replaced.items():  # weights this adapter leaves alone
+            if key.removesuffix(".weight") not in modules:
+                parameters[key].copy_(weight)
         checkpoint.adapter = None
-        if folder is None:
-            return
-        adapter, rank, alpha = read_adapter(folder)
-        modules = {key.rsplit(".lora_", 1)[0] for key in adapter if ".lora_" in key}
-        for module in modules:
+        for module in sorted(modules):
             key = f"{module}.weight"
             if key not in parameters:
                 raise CkError(f"{folder}: the adapter has `{module}`, which the model lacks: "
                               "was it trained on another model?")
             if key not in checkpoint.replaced:
                 checkpoint.replaced[key] = parameters[key].detach().cpu().clone()
-        state = {**{f"{m}.weight": checkpoint.replaced[f"{m}.weight"].clone() for m in modules},
-                 **adapter}
-        merged = get_merged_lora_ckpt(state, rank=rank, alpha=alpha)
-        for module in modules:
-            parameters[f"{module}.weight"].copy_(merged[f"{module}.weight"])
+            base = checkpoint.replaced[key]
+            if f"{module}.magnitude" in adapter:  # DoRA: torchtune's merge, on a copy
+                merged = get_merged_lora_ckpt(
+                    {key: base.clone(), **{k: v for k, v in adapter.items()
+                                           if k.startswith(module + ".")}},
+                    rank=rank, alpha=alpha)[key]
+                parameters[key].copy_(merged)
+                continue
+            a, b = adapter[f"{module}.lora_a.weight"], adapter[f"{module}.lora_b.weight"]
+            # torchtune: state_dict[w] += (alpha / rank) * lora_b @ lora_a, on CPU tensors
+            delta = (alpha / rank) * b @ a
+            if parameters[key].device.type == "cpu":
+                torch.add(base, delta, out=parameters[key].data)
+            else:
+                parameters[key].copy_(base + delta)
     checkpoint.adapter = folder
 
 

@@ -15,6 +15,7 @@ from ck_dagster_tests.evaluation.tiny_experiment import (
     EPOCHS,
     LORA_RECIPE,
     PROMPTS,
+    trimmed_data,
     write_experiment,
 )
 from ck_dagster_tests.fixtures.dagster import run_command
@@ -56,7 +57,8 @@ def test_adapter_only_kept_epochs_with_validation_train_and_evaluate(
         dagster_home, tmp_path, tiny_model_dir, capitalization_data, slurm_cluster) -> None:
     (tmp_path / "my_recipes").mkdir()
     (tmp_path / "my_recipes" / "my_recipe.py").write_text(RECIPE)
-    file = write_experiment(tmp_path, tiny_model_dir, capitalization_data, controls=CONTROLS,
+    data = trimmed_data(capitalization_data, tmp_path)
+    file = write_experiment(tmp_path, tiny_model_dir, data, controls=CONTROLS,
                             runs="\n  - {name: tuned, type: fine-tuned, model: tiny-llama}\n",
                             evaluation=EVALUATION, base_recipe=LORA_RECIPE)
     run_command(["ck-dagster", "register", file])
@@ -81,7 +83,7 @@ def test_adapter_only_kept_epochs_with_validation_train_and_evaluate(
     assert steps == list(range(2, 4 * EPOCHS + 1, 2)) and trained["final_val_loss"] > 0
     assert {k for k in evaluated if k.endswith("/accuracy")} == {
         "capitalization/epoch_0/accuracy", "capitalization/epoch_2/accuracy"}
-    assert evaluated["errored_samples"] == 0 and evaluated["samples"] == 200
+    assert evaluated["errored_samples"] == 0 and evaluated["samples"] == 2 * 25
 
     # a second materialization adopts the kept epochs: nothing is submitted again
     again = materialize("--select", "checkpoint", "--partition", key)

@@ -25,6 +25,7 @@ from ck_dagster_tests.evaluation.tiny_experiment import (
     PROMPTS,
     plan_run,
     train,
+    trimmed_data,
     write_experiment,
 )
 
@@ -51,7 +52,8 @@ evaluation:
 def lora_plans(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
                capitalization_data: Path) -> dict[str, RunPlan]:
     """The tuned LoRA run (trained once by ``tune run``) and the control run on its base."""
-    file = write_experiment(tmp_path_factory.mktemp("lora"), tiny_model_dir, capitalization_data,
+    folder = tmp_path_factory.mktemp("lora")
+    file = write_experiment(folder, tiny_model_dir, trimmed_data(capitalization_data, folder),
                             controls=CONTROLS, evaluation=EVALUATION, base_recipe=LORA_RECIPE)
     plans = {run: plan_run(file, run) for run in ("tuned", "base")}
     print(f"trained {plans['tuned'].recipe} in {train(plans['tuned']):.1f} s")

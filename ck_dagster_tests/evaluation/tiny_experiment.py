@@ -64,6 +64,15 @@ runs:{runs}
     return file
 
 
+def trimmed_data(data: Path, folder: Path, *, test: int = 25, validation: int = 16) -> Path:
+    """A copy of a capitalization dataset with fewer test and validation rows (quicker tests)."""
+    rows = json.loads(data.read_text())
+    rows["test"], rows["validation"] = rows["test"][:test], rows["validation"][:validation]
+    trimmed = folder / "trimmed.json"
+    trimmed.write_text(json.dumps(rows))
+    return trimmed
+
+
 def plan_run(file: Path, run: str) -> RunPlan:
     """The plan of one run of an experiment file."""
     return plan_experiment(load_experiment(file), JobEnvironment(), only=[run]).runs[run]
