@@ -1,4 +1,5 @@
-# ck_dagster: `make demo` to see it work, `make test` to check it, `make bench` for figures.
+# ck_dagster: `make demo` to see it work, `make check` (a minute) or `make test` (the whole
+# suite) to check it, `make bench` for figures.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: demo test bench ui slurm-up slurm-down clean-demo
+.PHONY: demo check test bench ui slurm-up slurm-down clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +21,14 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/ck-dagster demo --home $(DEMO_HOME)
 
-## test: the whole test suite (starts a local SLURM cluster when run as root)
-test: $(VENV)/.installed
+## check: lint, format check and the unit tests (pure: no process, cluster or model), in a minute
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -m unit -q
+
+## test: `make check`, then the whole test suite (starts a local SLURM cluster when run as root)
+test: check
 	@if [ "$$(id -u)" = 0 ]; then bash scripts/local-slurm/start.sh; \
 	else echo "not root: SLURM tests need a running cluster (see README)"; fi
 	$(PY) -m pytest

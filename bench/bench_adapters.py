@@ -49,7 +49,7 @@ from ck_dagster.evaluation.spec import (  # noqa: E402
     TorchtuneModel,
 )
 from ck_dagster.fileio import cache_dir, cached  # noqa: E402
-from ck_dagster.finetune.models import get_model  # noqa: E402
+from ck_dagster.catalog.models import get_model  # noqa: E402
 from ck_dagster.finetune.plan import file_digest  # noqa: E402
 from ck_dagster.slurm.script import OFFLINE_ENVIRONMENT  # noqa: E402
 from ck_dagster.tiny import VERSION  # noqa: E402

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))  # the test suite's tiny experiment and cache
 
 from ck_dagster.evaluation.results import read_results  # noqa: E402
 from ck_dagster.evaluation.spec import eval_spec_for  # noqa: E402
+from ck_dagster.fileio import cache_dir, cached  # noqa: E402
 from ck_dagster.slurm.script import OFFLINE_ENVIRONMENT  # noqa: E402
 from ck_dagster.tiny import VERSION  # noqa: E402
 from ck_dagster.tiny.data import make_capitalization_dataset  # noqa: E402
@@ -51,7 +52,6 @@ from ck_dagster_tests.evaluation.tiny_experiment import (  # noqa: E402
     train,
     write_experiment,
 )
-from ck_dagster.fileio import cache_dir, cached  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LAST = f"epoch_{EPOCHS - 1}"

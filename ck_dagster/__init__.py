@@ -1,7 +1,7 @@
 """ck_dagster: LLM fine-tuning experiments on SLURM as partitioned Dagster assets.
 
-The domain packages (``experiment``, ``finetune``, ``slurm``, ``training``, ``evaluation``,
-``report``, ``tiny``) are plain Python; only ``ck_dagster.assets`` and
+The domain packages (``catalog``, ``experiment``, ``finetune``, ``slurm``, ``training``,
+``evaluation``, ``report``, ``tiny``) are plain Python; only ``ck_dagster.assets`` and
 ``ck_dagster.definitions`` import Dagster. ``defs`` is loaded on first access, so
 ``dagster ... -m ck_dagster`` finds it while importing a domain package stays light.
 """

@@ -91,11 +91,18 @@ def _register(args: argparse.Namespace) -> int:
     # Validate every file before registering any: a refused file registers nothing.
     registrations = []
     errors = []
-    for file in args.files:
+    for file in dict.fromkeys(args.files):  # a file named twice is registered once
         try:
             registrations.append(prepare_registration(instance, file))
         except CkError as exc:
             errors.append(str(exc))
+    files_by_name: dict[str, Path] = {}
+    for registration in registrations:  # one experiment name, one file: within a command too
+        experiment = registration.plan.experiment
+        first = files_by_name.setdefault(experiment.name, experiment.file)
+        if first != experiment.file:
+            errors.append(f"{experiment.file}: experiment `{experiment.name}` is also in {first}; "
+                          "each experiment name belongs to one file. Rename one")
     if errors:
         raise CkError("\n".join(errors))
     for registration in registrations:
@@ -105,22 +112,66 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    from ck_dagster.fileio import atomic_write_text
+    from ck_dagster.evaluation.spec import eval_specs_for
     from ck_dagster.finetune.plan import plan_experiment_file
+    from ck_dagster.slurm.script import check_script
 
     plan = plan_experiment_file(args.file)
-    out = (args.out or Path("dry-run") / plan.experiment.name).resolve()
+    eval_specs_for(plan)  # the data and evaluation are checked as `register` checks them
+    out = (args.out or Path("dry-run") / plan.experiment.name).expanduser().absolute()
+    files = {}
     for name, run in plan.runs.items():
         if run.is_control:
             print(f"{name}: control run (evaluated on {run.model_path}, not trained)")
             continue
         assert run.finetune_yaml is not None and run.slurm_script is not None
-        atomic_write_text(out / name / "finetune.yaml", run.finetune_yaml)
-        atomic_write_text(out / name / "finetune.slurm", run.slurm_script, mode=0o755)
+        files[name] = {"finetune.yaml": run.finetune_yaml,
+                       "finetune.slurm": check_script(run.slurm_script)}
         print(f"{name}: {out / name}/finetune.yaml, finetune.slurm  ({run.recipe}, "
               f"{run.resources.gpus} GPU, {run.resources.mem})")
+    write_tree(out, files)
     print(f"{len(plan.runs)} runs valid; nothing was registered or submitted")
     return 0
+
+
+def write_tree(out: Path, files: dict[str, dict[str, str]]) -> None:
+    """Write ``out/<folder>/<file>`` for every entry, all or nothing: everything is staged in
+    a temporary folder beside ``out`` and moved in only when every file could be written."""
+    import shutil
+    import tempfile
+
+    from ck_dagster.fileio import file_in_the_way
+
+    folders = [out, *(out / folder for folder in files)]
+    targets = [out / folder / name for folder, names in files.items() for name in names]
+    blocker = file_in_the_way(out) or next(
+        (path for path in folders if path.exists() and not path.is_dir()),
+        next((path for path in targets if path.is_dir()), None))
+    if blocker is not None:
+        raise CkError(f"cannot write to {out}: {blocker} is in the way (a "
+                      f"{'folder' if blocker.is_dir() else 'file'}); choose another --out. "
+                      "Nothing was written")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise CkError(f"cannot write to {out}: {exc.strerror}; nothing was written") from None
+    try:
+        for folder, names in files.items():
+            (stage / folder).mkdir()
+            for name, text in names.items():
+                (stage / folder / name).write_text(text, encoding="utf-8")
+                if name.endswith(".slurm"):
+                    (stage / folder / name).chmod(0o755)
+        out.mkdir(exist_ok=True)
+        for folder, names in files.items():
+            (out / folder).mkdir(exist_ok=True)
+            for name in names:
+                os.replace(stage / folder / name, out / folder / name)
+    except OSError as exc:
+        raise CkError(f"cannot write to {out}: {exc}; nothing was written") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _recipes(args: argparse.Namespace) -> int:
@@ -156,11 +207,14 @@ def _demo(args: argparse.Namespace) -> int:
 def _instance():  # -> DagsterInstance (imported lazily: dagster is slow to import)
     from dagster import DagsterInstance
 
-    if not os.environ.get("DAGSTER_HOME"):
+    from ck_dagster.settings import Settings
+
+    configured = Settings.from_env().dagster_home
+    if not configured:
         raise CkError("DAGSTER_HOME is not set: point it at the folder of the Dagster instance "
                       "to register with (e.g. export DAGSTER_HOME=$PWD/.dagster_home; "
                       "mkdir -p $DAGSTER_HOME)")
-    home = Path(os.environ["DAGSTER_HOME"])
+    home = Path(configured)
     if not home.is_dir():
         raise CkError(f"DAGSTER_HOME={home} does not exist: create it (mkdir -p {home})")
     return DagsterInstance.get()

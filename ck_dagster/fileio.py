@@ -1,13 +1,87 @@
-"""Atomic file writes and content hashes: files on disk are never half-written."""
+"""Generic file helpers: atomic writes (files on disk are never half-written), content hashes,
+a lock-guarded cache, and the tail of a log."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from ck_dagster.errors import CkError
+from ck_dagster.settings import Settings
+
+
+class UnreadableFile(CkError):
+    """A file that is not read: not a regular file, too large, or failing to read. The message
+    says why, without the path (callers name the file and field)."""
+
+
+def regular_file_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not an existing regular file, in words, or None when it is one."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return _os_reason(exc)
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a regular file"
+    return "is not a regular file"
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; :class:`UnreadableFile` for
+    anything else. A pipe, a device or ``/proc/self/mem`` is refused, never read without end."""
+    reason = regular_file_reason(path)
+    if reason:
+        raise UnreadableFile(reason)
+    try:
+        # O_NONBLOCK: a FIFO put in the file's place since the check cannot block the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise UnreadableFile("is not a regular file")
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise UnreadableFile(f"cannot be read: {_os_reason(exc)}") from None
+    if len(data) > limit:
+        raise UnreadableFile(f"is larger than {limit // 1_000_000} MB, the most that is read")
+    return data
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file (or unreadable path) standing where ``folder`` or one of its parents would
+    have to be made, or None when the folder exists or can be made."""
+    for candidate in [folder, *folder.parents]:
+        try:
+            if candidate.exists():
+                return None if candidate.is_dir() else candidate
+        except OSError:
+            return candidate
+    return None
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "is a loop of symbolic links"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "has a name too long for the file system"
+    if exc.errno == errno.ENOTDIR:
+        return "not found: a part of its path is a file, not a folder"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return exc.strerror or str(exc)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> bool:
@@ -59,7 +133,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def cache_dir() -> Path:
     """Where ck_dagster keeps what it can rebuild (``$CK_DAGSTER_CACHE``, else
     ``~/.cache/ck_dagster``)."""
-    return Path(os.environ.get("CK_DAGSTER_CACHE") or Path.home() / ".cache" / "ck_dagster")
+    return Settings.from_env().cache_dir
 
 
 def cached(path: Path, make: Callable[[Path], object]) -> Path:
@@ -71,3 +145,26 @@ def cached(path: Path, make: Callable[[Path], object]) -> Path:
         if not path.exists():
             make(path)
     return path
+
+
+def tail(path: str | os.PathLike[str] | None, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ("" when it does not exist yet).
+
+    Reads backwards in blocks, so a multi-gigabyte training log costs the same as a small one.
+    """
+    if path is None or lines <= 0:
+        return ""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the `with` below)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return ""
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        data, position = b"", end
+        while position > 0 and data.count(b"\n") <= lines:
+            step = min(65536, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])

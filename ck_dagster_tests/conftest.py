@@ -1,7 +1,43 @@
-"""Shared pytest configuration: fixtures live in ck_dagster_tests/fixtures/, one module each."""
+"""Shared pytest configuration: fixtures live in ck_dagster_tests/fixtures/, one module each.
+
+Nothing here (nor in the fixture modules at import) imports torch, torchtune or Dagster: the
+fixtures import what they need when a test asks for them, so collecting the suite, and running
+the ``unit`` tier, stays fast. A test marked ``unit`` is held to that tier's promise: it starts
+no process and asks for none of the fixtures that build a model or need the cluster.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
 
 pytest_plugins: list[str] = [
+    "pytester",  # test_conftest.py runs the unit-tier guard in a pytest of its own
     "ck_dagster_tests.fixtures.dagster",
     "ck_dagster_tests.fixtures.slurm",
     "ck_dagster_tests.fixtures.tiny_model",
 ]
+
+#: fixtures that build a model, train, or need SLURM: never in a ``unit`` test.
+HEAVY_FIXTURES = frozenset({"tiny_model_dir", "capitalization_data", "slurm_cluster",
+                            "trained_artifacts", "trained_plan", "experiment"})
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_pure(request: pytest.FixtureRequest,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail a ``unit`` test that asks for a heavy fixture or starts a process."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    heavy = sorted(HEAVY_FIXTURES & set(request.fixturenames))
+    if heavy:
+        pytest.fail(f"a unit test may not use {', '.join(heavy)}: mark it slow or drop `unit`",
+                    pytrace=False)
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"a unit test started a process ({args!r}): inject a runner, or "
+                             "drop the `unit` marker")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

@@ -46,6 +46,7 @@ from ck_dagster.fileio import atomic_write_text
 from ck_dagster.finetune import config_checks
 from ck_dagster.finetune.catalog import BUILTIN_DEFAULTS, recipe_catalog
 from ck_dagster.finetune.plan import BUILTIN_RECIPE, RunPlan
+from ck_dagster.slurm.script import check_script
 
 run_spec = AssetSpec(
     key=RUN_SPEC,
@@ -155,8 +156,9 @@ def write_run_files(plan: RunPlan) -> dict[str, Any]:
             f"config. Base model: `{plan.model_path}`.")}
     assert plan.finetune_yaml is not None and plan.slurm_script is not None
     yaml_path, slurm_path = plan.run_dir / "finetune.yaml", plan.run_dir / "finetune.slurm"
+    script = check_script(plan.slurm_script)  # before either file is written
     changed = atomic_write_text(yaml_path, plan.finetune_yaml)
-    changed |= atomic_write_text(slurm_path, plan.slurm_script, mode=0o755)
+    changed |= atomic_write_text(slurm_path, script, mode=0o755)
     rows = [TableRecord({"path": path, "value": _short(value), "source": source.kind,
                          "origin": source.origin}) for path, value, source in plan.provenance()]
     overridden = sum(1 for _, _, s in plan.provenance() if s.kind in ("controls", "run"))

@@ -2,12 +2,13 @@
 
 ``eval_log`` runs one inspect-ai job per run (every saved epoch x task, or the base model of a
 control run) through the same launcher and pool as training. It materializes by itself when
-its checkpoint is updated, the report after evaluations change, and a schedule re-evaluates
-every registered run. Editing an evaluation (settings, tasks, task code) and registering again
-observes a new ``eval_spec`` version, which marks ``eval_log`` stale.
+its checkpoint is updated or its evaluation is registered changed (``assets.automation``), the
+report after evaluations change; the ``reevaluate_runs`` schedule (``assets.reevaluation``)
+catches up with whatever is stale. Editing an evaluation (settings, tasks, task code and its
+imports, data, tokenizer) and registering again observes a new ``eval_spec`` version, which
+marks ``eval_log`` stale.
 """
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,31 +16,24 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
-    AssetSelection,
     AssetSpec,
     AutomationCondition,
     BackfillPolicy,
     Config,
-    DefaultScheduleStatus,
     Failure,
     MaterializeResult,
     MetadataValue,
-    RunConfig,
-    RunRequest,
-    ScheduleEvaluationContext,
-    SkipReason,
     TableColumn,
     TableRecord,
     TableSchema,
     asset,
     asset_check,
-    define_asset_job,
-    schedule,
 )
 from pydantic import Field
 
+from ck_dagster.assets.automation import eager_or_spec_observed
 from ck_dagster.assets.configs import plans_for
-from ck_dagster.assets.jobs import LauncherResource, record_partitions
+from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions, split_key
 from ck_dagster.assets.registry import (
     EVAL_SPEC,
@@ -95,10 +89,8 @@ class EvalConfig(Config):
     group_name="evaluation",
     kinds={"inspect", "slurm"},
     code_version=code_version("ck_dagster.evaluation"),
-    # eval_spec is only ever observed, which eager() would take for missing
-    automation_condition=AutomationCondition.eager().replace(
-        "any_deps_missing",
-        AutomationCondition.any_deps_missing().ignore(AssetSelection.assets(EVAL_SPEC))),
+    # a new checkpoint, or a registered change of the evaluation (eval_spec is only observed)
+    automation_condition=eager_or_spec_observed(EVAL_SPEC),
 )
 def eval_log(context: AssetExecutionContext, config: EvalConfig, launcher: LauncherResource,
              job_environment: JobEnvironmentResource) -> MaterializeResult:
@@ -206,7 +198,8 @@ def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult
 def experiment_report(context: AssetExecutionContext,
                       job_environment: JobEnvironmentResource) -> MaterializeResult:
     """Runs x epochs x tasks for every registered experiment, with the varied parameters, the
-    final training loss and scores with their 95% interval; CSV and PNG in <experiment.dir>/report/."""
+    final training loss and scores with their 95% interval; CSV and PNG in
+    <experiment.dir>/report/."""
     keys = registered_keys(context.instance)
     plans = load_registered_plans(context.instance, keys, job_environment.environment())
     by_experiment: dict[str, list[RunPlan]] = {}
@@ -245,26 +238,3 @@ def score_rows(runs: list[RunPlan]) -> Iterator[ScoreRow]:
                     yield ScoreRow(run.run.name, run.run.type, outcome.label, outcome.task,
                                    scorer, metrics["accuracy"], outcome.completed, parameters,
                                    loss)
-
-
-reevaluate_job = define_asset_job(
-    "reevaluate_runs_job", selection=AssetSelection.assets(eval_log),
-    partitions_def=runs_partitions,
-    description="Evaluate runs again, even when their results are current.")
-
-
-@schedule(job=reevaluate_job, cron_schedule=os.environ.get("CK_REEVALUATE_CRON", "0 6 * * 1"),
-          default_status=DefaultScheduleStatus.RUNNING)
-def reevaluate_runs(context: ScheduleEvaluationContext) -> Iterator[RunRequest | SkipReason]:
-    """Re-evaluate every registered run that has a checkpoint (weekly by default; set
-    CK_REEVALUATE_CRON), one run request per partition."""
-    keys = registered_keys(context.instance)
-    materialized = context.instance.get_materialized_partitions(checkpoint.key)
-    wanted = [key for key in keys if key in materialized]
-    if not wanted:
-        yield SkipReason("no registered run has a checkpoint yet")
-        return
-    tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
-    for key in wanted:
-        yield RunRequest(run_key=f"{key}@{tick}", partition_key=key,
-                         run_config=RunConfig(ops={"eval_log": EvalConfig(force=True)}))

@@ -21,13 +21,12 @@ from dagster import (
     DagsterInstance,
     MetadataValue,
 )
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
+from ck_dagster.assets.dagster_internals import data_version_tags
 from ck_dagster.assets.partitions import runs_partitions, split_key
 from ck_dagster.errors import CkError
-from ck_dagster.evaluation.spec import EvalSpec, eval_spec_for
+from ck_dagster.evaluation.spec import EvalSpec, eval_specs_for
 from ck_dagster.experiment.load import load_experiment
-from ck_dagster.experiment.problems import ExperimentFileError, Problem
 from ck_dagster.finetune.plan import (
     ExperimentPlan,
     RunPlan,
@@ -82,15 +81,21 @@ class Registration:
         lines = [f"{experiment.name} ({experiment.file}): {len(self.plan.runs)} runs, "
                  f"{len(self.new)} new, {len(self.changed)} changed, "
                  f"{len(self.unchanged)} unchanged"]
-        if self.changed:
-            lines.append("  changed (their configs are now stale): " + ", ".join(self.changed))
-        if self.eval_changed:
-            lines.append("  evaluation changed (their eval logs are now stale): "
-                         + ", ".join(self.eval_changed))
-        if self.removed:
-            lines.append("  no longer in the file (kept, nothing deleted): "
-                         + ", ".join(self.removed))
+        for keys, what in (
+                (self.changed, "changed (their configs are now stale)"),
+                (self.eval_changed, "evaluation changed (their eval logs are now stale)"),
+                (self.removed, "no longer in the file (kept, nothing deleted)")):
+            if keys:
+                lines.append(f"  {what}: {name_list(keys)}")
         return "\n".join(lines)
+
+
+def name_list(names: list[str], shown: int = 10) -> str:
+    """``a, b, c``; past ``shown`` names, ``a, b, ... and 240 more`` (a 1000-run sweep's edit
+    stays one readable line)."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, ... and {len(names) - shown} more"
 
 
 def run_spec_observation(plan: RunPlan) -> AssetObservation:
@@ -98,7 +103,7 @@ def run_spec_observation(plan: RunPlan) -> AssetObservation:
     return AssetObservation(
         asset_key=RUN_SPEC,
         partition=plan.partition_key,
-        tags={DATA_VERSION_TAG: plan.spec_version},
+        tags=data_version_tags(plan.spec_version),
         metadata={
             "experiment_file": MetadataValue.path(str(plan.experiment.file)),
             "run_dir": MetadataValue.path(str(plan.run_dir)),
@@ -116,7 +121,7 @@ def eval_spec_observation(spec: EvalSpec) -> AssetObservation:
     return AssetObservation(
         asset_key=EVAL_SPEC,
         partition=spec.partition_key,
-        tags={DATA_VERSION_TAG: spec.version},
+        tags=data_version_tags(spec.version),
         metadata={
             "tasks": ", ".join(task.name for task in spec.tasks),
             "targets": ", ".join(target.label for target in spec.targets),
@@ -124,23 +129,6 @@ def eval_spec_observation(spec: EvalSpec) -> AssetObservation:
             "spec_version": spec.version,
         },
     )
-
-
-def eval_specs_for(plan: ExperimentPlan) -> dict[str, EvalSpec]:
-    """Every run's evaluation; all problems at once (ExperimentFileError) when any is refused.
-    Empty when the experiment has no ``evaluation:`` section."""
-    if plan.experiment.spec.evaluation is None:
-        return {}
-    specs: dict[str, EvalSpec] = {}
-    problems: list[Problem] = []
-    for run_plan in plan.runs.values():
-        try:
-            specs[run_plan.partition_key] = eval_spec_for(run_plan)
-        except ExperimentFileError as exc:
-            problems += exc.problems  # ExperimentFileError keeps each problem once
-    if problems:
-        raise ExperimentFileError(plan.experiment.file, problems)
-    return specs
 
 
 def prepare_registration(instance: DagsterInstance, path: str | Path,
@@ -200,7 +188,7 @@ def registered_runs(instance: DagsterInstance,
     for key, observation in latest_observations(instance, RUN_SPEC, partition_keys).items():
         meta = observation.metadata
         found[key] = RegisteredRun(
-            key, Path(str(meta["experiment_file"].value)), observation.tags[DATA_VERSION_TAG],
+            key, Path(str(meta["experiment_file"].value)), observation.data_version or "",
             Path(str(meta["run_dir"].value)), str(meta["recipe"].value) or None)
     return found
 
@@ -208,7 +196,7 @@ def registered_runs(instance: DagsterInstance,
 def registered_versions(instance: DagsterInstance, asset_key: AssetKey,
                         partition_keys: Iterable[str]) -> dict[str, str]:
     """The data version last observed for each key of a spec asset."""
-    return {key: observation.tags[DATA_VERSION_TAG] for key, observation in
+    return {key: observation.data_version or "" for key, observation in
             latest_observations(instance, asset_key, partition_keys).items()}
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
+from ck_dagster.settings import Settings
 from ck_dagster.slurm.script import JobEnvironment
 
 
@@ -24,7 +24,7 @@ class JobEnvironmentResource(ConfigurableResource):
     def environment(self) -> JobEnvironment:
         """The domain-level job environment these settings describe."""
         if not (self.modules or self.conda_env or self.venv):
-            return JobEnvironment.from_env(os.environ)
+            return JobEnvironment.from_env()
         venv = None if self.venv in (None, "", "none") else self.venv
         return JobEnvironment(tuple(self.modules), self.conda_env, venv)
 
@@ -39,5 +39,5 @@ class ExperimentsFolderResource(ConfigurableResource):
 
     def folder(self) -> Path | None:
         """The watched folder, if one is configured."""
-        value = self.path or os.environ.get("CK_EXPERIMENTS_DIR")
+        value = self.path or Settings.from_env().experiments_dir
         return Path(value).expanduser() if value else None

@@ -16,6 +16,7 @@ from ck_dagster.assets.registry import prepare_registration
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.errors import CkError
 from ck_dagster.fileio import sha256_file, sha256_text
+from ck_dagster.finetune.plan import file_digest
 
 EXPERIMENT_FILE_PATTERNS = ("*.yaml", "*.yml")
 
@@ -26,8 +27,9 @@ def experiments_sensor(context: SensorEvaluationContext,
                        job_environment: JobEnvironmentResource) -> SensorResult | SkipReason:
     """Register experiment files that appear or change under the experiments folder.
 
-    A file is looked at again only when its content changes; a refused file is logged with
-    all its problems (and registers nothing) until it is fixed.
+    A file is looked at again only when its content changes, or that of a file its evaluations
+    read (task scripts and the modules they import, data, tokenizer); a refused file is logged
+    with all its problems (and registers nothing) until it is fixed.
     """
     folder = experiments_folder.folder()
     if folder is None:
@@ -35,19 +37,19 @@ def experiments_sensor(context: SensorEvaluationContext,
                           "experiments_folder resource) to have experiment files registered")
     if not folder.is_dir():
         return SkipReason(f"experiments folder {folder} does not exist")
-    # file -> {"digest": ..., "scripts": [task scripts it names]}: an edited task script
-    # changes the evaluation even when the experiment file stays the same.
+    # file -> {"digest": ..., "inputs": [files its evaluations read]}: an edited task script,
+    # helper module, data or tokenizer file changes an evaluation while the file stays the same.
     seen: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
     files = sorted({f for pattern in EXPERIMENT_FILE_PATTERNS for f in folder.rglob(pattern)})
     new_keys: list[str] = []
     observations = []
     names: dict[str, str] = {}
     for file in files:
-        scripts = seen.get(str(file), {}).get("scripts", [])
-        digest = _digest(file, scripts)
+        inputs = seen.get(str(file), {}).get("inputs", [])
+        digest = _digest(file, inputs)
         if seen.get(str(file), {}).get("digest") == digest:
             continue
-        seen[str(file)] = {"digest": digest, "scripts": scripts}
+        seen[str(file)] = {"digest": digest, "inputs": inputs}
         try:
             registration = prepare_registration(context.instance, file,
                                                 job_environment.environment())
@@ -60,9 +62,9 @@ def experiments_sensor(context: SensorEvaluationContext,
                               f"{names[name]}; give one of them another experiment.name")
             continue
         names[name] = str(file)
-        scripts = sorted({t.script for spec in registration.eval_specs.values()
-                          for t in spec.tasks if t.script})
-        seen[str(file)] = {"digest": _digest(file, scripts), "scripts": scripts}
+        inputs = sorted({str(path) for spec in registration.eval_specs.values()
+                         for path in spec.input_files()})
+        seen[str(file)] = {"digest": _digest(file, inputs), "inputs": inputs}
         context.log.info(registration.summary())
         new_keys += registration.new
         observations += registration.observations
@@ -74,8 +76,9 @@ def experiments_sensor(context: SensorEvaluationContext,
     )
 
 
-def _digest(file: Path, scripts: list[str]) -> str:
-    """The content of an experiment file and of the task scripts it names."""
+def _digest(file: Path, inputs: list[str]) -> str:
+    """The content of an experiment file and of the files its evaluations read (each hashed
+    again only when its size or mtime changed)."""
     parts = [sha256_file(file)]
-    parts += [sha256_file(Path(s)) if Path(s).is_file() else "missing" for s in scripts]
+    parts += [file_digest(Path(s)) if Path(s).is_file() else "missing" for s in inputs]
     return sha256_text("\n".join(parts))

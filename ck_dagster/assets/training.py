@@ -21,13 +21,13 @@ from dagster import (
 from pydantic import Field
 
 from ck_dagster.assets.configs import plans_for, run_config
-from ck_dagster.assets.jobs import LauncherResource, record_partitions
+from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions
 from ck_dagster.assets.resources import JobEnvironmentResource
 from ck_dagster.finetune.plan import RunPlan
 from ck_dagster.slurm.runner import JobOutcome
-from ck_dagster.training.jobs import describe, training_request
 from ck_dagster.training.progress import training_progress
+from ck_dagster.training.submit import describe, training_request
 
 MAX_CURVE_ROWS = 200
 
@@ -77,7 +77,7 @@ def control_metadata(plan: RunPlan) -> dict[str, Any]:
 
 def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) -> dict[str, Any]:
     """Job, epochs and loss of a trained (or adopted) run, as asset metadata."""
-    trained = describe(plan, outcome)
+    trained = describe(plan)
     accounting = outcome.accounting
     metadata: dict[str, Any] = {
         "run_type": "fine-tuned",

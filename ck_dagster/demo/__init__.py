@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from ck_dagster.errors import CkError
+from ck_dagster.settings import child_environment
 
 EXPERIMENT_FILE = "tiny_capitalization.yaml"
 _DAGSTER_LINE = re.compile(r" - dagster - (INFO|WARNING|ERROR|CRITICAL) - [^ ]+ - [0-9a-f-]{36} - "
@@ -34,8 +35,8 @@ def run_demo(folder: Path, home: Path, echo: Callable[[str], object] = print) ->
     file = _experiment_file(folder)
     _make_model_and_data(folder, echo)
     ensure_dagster_home(home)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "CK_LAUNCHER": "local",
-           "CK_LOCAL_JOBS_DIR": str(folder / "local-jobs")}
+    env = child_environment({"DAGSTER_HOME": str(home), "CK_LAUNCHER": "local",
+                             "CK_LOCAL_JOBS_DIR": str(folder / "local-jobs")})
     _run([_command("ck-dagster"), "register", str(file)], env, echo)
 
     from ck_dagster.experiment.load import load_experiment

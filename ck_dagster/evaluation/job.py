@@ -34,6 +34,7 @@ from ck_dagster.evaluation.results import (
 )
 from ck_dagster.evaluation.spec import EvalSpec, EvalTarget, TaskSpec
 from ck_dagster.evaluation.tasks import load_task
+from ck_dagster.settings import set_defaults
 from ck_dagster.slurm.script import OFFLINE_ENVIRONMENT
 
 Echo = Callable[[str], None]
@@ -198,8 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Evaluate runs as their eval_spec.json say.")
     parser.add_argument("spec", type=Path, nargs="+", help="a run's eval/eval_spec.json")
     args = parser.parse_args(argv)
-    for name, value in OFFLINE_ENVIRONMENT.items():  # offline also when run by hand
-        os.environ.setdefault(name, value)
+    set_defaults(OFFLINE_ENVIRONMENT)  # offline also when run by hand
     try:
         specs = [EvalSpec.read(path) for path in args.spec]
     except CkError as exc:

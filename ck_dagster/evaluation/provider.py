@@ -41,7 +41,6 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import torch
-from inspect_ai._util.constants import DEFAULT_MAX_TOKENS
 from inspect_ai.model import (
     ChatCompletionChoice,
     ChatMessage,
@@ -67,12 +66,14 @@ from torchtune.modules import TransformerDecoder, local_kv_cache
 from torchtune.modules.peft import get_merged_lora_ckpt
 from torchtune.modules.transforms import Transform
 
+from ck_dagster.catalog.models import get_model
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.spec import TorchtuneModel
-from ck_dagster.finetune.models import get_model
 
 #: how torchtune names the index of a sharded (or any saved) safetensors checkpoint.
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+#: new tokens when an evaluation sets no max_tokens: inspect-ai's default (its constant is private).
+DEFAULT_MAX_NEW_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -428,7 +429,8 @@ class TorchtuneAPI(ModelAPI):
             return generate(self.checkpoint, prompts, decoding, rng=self._rng)
 
     def max_tokens(self) -> int:
-        return DEFAULT_MAX_TOKENS
+        """New tokens when the evaluation sets no ``max_tokens`` (inspect's own default)."""
+        return DEFAULT_MAX_NEW_TOKENS
 
     def max_connections(self) -> int:
         """Effectively the batch size."""

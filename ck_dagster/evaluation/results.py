@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ck_dagster.errors import CkError
-from ck_dagster.evaluation.spec import EVAL_DIR, RESULTS_FILE, EvalSpec
+from ck_dagster.evaluation.spec import EVAL_DIR, RESULTS_FILE, SPEC_FILE, EvalSpec
 from ck_dagster.fileio import atomic_write_text
 
 #: the fingerprint of a target folder that does not exist.
@@ -132,6 +132,25 @@ def is_current(run_dir: Path, spec: EvalSpec) -> bool:
                 not (Path(run_dir) / outcome.log).is_file():
             return False
     return True
+
+
+def stale_reason(run_dir: Path, registered_version: str) -> str | None:
+    """Why a run's evaluation must run again, or None while its results are current for the
+    registered evaluation: never evaluated, evaluation changed (settings, tasks, task code,
+    data, tokenizer), checkpoint changed, or failed or incomplete."""
+    spec_path = Path(run_dir) / EVAL_DIR / SPEC_FILE
+    try:
+        results = read_results(run_dir)
+        spec = EvalSpec.read(spec_path) if results is not None and spec_path.is_file() else None
+    except CkError:
+        return "results unreadable"
+    if results is None or spec is None:
+        return "never evaluated"
+    if not registered_version == spec.version == results.spec_version:
+        return "evaluation changed"
+    if results.checkpoints != checkpoint_fingerprints(spec):
+        return "checkpoint changed"
+    return None if is_current(run_dir, spec) else "failed or incomplete"
 
 
 def result_problems(results: EvalResults, spec: EvalSpec) -> list[str]:

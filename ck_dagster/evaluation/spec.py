@@ -22,14 +22,15 @@ from pydantic import (
     model_serializer,
 )
 
+from ck_dagster.catalog import parameters
+from ck_dagster.catalog.models import KnownModel
+from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
 from ck_dagster.errors import CkError
+from ck_dagster.evaluation.imports import local_imports
 from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Problem
 from ck_dagster.experiment.schema import EvalTask, Evaluation, MatrixEntry, Scorer
 from ck_dagster.fileio import atomic_write_text
-from ck_dagster.finetune import parameters
-from ck_dagster.finetune.parameters import INPUT_PLACEHOLDER
-from ck_dagster.finetune.models import ModelSpec
-from ck_dagster.finetune.plan import RunPlan, file_digest
+from ck_dagster.finetune.plan import ExperimentPlan, RunPlan, file_digest
 
 #: the folder of a run that holds everything evaluation writes.
 EVAL_DIR = "eval"
@@ -39,6 +40,8 @@ RESULTS_FILE = "results.json"
 BASE_LABEL = "base"
 #: the data split the built-in task scores.
 TEST_SPLIT = "test"
+#: the digest recorded for a tokenizer file that is not there (loading it will say so).
+MISSING_FILE = "missing"
 #: the built-in task's scorers when ``evaluation.scorers`` is not set: v1's case-sensitive pair.
 DEFAULT_SCORERS: tuple[Scorer, ...] = (
     Scorer(name="match", params={"location": "exact", "ignore_case": False}),
@@ -70,7 +73,7 @@ class TorchtuneModel(_Frozen):
     dtype: str = "fp32"
 
     @classmethod
-    def of(cls, model: ModelSpec, model_dir: Path, *, device: str = "cpu",
+    def of(cls, model: KnownModel, model_dir: Path, *, device: str = "cpu",
            dtype: str = "fp32") -> TorchtuneModel:
         """The registry's settings for ``model``, with its tokenizer files in ``model_dir``."""
         tokenizer: dict[str, Any] = {"_component_": model.tokenizer, **{
@@ -115,6 +118,9 @@ class TaskSpec(_Frozen):
     script: str | None = None
     #: the script's content hash, so editing the script makes the evaluation out of date.
     script_sha256: str | None = None
+    #: content hashes of the modules the script imports from its own or the experiment's
+    #: folder (path -> sha256): editing a helper module makes the evaluation out of date too.
+    imports: dict[str, str] = {}
     args: dict[str, Any] = {}
     prompt: str
     system_prompt: str
@@ -165,12 +171,35 @@ class EvalSpec(_Frozen):
     tasks: tuple[TaskSpec, ...]
     data: EvalData
     settings: EvalSettings
+    #: content hashes of the tokenizer files of the model evaluated (path -> sha256).
+    tokenizer_files: dict[str, str] = {}
 
     @cached_property
     def version(self) -> str:
-        """A short hash that changes exactly when the evaluation would: settings, tasks (and
-        their scripts' content), prompts, test data content, model loading and targets."""
+        """A short hash that changes exactly when the evaluation would: settings, tasks (their
+        scripts' and imported modules' content), prompts, test data and tokenizer content, model
+        loading and targets."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    def input_digests(self) -> dict[str, str]:
+        """Every file whose content the version covers, with the digest recorded: task scripts
+        and the modules they import, the data file and the tokenizer files."""
+        digests = {self.data.path: self.data.sha256, **self.tokenizer_files}
+        for task in self.tasks:
+            if task.script is not None and task.script_sha256 is not None:
+                digests[task.script] = task.script_sha256
+            digests.update(task.imports)
+        return digests
+
+    def input_files(self) -> list[Path]:
+        """The files of :meth:`input_digests`, sorted (what a watcher must look at)."""
+        return sorted(map(Path, self.input_digests()))
+
+    def changed_inputs(self) -> list[Path]:
+        """Input files whose content is no longer what this spec recorded: the evaluation
+        changed on disk and registering the experiment again records it."""
+        return [Path(path) for path, digest in sorted(self.input_digests().items())
+                if _digest_or_missing(Path(path)) != digest]
 
     @property
     def eval_dir(self) -> Path:
@@ -235,9 +264,11 @@ def eval_spec_for(plan: RunPlan) -> EvalSpec:
     tasks = tuple(_task_spec(plan, index, task, run_prompts)
                   for index, task in enumerate(evaluation.tasks) if task.name in used)
     data = _test_data(plan, needed=any(t.is_builtin for t in tasks))
+    model = _torchtune_model(plan)
     return EvalSpec(partition_key=plan.partition_key, run_dir=str(plan.run_dir),
-                    model=_torchtune_model(plan), targets=tuple(targets), tasks=tasks,
-                    data=data, settings=_settings(evaluation))
+                    model=model, targets=tuple(targets), tasks=tasks, data=data,
+                    settings=_settings(evaluation),
+                    tokenizer_files=_tokenizer_files(plan, model))
 
 
 def _problem(plan: RunPlan, field: FieldPath, message: str, fix: str) -> ExperimentFileError:
@@ -287,9 +318,24 @@ def _task_spec(plan: RunPlan, index: int, task: EvalTask,
         raise _problem(plan, field, f"prompt {prompt!r} of task `{task.name}` has no "
                        f"{INPUT_PLACEHOLDER}", f"put {INPUT_PLACEHOLDER} where each row's input "
                        "goes")
+    imports = local_imports(script, [script.parent, plan.experiment.file.parent]) \
+        if script else []
     return TaskSpec(name=task.name, script=str(script) if script else None,
-                    script_sha256=file_digest(script) if script else None, args=task.args,
+                    script_sha256=file_digest(script) if script else None,
+                    imports={str(path): file_digest(path) for path in imports}, args=task.args,
                     prompt=prompt, system_prompt=system_prompt)
+
+
+def _tokenizer_files(plan: RunPlan, model: TorchtuneModel) -> dict[str, str]:
+    """The content hash of every tokenizer file the evaluated model loads (the run's tokenizer
+    node; the base model's for a control run), so a changed tokenizer makes scores stale."""
+    paths = [Path(str(model.tokenizer[arg])) for arg in plan.model.tokenizer_files
+             if model.tokenizer.get(arg)]
+    return {str(path): _digest_or_missing(path) for path in paths}
+
+
+def _digest_or_missing(path: Path) -> str:
+    return file_digest(path) if path.is_file() else MISSING_FILE
 
 
 def _run_prompts(plan: RunPlan) -> tuple[str, str]:
@@ -373,3 +419,20 @@ def _settings(evaluation: Evaluation) -> EvalSettings:
     return EvalSettings(temperature=evaluation.temperature, max_tokens=evaluation.max_tokens,
                         seed=evaluation.seed, do_sample=do_sample,
                         max_connections=evaluation.max_connections, scorers=scorers)
+
+
+def eval_specs_for(plan: ExperimentPlan) -> dict[str, EvalSpec]:
+    """Every run's evaluation; all problems at once (ExperimentFileError) when any is refused.
+    Empty when the experiment has no ``evaluation:`` section."""
+    if plan.experiment.spec.evaluation is None:
+        return {}
+    specs: dict[str, EvalSpec] = {}
+    problems: list[Problem] = []
+    for run_plan in plan.runs.values():
+        try:
+            specs[run_plan.partition_key] = eval_spec_for(run_plan)
+        except ExperimentFileError as exc:
+            problems += exc.problems  # ExperimentFileError keeps each problem once
+    if problems:
+        raise ExperimentFileError(plan.experiment.file, problems)
+    return specs

@@ -24,23 +24,21 @@ from types import ModuleType
 from typing import Any
 
 from inspect_ai import Task, task
-from inspect_ai._util.registry import is_registry_object, registry_info
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessage, ChatMessageSystem, ChatMessageUser
 from inspect_ai.scorer import Scorer as InspectScorer
 from inspect_ai.scorer import exact, includes, match
 from inspect_ai.solver import generate
+from inspect_ai.util import RegistryInfo, registry_info
 
+from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.spec import DEFAULT_SCORERS, TEST_SPLIT, EvalSpec, TaskSpec
 from ck_dagster.experiment.schema import Scorer
 from ck_dagster.finetune.dataset import prompt_messages
-from ck_dagster.finetune.parameters import INPUT_PLACEHOLDER
 
 #: ``evaluation.scorers`` names and the inspect scorers they make (with the entry's params).
 SCORERS = {"match": match, "includes": includes, "exact": exact}
-#: run values a user task function receives when it has a parameter of that name.
-CONTEXT_PARAMETERS = ("prompt", "system_prompt", "data_path")
 
 
 def chat_messages(input_text: str, *, prompt: str, system_prompt: str) -> list[ChatMessage]:
@@ -146,11 +144,20 @@ def _import(path: Path) -> ModuleType:
     return module
 
 
+def _task_info(value: Any) -> RegistryInfo | None:
+    """inspect's registry entry for ``value`` when it is a ``@task`` function, else None."""
+    try:
+        info = registry_info(value)
+    except (ValueError, AttributeError):
+        return None
+    return info if info.type == "task" else None
+
+
 def _task_function(module: ModuleType, name: str, path: Path) -> Any:
     """The script's ``@task`` function named ``name``, or its only one."""
-    found = {registry_info(value).name: value for value in vars(module).values()
-             if is_registry_object(value, type="task")
-             and getattr(value, "__module__", None) == module.__name__}
+    found = {info.name: value for value in vars(module).values()
+             if getattr(value, "__module__", None) == module.__name__
+             and (info := _task_info(value)) is not None}
     if name in found:
         return found[name]
     if len(found) == 1:

@@ -12,18 +12,29 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from ck_dagster.catalog.models import MODELS
+from ck_dagster.catalog.parameters import CONTROL_KEYS, PARAMETERS
+from ck_dagster.errors import did_you_mean
+from ck_dagster.experiment import values
+from ck_dagster.experiment.data_file import data_file_problems
 from ck_dagster.experiment.problems import (
     ExperimentFileError,
     FieldPath,
     Problem,
-    did_you_mean,
     format_path,
 )
-from ck_dagster.experiment.schema import Experiment, ExperimentFile
+from ck_dagster.experiment.schema import Experiment, ExperimentFile, resolve_path
+from ck_dagster.experiment.values import control_characters
 from ck_dagster.experiment.yaml_lines import LoadedYaml, load_yaml
-from ck_dagster.finetune.models import MODELS
-from ck_dagster.finetune.parameters import CONTROL_KEYS, PARAMETERS
+from ck_dagster.fileio import (
+    UnreadableFile,
+    file_in_the_way,
+    read_bounded,
+    regular_file_reason,
+)
 
+#: the largest experiment file read (they are a few kilobytes).
+MAX_FILE_BYTES = 1_000_000
 #: parameters a control run may set: they change what the model is asked, not how it is trained.
 CONTROL_RUN_PARAMETERS = frozenset({"prompt", "system_prompt"})
 
@@ -51,19 +62,32 @@ def load_experiment(path: str | Path) -> Experiment:
     """
     reading = read_experiment(path)
     if reading.problems or reading.experiment is None:
-        raise ExperimentFileError(reading.file, reading.problems)
+        raise ExperimentFileError(Path(path).expanduser(), reading.problems)  # as typed
     return reading.experiment
 
 
 def read_experiment(path: str | Path) -> ExperimentReading:
     """Parse and check an experiment file, collecting every problem instead of raising."""
-    file = Path(path).expanduser().resolve()
+    file = resolve_path(str(path), Path.cwd())
     try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ExperimentReading(file, None, [Problem((), "file not found", "check the path")])
-    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
-        return ExperimentReading(file, None, [Problem((), f"cannot be read: {exc}")])
+        file = file.resolve()
+    except (RuntimeError, OSError):
+        pass  # a symlink loop: reading it says so
+    if control_characters(str(file)):
+        return ExperimentReading(file, None, [Problem(
+            (), "the file's path contains control characters "
+            f"({', '.join(control_characters(str(file)))})", "rename the file")])
+    try:
+        text = read_bounded(file, MAX_FILE_BYTES).decode("utf-8")
+    except UnreadableFile as exc:
+        fix = "check the path" if str(exc).startswith("not found") else \
+            "give the path of an experiment file (YAML)"
+        return ExperimentReading(file, None, [Problem((), str(exc), fix)])
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        return ExperimentReading(file, None, [Problem(
+            (), f"is not UTF-8 text (byte {exc.object[exc.start]:#04x})",
+            "save the file as UTF-8", line)])
     loaded = load_yaml(text)
     problems = list(loaded.problems)
     if loaded.data is None and not problems:
@@ -73,22 +97,31 @@ def read_experiment(path: str | Path) -> ExperimentReading:
                                 line=1))
     if problems:
         return ExperimentReading(file, None, problems)
+    value_problems = [_with_line(p, loaded) for p in values.value_problems(loaded.data)]
     try:
         experiment: Experiment | None = Experiment(
             ExperimentFile.model_validate(loaded.data), file, loaded)
     except ValidationError as exc:
         problems = _schema_problems(exc, loaded)
         experiment = _valid_part(exc, loaded, file)
+    if value_problems:
+        # a value no field may hold is never checked further; one problem per field
+        fields = {p.path for p in value_problems}
+        return ExperimentReading(file, None, value_problems +
+                                 [p for p in problems if p.path not in fields])
     if experiment is not None:
         problems += [_with_line(p, loaded) for p in _cross_reference_problems(experiment)]
     return ExperimentReading(file, experiment, problems)
 
 
 def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experiment | None:
-    """The refused file without its unknown keys, invalid runs and invalid evaluation section,
-    when that validates: the runs that are fine can then be checked further in the same pass."""
+    """The refused file without its unknown keys and invalid evaluation section, when that
+    validates, so later checks report their problems in the same pass. A refused run is kept
+    with a stand-in for its wrong ``type`` (its parameters are checked as a fine-tuned run's),
+    else left out."""
     data = copy.deepcopy(loaded.data)
     invalid_runs: set[int] = set()
+    repairable: set[int] = set()
     for error in exc.errors(include_url=False):
         loc = error["loc"]
         if error["type"] == "extra_forbidden":
@@ -97,7 +130,7 @@ def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experim
             if isinstance(parent, dict):
                 parent.pop(path[-1], None)
         elif loc[:1] == ("runs",) and len(loc) >= 2 and isinstance(loc[1], int):
-            invalid_runs.add(loc[1])
+            (repairable if loc[2:] == ("type",) else invalid_runs).add(loc[1])
         elif loc[:1] == ("evaluation",):
             data.pop("evaluation", None)
         elif loc[:1] == ("experiment",) and len(loc) >= 2 and loc[1] != "dir":
@@ -108,6 +141,8 @@ def _valid_part(exc: ValidationError, loaded: LoadedYaml, file: Path) -> Experim
     runs = data.get("runs")
     if not isinstance(runs, list):
         return None
+    for index in repairable - invalid_runs:
+        runs[index]["type"] = "fine-tuned"
     positions = [i for i in range(len(runs)) if i not in invalid_runs]
     data["runs"] = [runs[i] for i in positions]
     try:
@@ -177,7 +212,8 @@ def _describe(error: dict[str, Any], path: FieldPath) -> Problem:
     message = error["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
-        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",")
+                   if c.strip()]
         fix = did_you_mean(str(value), choices) or f"use one of: {expected}"
         return Problem(path, f"`{value}` is not allowed", fix)
     return Problem(path, f"{message} (got {value!r})" if _is_scalar(value) else message)
@@ -261,7 +297,7 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
         if model.name not in MODELS:
             fix = did_you_mean(model.name, MODELS) or (
                 "known models: " + ", ".join(MODELS) + " (adding one is one entry in "
-                "ck_dagster/finetune/models.py)")
+                "ck_dagster/catalog/models.py)")
             problems.append(Problem(("models", "base", index, "name"),
                                     f"unknown model `{model.name}`", fix))
 
@@ -280,15 +316,55 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
                         f"control run `{run.name}` is never trained, so `{key}` has no effect",
                         "remove it, or make the run `type: fine-tuned`"))
 
-    if any(c in spec.experiment.dir for c in "%\n"):
-        problems.append(Problem(("experiment", "dir"), "contains `%` or a newline, which SLURM "
-                                "reads as a log-name pattern", "choose a directory without them"))
-    data_path = experiment.resolve(spec.data.training.path)
-    if not data_path.is_file():
-        problems.append(Problem(("data", "training", "path"), f"data file {data_path} not found",
-                                "point it at the JSON file with train/validation/test splits"))
+    problems += _path_problems(experiment)
     problems += _evaluation_problems(experiment)
     return problems
+
+
+def _path_problems(experiment: Experiment) -> list[Problem]:
+    """Paths that cannot be used: ``~user`` unknown, names too long, an experiment folder that
+    is a file or that SLURM's #SBATCH lines cannot hold, a data file that is not one."""
+    spec = experiment.spec
+    fields: list[tuple[FieldPath, str]] = [(("experiment", "dir"), spec.experiment.dir),
+                                           (("data", "training", "path"), spec.data.training.path)]
+    fields += [(("models", "base", i, "path"), m.path) for i, m in enumerate(spec.models.base)]
+    fields += [(("evaluation", "tasks", i, "script"), t.script) for i, t in
+               enumerate(spec.evaluation.tasks if spec.evaluation else []) if t.script]
+    problems = []
+    for field, text in fields:
+        reason = path_reason(text)
+        if reason:
+            problems.append(Problem(field, f"`{text}` {reason}", "give a path that exists "
+                                    "or can be made"))
+    if problems:
+        return problems
+    directory = spec.experiment.dir
+    if any(c in directory for c in "%\\") or "${" in directory:
+        problems.append(Problem(("experiment", "dir"), "contains `%`, `\\` or `${`, which SLURM "
+                                "reads as a log-name pattern or an escape in #SBATCH lines, or "
+                                "torchtune as an interpolation", "choose a directory without them"))
+    blocker = file_in_the_way(experiment.dir)
+    if blocker is not None:
+        problems.append(Problem(("experiment", "dir"), f"{blocker} is a file, so "
+                                f"{experiment.dir} cannot be a folder", "choose another folder"))
+    data = experiment.resolve(spec.data.training.path)
+    problems += [Problem(("data", "training", "path"), message, fix) for message, fix in
+                 data_file_problems(data, spec.data.training.input_key,
+                                    spec.data.training.output_key)]
+    return problems
+
+
+def path_reason(text: str) -> str | None:
+    """Why a path from the file cannot be used at all, or None."""
+    try:
+        Path(text).expanduser()
+    except RuntimeError:
+        return f"names a user (`{text.split('/', 1)[0]}`) this machine does not know"
+    if len(text.encode()) > 4000:
+        return "is too long for a path"
+    if any(len(part.encode()) > 255 for part in Path(text).parts):
+        return "has a name longer than 255 bytes, which file systems refuse"
+    return None
 
 
 def _evaluation_problems(experiment: Experiment) -> list[Problem]:
@@ -298,9 +374,11 @@ def _evaluation_problems(experiment: Experiment) -> list[Problem]:
     problems = _duplicates(list(enumerate(t.name for t in evaluation.tasks)),
                            ("evaluation", "tasks"), "task name")
     for index, task in enumerate(evaluation.tasks):
-        if task.script is not None and not experiment.resolve(task.script).is_file():
+        script = experiment.resolve(task.script) if task.script is not None else None
+        reason = regular_file_reason(script) if script else None
+        if reason:
             problems.append(Problem(("evaluation", "tasks", index, "script"),
-                                    f"task script {experiment.resolve(task.script)} not found",
+                                    f"task script {script} {reason}",
                                     "fix the path, or leave `script` out for the built-in task"))
     run_names = [name for _, name in _run_names_in_file(experiment)]
     task_names = [t.name for t in evaluation.tasks]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ck_dagster.errors import CkError
+from ck_dagster.errors import CkError, printable
+
+#: the most problems a message lists (all are kept in ``ExperimentFileError.problems``).
+MAX_SHOWN = 100
 
 #: a field path inside the experiment file, e.g. ("runs", 1, "parameters", "lora_rank").
 FieldPath = tuple[str | int, ...]
@@ -24,14 +26,6 @@ def format_path(path: FieldPath) -> str:
     return text or "(top level)"
 
 
-def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A "did you mean `x`?" hint naming the closest candidates, or None."""
-    close = difflib.get_close_matches(word, list(dict.fromkeys(candidates)), n=3, cutoff=0.6)
-    if not close:
-        return None
-    return "did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
-
-
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with an experiment file."""
@@ -45,7 +39,7 @@ class Problem:
         """``file:line: field: message; fix`` (the form editors and terminals link)."""
         where = f"{file}:{self.line}" if self.line else str(file)
         text = f"{where}: {format_path(self.path)}: {self.message}"
-        return f"{text} ({self.fix})" if self.fix else text
+        return printable(f"{text} ({self.fix})" if self.fix else text)
 
 
 class ExperimentFileError(CkError):
@@ -59,7 +53,10 @@ class ExperimentFileError(CkError):
             f"{self.file}: {count} problem{'s' if count != 1 else ''}; "
             "nothing was registered or written"
         )
-        super().__init__("\n".join([header, *("  " + p.render(self.file) for p in self.problems)]))
+        shown = ["  " + p.render(self.file) for p in self.problems[:MAX_SHOWN]]
+        if count > MAX_SHOWN:
+            shown.append(f"  ... and {count - MAX_SHOWN} more problems")
+        super().__init__("\n".join([printable(header), *shown]))
 
 
 def _in_file_order(problems: Iterable[Problem]) -> list[Problem]:

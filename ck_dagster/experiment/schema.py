@@ -7,40 +7,74 @@ Every model forbids unknown keys, so nothing in a file is silently ignored.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from ck_dagster.catalog.parameters import MAX_SEED
 from ck_dagster.experiment.problems import FieldPath
 from ck_dagster.experiment.yaml_lines import LoadedYaml
 
+# Every pattern is matched against the whole string (``fullmatch``): ``$`` alone would let a
+# trailing newline through, and a newline splits the lines of the files these values go into.
 #: names that become directories, partition keys and SLURM job names.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+#: longest name: a run folder and its files stay well under a file system's 255-byte names.
+MAX_NAME_LENGTH = 100
 #: SLURM option values: partition, constraint expressions, account names, times, memory.
-_SLURM_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:,|&*\[\]-]*$")
-_MEMORY = re.compile(r"^[0-9]+[KMGT]?$")
-_TIME = re.compile(r"^(?:[0-9]+-)?[0-9]+(?::[0-9]{1,2}){0,2}$")
+_SLURM_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:,|&*\[\]-]*")
+_MEMORY = re.compile(r"([0-9]+)([KMGT]?)")
+_TIME = re.compile(r"(?:[0-9]+-)?[0-9]+(?::[0-9]{1,2}){0,2}")
 
 
 def _safe_name(value: str) -> str:
-    if not _SAFE_NAME.match(value) or ".." in value:
+    if not _SAFE_NAME.fullmatch(value) or ".." in value:
         raise ValueError(
             "must be safe as a directory name and partition key: letters, digits and . _ + = -, "
             "starting with a letter or digit, no `..`, no `/`, no spaces or shell characters"
         )
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"is {len(value)} characters long; names have at most {MAX_NAME_LENGTH}")
     return value
 
 
 def _slurm_value(value: str) -> str:
-    if not _SLURM_VALUE.match(value):
-        raise ValueError("is not a valid SLURM value (letters, digits and . _ : , | & * [ ] -)")
+    if not _SLURM_VALUE.fullmatch(value) or len(value) > 200:
+        raise ValueError("is not a valid SLURM value (letters, digits and . _ : , | & * [ ] -, "
+                         "at most 200)")
+    return value
+
+
+def _folder(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty: name a folder")
+    if Path(value).expanduser() == Path("/"):
+        raise ValueError("is the root folder `/`: name a folder of its own")
     return value
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
 SlurmValue = Annotated[str, AfterValidator(_slurm_value)]
+#: a folder the experiment writes into: not empty, not `/`.
+Folder = Annotated[str, AfterValidator(_folder)]
+
+
+def resolve_path(path: str, folder: Path) -> Path:
+    """``path`` with ``~`` expanded, relative to ``folder``; as written (made absolute) when it
+    cannot be expanded or resolved."""
+    try:
+        expanded = Path(path).expanduser()
+    except RuntimeError:  # ~nosuchuser
+        expanded = Path(path)
+    if expanded.is_absolute():
+        return expanded
+    try:
+        return (folder / expanded).resolve()
+    except (RuntimeError, OSError):  # a symlink loop, a name too long
+        return Path(os.path.abspath(folder / expanded))
 
 
 class _Strict(BaseModel):
@@ -51,7 +85,8 @@ class ExperimentInfo(_Strict):
     """``experiment:``: what the experiment is and where its runs live."""
 
     name: SafeName
-    dir: str = Field(description="where run directories go; relative paths are relative to the file")
+    dir: Folder = Field(
+        description="where run directories go; relative paths are relative to the file")
     project: str | None = None
     question: str | None = None
     hypothesis: str | None = None
@@ -120,15 +155,27 @@ class Compute(_Strict):
     @field_validator("time")
     @classmethod
     def _time(cls, value: str | None) -> str | None:
-        if value is not None and not _TIME.match(value):
-            raise ValueError("is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
+        if value is None:
+            return value
+        if not _TIME.fullmatch(value):
+            raise ValueError(
+                "is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
+        if not any(int(n) for n in re.findall(r"[0-9]+", value)):
+            raise ValueError("is zero: give the job some time, e.g. \"1:00:00\"")
+        if len(value) > 20:
+            raise ValueError("is too long for a SLURM time limit")
         return value
 
     @field_validator("mem")
     @classmethod
     def _mem(cls, value: str | None) -> str | None:
-        if value is not None and not _MEMORY.match(value):
+        if value is None:
+            return value
+        match = _MEMORY.fullmatch(value)
+        if not match or len(match.group(1)) > 12:
             raise ValueError("is not a SLURM memory size such as \"40G\" or \"16000M\"")
+        if int(match.group(1)) == 0:
+            raise ValueError("is zero: ask for some memory, e.g. \"40G\"")
         return value
 
 
@@ -173,9 +220,9 @@ class MatrixEntry(_Strict):
 
 
 class Evaluation(_Strict):
-    temperature: float | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    temperature: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     do_sample: bool | None = None
     max_connections: int | None = Field(default=None, ge=1)
     scorers: list[Scorer | str] | None = None
@@ -247,9 +294,12 @@ class Experiment:
         return next(m for m in self.spec.models.base if m.name == run.model)
 
     def resolve(self, path: str) -> Path:
-        """A path from the file, with ``~`` expanded and relative paths taken from the file."""
-        expanded = Path(path).expanduser()
-        return expanded if expanded.is_absolute() else (self.file.parent / expanded).resolve()
+        """A path from the file, with ``~`` expanded and relative paths taken from the file.
+
+        Never raises: a path that cannot be expanded or resolved (``~nosuchuser``, a symlink
+        loop) comes back as written, made absolute; reading the file reports it as a problem.
+        """
+        return resolve_path(path, self.file.parent)
 
     def partition_key(self, run: Run | str) -> str:
         """The Dagster partition key of a run: ``<experiment>/<run>``."""

@@ -8,21 +8,15 @@ listing and loading configs costs milliseconds.
 from __future__ import annotations
 
 import copy
-import difflib
-import importlib.util
-import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from omegaconf import OmegaConf
 
-#: the installed torchtune package folder (found without importing it).
-TORCHTUNE_DIR = Path(importlib.util.find_spec("torchtune").origin).parent  # type: ignore[union-attr]
-#: where torchtune installs its recipes (the top-level ``recipes`` package).
-RECIPES_ROOT = TORCHTUNE_DIR.parent / "recipes"
+from ck_dagster.errors import did_you_mean
+from ck_dagster.finetune.torchtune_internals import RECIPES_ROOT, recipe_registry
 
 #: the base config for experiments without ``controls.base_recipe`` (v1's template).
 BUILTIN_DEFAULTS = Path(__file__).with_name("builtin_defaults.yaml")
@@ -43,7 +37,6 @@ class RecipeConfig:
     name: str
     recipe: str
     file: Path
-    supports_distributed: bool
 
 
 class RecipeCatalog:
@@ -52,26 +45,21 @@ class RecipeCatalog:
     def __init__(self) -> None:
         self.recipes: dict[str, list[str]] = {}
         self.configs: dict[str, RecipeConfig] = {}
-        for recipe in _recipe_registry().get_all_recipes():
+        for recipe in recipe_registry().get_all_recipes():
             self.recipes[recipe.name] = [config.name for config in recipe.configs]
             for config in recipe.configs:
                 self.configs.setdefault(config.name, RecipeConfig(
                     name=config.name,
                     recipe=recipe.name,
                     file=RECIPES_ROOT / "configs" / config.file_path,
-                    supports_distributed=recipe.supports_distributed,
                 ))
 
     def get(self, name: str) -> RecipeConfig:
-        """The config called ``name``; ``KeyError`` carries the closest names."""
+        """The config called ``name``; ``KeyError`` carries the "did you mean" hint."""
         try:
             return self.configs[name]
         except KeyError:
-            raise KeyError(name, self.closest(name)) from None
-
-    def closest(self, name: str, n: int = 3) -> list[str]:
-        """Config names closest to ``name`` (for "did you mean")."""
-        return difflib.get_close_matches(name, self.configs, n=n, cutoff=0.5)
+            raise KeyError(name, did_you_mean(name, self.configs)) from None
 
     def load(self, name: str) -> dict[str, Any]:
         """The config as a plain mapping, interpolations (``${output_dir}``) left as written."""
@@ -96,21 +84,6 @@ class RecipeCatalog:
 def recipe_catalog() -> RecipeCatalog:
     """The process-wide catalog (torchtune's registry does not change while we run)."""
     return RecipeCatalog()
-
-
-def _recipe_registry() -> ModuleType:
-    """torchtune's ``_recipe_registry`` (stdlib-only), loaded from its file when torchtune
-    itself has not been imported."""
-    loaded = sys.modules.get("torchtune._recipe_registry")
-    if loaded is not None:
-        return loaded
-    spec = importlib.util.spec_from_file_location("ck_dagster_torchtune_recipe_registry",
-                                                  TORCHTUNE_DIR / "_recipe_registry.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
 
 
 @cache

@@ -7,16 +7,17 @@ exactly the prompt it was trained with.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torchtune.data import Message
 from torchtune.datasets import PackedDataset, SFTDataset
 from torchtune.modules.transforms import Transform
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
-from ck_dagster.errors import CkError
 # the placeholder a prompt must contain; nothing else in a prompt is interpreted
-from ck_dagster.finetune.parameters import INPUT_PLACEHOLDER
+from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
+from ck_dagster.errors import CkError
 
 
 def prompt_messages(input_text: str, *, prompt: str, system_prompt: str,

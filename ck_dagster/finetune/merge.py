@@ -57,16 +57,6 @@ class ProvenancedConfig:
         for leaf_path, _ in config_leaves(node[last], path):
             self.sources[leaf_path] = source
 
-    def remove(self, path: str) -> None:
-        """Drop the value at ``path`` (and its sources) if present."""
-        parts = path.split(".")
-        node: Any = self.config
-        for part in parts[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and parts[-1] in node:
-            del node[parts[-1]]
-            self._forget(path)
-
     def get(self, path: str, default: Any = None) -> Any:
         """The value at dotted ``path``, or ``default``."""
         node: Any = self.config

@@ -13,7 +13,10 @@ The merged config must pass torchtune's own validation before anything is writte
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -22,15 +25,18 @@ from typing import Any
 
 import yaml
 
+from ck_dagster.catalog import parameters
+from ck_dagster.catalog.models import MODELS, KnownModel
+from ck_dagster.errors import CkError, did_you_mean, printable
+from ck_dagster.experiment.data_file import data_file_problems
 from ck_dagster.experiment.load import read_experiment
-from ck_dagster.experiment.problems import ExperimentFileError, Problem, did_you_mean
+from ck_dagster.experiment.problems import ExperimentFileError, Problem
 from ck_dagster.experiment.schema import Experiment, Run
-from ck_dagster.finetune import parameters
+from ck_dagster.experiment.yaml_lines import add_yaml12_numbers
+from ck_dagster.fileio import sha256_file
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
 from ck_dagster.finetune.merge import ProvenancedConfig, Source
-from ck_dagster.finetune.models import MODELS, ModelSpec
 from ck_dagster.finetune.validate import component_errors
-from ck_dagster.fileio import sha256_file
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
 
@@ -42,6 +48,9 @@ DATASET_COMPONENT = "ck_dagster.finetune.dataset.prompt_dataset"
 #: extends, as ``tune run`` takes them (it runs a ``.py`` path as the module it names).
 CK_RECIPES = {"lora_finetune_single_device": "ck_dagster/training/lora_recipe.py",
               "full_finetune_single_device": "ck_dagster/training/full_recipe.py"}
+#: config paths that hold where a run's outputs go: ck_dagster's to set, never a parameter.
+OUTPUT_PATHS = frozenset({"output_dir", "checkpointer.output_dir"})
+_INTERPOLATION_START = re.compile(r"(\\*)\$\{")
 #: settings a job without a GPU needs (bf16, fused AdamW and activation offloading need CUDA).
 CPU_SETTINGS = {"device": "cpu", "dtype": "fp32", "optimizer.fused": False,
                 "enable_activation_offloading": False}
@@ -54,7 +63,7 @@ class RunPlan:
     experiment: Experiment
     run: Run
     index: int
-    model: ModelSpec
+    model: KnownModel
     model_path: Path
     #: the ``tune ls`` config the run starts from; None means the built-in defaults.
     base_recipe: str | None
@@ -87,11 +96,13 @@ class RunPlan:
         """The run's ``finetune.yaml`` text (None for control runs)."""
         if self.config is None:
             return None
-        header = (f"# torchtune config for run {self.partition_key}, written by ck_dagster from\n"
-                  f"# {self.experiment.file} (base: {self.base_recipe or 'built-in defaults'}).\n"
-                  f"# Train by hand: tune run {self.recipe} --config finetune.yaml\n")
-        return header + yaml.dump(self.config.config, Dumper=_ConfigDumper, sort_keys=False,
-                                  width=100)
+        header = "".join(printable(line) + "\n" for line in (
+            f"# torchtune config for run {self.partition_key}, written by ck_dagster from",
+            f"# {self.experiment.file} (base: {self.base_recipe or 'built-in defaults'}).",
+            f"# Train by hand: tune run {self.recipe} --config finetune.yaml"))
+        written = written_config(self.config)
+        text = header + yaml.dump(written, Dumper=_ConfigDumper, sort_keys=False, width=100)
+        return check_reads_back(text, written)
 
     @cached_property
     def slurm_script(self) -> str | None:
@@ -107,7 +118,8 @@ class RunPlan:
             parts = ["control", self.model.name, str(self.model_path)]
         else:
             assert self.job is not None
-            data = self.experiment.resolve(self.experiment.spec.data.training.path)
+            data = Path(self.config.get("dataset.data_files")) if self.config else \
+                self.experiment.resolve(self.experiment.spec.data.training.path)
             parts = [self.finetune_yaml or "", repr(self.resources), " ".join(self.job.command),
                      file_digest(data)]
             parts += [file_digest(Path(folder) / self.job.command[-3])
@@ -168,8 +180,8 @@ def plan_experiment_file(path: str | Path,
     if reading.experiment is not None:
         runs, plan_problems = _plan_runs(reading.experiment, environment)
         problems += plan_problems
-    if problems or reading.experiment is None:
-        raise ExperimentFileError(reading.file, problems)
+    if problems or reading.experiment is None:  # named as the user typed it
+        raise ExperimentFileError(Path(path).expanduser(), problems)
     return ExperimentPlan(reading.experiment, runs)
 
 
@@ -185,7 +197,9 @@ def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
         if wanted is not None and run.name not in wanted:
             continue
         if run.model not in MODELS or run.model not in base_models:
-            continue  # reported when the file was read
+            # the model is reported when the file was read; its values are checked all the same
+            problems += _value_problems(experiment, run, index)
+            continue
         planner = _RunPlanner(experiment, run, index, environment)
         plan = planner.plan()
         problems += planner.problems
@@ -194,6 +208,19 @@ def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
     problems += _matrix_problems(experiment, runs)
     return runs, [Problem(p.path, p.message, p.fix, p.line or experiment.line_of(p.path))
                   for p in problems]
+
+
+def _value_problems(experiment: Experiment, run: Run, index: int) -> list[Problem]:
+    """The friendly parameters of controls and ``run`` whose values are wrong, checked without
+    a recipe (for runs that cannot be planned), so that no problem waits for the next pass."""
+    given = [(name, value, ("controls", name)) for name, value in experiment.spec.controls.items()
+             if name not in parameters.CONTROL_KEYS]
+    given += [(name, value, ("runs", index, "parameters", name))
+              for name, value in run.parameters.items()]
+    return [Problem(field, f"`{name}: {value!r}` {reason}")
+            for name, value, field in given
+            if name in parameters.PARAMETERS
+            and (reason := parameters.check_value(name, value))]
 
 
 class _RunPlanner:
@@ -219,6 +246,7 @@ class _RunPlanner:
                            base_recipe, None, 0, resources, None, None)
         recipe, base = self._base(base_recipe)
         if base is None:
+            self.problems += _value_problems(self.experiment, self.run, self.index)
             return None
         recipe, nproc = self._recipe_for_gpus(recipe, resources.gpus)
         config = ProvenancedConfig()
@@ -247,9 +275,8 @@ class _RunPlanner:
             return BUILTIN_RECIPE, catalog.builtin_defaults()
         field = ("controls", "base_recipe")
         if not isinstance(base_recipe, str) or base_recipe not in catalog.configs:
-            close = catalog.closest(str(base_recipe))
-            fix = ("did you mean " + " or ".join(f"`{c}`" for c in close) + "?" if close else
-                   "run `ck-dagster recipes` for the configs torchtune has")
+            fix = (did_you_mean(str(base_recipe), catalog.configs)
+                   or "run `ck-dagster recipes` for the configs torchtune has")
             self.problems.append(Problem(field, f"unknown base recipe `{base_recipe}`", fix))
             return "", None
         recipe = catalog.get(base_recipe).recipe
@@ -337,6 +364,24 @@ class _RunPlanner:
             self.problems.append(Problem(source.field, f"`{name}: {value!r}` {reason}"))
             return
         path = parameters.config_path(name)
+        if path in OUTPUT_PATHS:
+            self.problems.append(Problem(
+                source.field, f"`{path}` is where ck_dagster keeps the run's checkpoints and "
+                "logs (<experiment.dir>/<run>/artifacts), which training, evaluation and the "
+                "report find there", "remove it; to keep outputs on other storage, set "
+                "`output.base_directory`"))
+            return
+        if path == "dataset.data_files":
+            value = self._data_files(value, source)
+            if value is None:
+                return
+        current = config.get(path)
+        if isinstance(current, dict) and current and not isinstance(value, dict):
+            self.problems.append(Problem(
+                source.field, f"`{name}: {value!r}` would replace the whole `{path}` section "
+                "of the config",
+                f"set one of its fields instead, e.g. `{path}.{next(iter(current))}`"))
+            return
         section = path.split(".", 1)[0]
         given = [*self.controls, *self.run.parameters]
         if "." in path and not isinstance(config.config.get(section), dict) and \
@@ -348,10 +393,26 @@ class _RunPlanner:
             return
         config.set(path, value, source)
 
+    def _data_files(self, value: Any, source: Source) -> str | None:
+        """A ``dataset.data_files`` override, checked like ``data.training.path``."""
+        assert source.field is not None
+        if not isinstance(value, str):
+            self.problems.append(Problem(source.field, "`dataset.data_files` must be the path "
+                                         "of one JSON file", "give a path, or leave it out to "
+                                         "use data.training.path"))
+            return None
+        data = self.experiment.resolve(value)
+        training = self.experiment.spec.data.training
+        found = [Problem(source.field, message, fix) for message, fix in
+                 data_file_problems(data, training.input_key, training.output_key)]
+        self.problems += found
+        return None if found else str(data)
+
     def _derive_after(self, config: ProvenancedConfig) -> None:
         rank = config.get("model.lora_rank")
         alpha_source = config.sources.get("model.lora_alpha")
-        if rank is not None and (alpha_source is None or alpha_source.kind in ("recipe", "derived")):
+        derived = alpha_source is None or alpha_source.kind in ("recipe", "derived")
+        if rank is not None and derived:
             config.set("model.lora_alpha", 2 * rank, Source("derived", "2 x model.lora_rank"))
         if config.get("validation_during_training"):
             source = config.sources["validation_during_training"]
@@ -423,7 +484,7 @@ class _RunPlanner:
 
     def _validate(self, config: ProvenancedConfig) -> None:
         """torchtune's own check: components import, arguments match their signatures."""
-        for node, argument, message in component_errors(config.config):
+        for node, argument, message in component_errors(written_config(config)):
             source = (config.sources.get(f"{node}.{argument}") if argument else None) or \
                 _most_specific_source(config, node)
             field = source.field if source and source.field else ("runs", self.index)
@@ -457,11 +518,63 @@ class _RunPlanner:
 
 
 class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
-    """Writes multi-line strings (prompts) as readable ``|`` blocks."""
+    """Writes multi-line strings (prompts) as readable ``|`` blocks, and quotes text that
+    OmegaConf would read as a number (``1e-4``)."""
 
 
 _ConfigDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
     "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+add_yaml12_numbers(_ConfigDumper)
+
+
+def written_config(config: ProvenancedConfig) -> dict[str, Any]:
+    """The config as ``finetune.yaml`` holds it: text that did not come from the recipe (a
+    prompt, a path, any parameter) has OmegaConf's ``${`` escaped, so it trains as written
+    instead of being resolved (``${oc.env:HOME}`` stays those characters).
+
+    torchtune resolves a component's node twice (``OmegaConf.resolve``, then ``to_object``
+    in ``config.instantiate``), so text inside a component is escaped twice; a top-level value
+    the recipe reads itself, once.
+    """
+    written = copy.deepcopy(config.config)
+    for path, value, source in config.leaves():
+        if source.kind != "recipe" and "${" in json.dumps(value):
+            *parents, last = path.split(".")
+            node = written
+            for part in parents:
+                node = node[part]
+            top = config.config.get(parents[0]) if parents else None
+            times = 2 if isinstance(top, dict) and "_component_" in top else 1
+            for _ in range(times):
+                node[last] = _escaped(node[last])
+    return written
+
+
+def _escaped(value: Any) -> Any:
+    """Every string in ``value`` with each ``${`` (and the backslashes before it) escaped."""
+    if isinstance(value, str):
+        return _INTERPOLATION_START.sub(lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    return value
+
+
+def check_reads_back(text: str, meant: dict[str, Any]) -> str:
+    """``text`` when torchtune's reader (OmegaConf) reads it back as ``meant``; a
+    :class:`CkError` otherwise, so a config that would train on something else is never
+    written."""
+    from omegaconf import OmegaConf
+
+    try:
+        read = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it back is the same refusal
+        read = f"unreadable ({exc})"
+    if read != meant:
+        raise CkError("the torchtune config would not read back as written; nothing was "
+                      "written. Please report this with the experiment file")
+    return text
 
 
 def file_digest(path: Path) -> str:

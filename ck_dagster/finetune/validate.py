@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ck_dagster.fileio import atomic_write_text, cache_dir
+from ck_dagster.finetune.torchtune_internals import config_errors
 
 _INTERPOLATION = re.compile(r"\$\{(\w+)")
 _ARGUMENT = re.compile(r"(?:unexpected keyword argument|missing a required argument:?) '(\w+)'")
@@ -59,7 +60,8 @@ def _validate(node: str, config_json: str) -> list[Error]:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
     from torchtune.config import validate
-    from torchtune.config._errors import ConfigError, InstantiationError
+
+    ConfigError, InstantiationError = config_errors()
 
     errors: list[Error] = []
     try:

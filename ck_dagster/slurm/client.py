@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import os
 import subprocess
 import time
 from collections import Counter
@@ -17,12 +16,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ck_dagster.errors import CkError
-from ck_dagster.slurm.launcher import (BatchHeader, ControllerUnavailable, SubmissionRefused,
-                                       expand_log_pattern, order_found)
-from ck_dagster.slurm.states import (JobAccounting, JobState, JobStatus,
-                                     exit_code_from_wait_status, parse_duration, split_exit_code)
+from ck_dagster.settings import child_environment
+from ck_dagster.slurm.batch_header import BatchHeader, expand_log_pattern
+from ck_dagster.slurm.launcher import ControllerUnavailable, SubmissionRefused, order_found
+from ck_dagster.slurm.states import (
+    JobAccounting,
+    JobState,
+    JobStatus,
+    exit_code_from_wait_status,
+    parse_duration,
+    split_exit_code,
+)
 
 _log = logging.getLogger(__name__)
+
+#: how a command runs: ``subprocess.run``'s signature (tests inject a fake SLURM here).
+CommandRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 # What SLURM's clients print when the controller (or the network to it) does not answer.
 _CONTROLLER_DOWN = (
@@ -58,9 +67,11 @@ class SlurmLauncher:
                  retry_max_s: float = 30.0, command_timeout_s: float = 120.0,
                  find_window_days: int = 30,
                  sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 run: CommandRunner = subprocess.run) -> None:
         """``retry_*`` bound how long an unanswering controller is retried (total, first and
-        longest pause); ``find_window_days`` is how far back ``find`` asks accounting."""
+        longest pause); ``find_window_days`` is how far back ``find`` asks accounting;
+        ``run`` runs each SLURM command (``subprocess.run``)."""
         self.retry_total_s = retry_total_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -69,6 +80,7 @@ class SlurmLauncher:
         self.calls: Counter[str] = Counter()
         self._sleep = sleep
         self._clock = clock
+        self._run_command = run
         self._user = getpass.getuser()
 
     # -- the Launcher interface ----------------------------------------------------------------
@@ -87,7 +99,7 @@ class SlurmLauncher:
                           "first)")
         BatchHeader.read(script).make_log_dirs(job_name=job_name, user=self._user)
         argv = ["sbatch", "--parsable", f"--job-name={job_name}", str(script), *map(str, args)]
-        run_env = None if env is None else {**os.environ, **env}
+        run_env = None if env is None else child_environment(env)
         try:
             result = self._run(argv, cwd=script.parent, env=run_env,
                                adopt=lambda: self._live_job_named(job_name))
@@ -216,7 +228,7 @@ class SlurmLauncher:
         while True:
             self.calls[argv[0]] += 1
             try:
-                result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                result = self._run_command(argv, cwd=cwd, env=env, capture_output=True, text=True,
                                         timeout=self.command_timeout_s, stdin=subprocess.DEVNULL)
             except FileNotFoundError as exc:
                 raise CkError(f"{argv[0]} is not on PATH: install the SLURM client or set "

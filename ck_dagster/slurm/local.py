@@ -30,7 +30,9 @@ from typing import Any
 
 from ck_dagster.errors import CkError
 from ck_dagster.fileio import atomic_write_text
-from ck_dagster.slurm.launcher import BatchHeader, order_found
+from ck_dagster.settings import Settings, child_environment
+from ck_dagster.slurm.batch_header import BatchHeader
+from ck_dagster.slurm.launcher import order_found
 from ck_dagster.slurm.states import JobAccounting, JobState, JobStatus, split_exit_code
 
 DEFAULT_STATE_DIR = Path("~/.local/state/ck_dagster/local-jobs")
@@ -48,7 +50,7 @@ class LocalLauncher:
     def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
         """``state_dir``: where job records live (default ``CK_LOCAL_JOBS_DIR``, else
         ``~/.local/state/ck_dagster/local-jobs``)."""
-        chosen = state_dir or os.environ.get("CK_LOCAL_JOBS_DIR") or DEFAULT_STATE_DIR
+        chosen = state_dir or Settings.from_env().local_jobs_dir or DEFAULT_STATE_DIR
         self.state_dir = Path(chosen).expanduser().resolve()
         self.calls: Counter[str] = Counter()
 
@@ -69,15 +71,15 @@ class LocalLauncher:
                 if pattern}
         for log in logs.values():
             Path(log).parent.mkdir(parents=True, exist_ok=True)
-        spec = {
+        record = {
             "job_id": job_id, "name": job_name, "command": [*_interpreter(script), str(script),
                                                             *map(str, args)],
             "workdir": str(header.workdir), "stdout": logs["stdout"],
             "stderr": logs.get("stderr"), "append": header.append,
             "time_limit_s": header.time_limit_s, "node": node, "submit_time": time.time(),
         }
-        atomic_write_text(job_dir / "job.json", json.dumps(spec, indent=1), mode=0o600)
-        job_env = {**os.environ, **(env or {}), "SLURM_JOB_ID": job_id, "SLURM_JOBID": job_id,
+        atomic_write_text(job_dir / "job.json", json.dumps(record, indent=1), mode=0o600)
+        job_env = {**child_environment(env), "SLURM_JOB_ID": job_id, "SLURM_JOBID": job_id,
                    "SLURM_JOB_NAME": job_name, "SLURM_SUBMIT_DIR": str(script.parent),
                    "SLURM_JOB_NODELIST": node}
         self.calls["spawn"] += 1
@@ -102,9 +104,9 @@ class LocalLauncher:
         self.calls["scan"] += 1
         found = []
         for job_dir in self.state_dir.glob("*/job.json"):
-            spec = _read_json(job_dir)
-            if spec and spec["name"] == job_name:
-                found.append(self._status(spec["job_id"]))
+            record = _read_json(job_dir)
+            if record and record["name"] == job_name:
+                found.append(self._status(record["job_id"]))
         return order_found(found)
 
     def accounting(self, job_id: str) -> JobAccounting:
@@ -163,17 +165,17 @@ class LocalLauncher:
     def _status(self, job_id: str) -> JobStatus:
         """One job's status from its records."""
         job_dir = self.state_dir / job_id
-        spec = _read_json(job_dir / "job.json") if job_id.isdigit() else None
-        if spec is None:
+        record = _read_json(job_dir / "job.json") if job_id.isdigit() else None
+        if record is None:
             return JobStatus(job_id, "", JobState.UNKNOWN,
                              reason=f"no local job {job_id} in {self.state_dir}")
-        common = {"job_id": job_id, "name": spec["name"], "node": spec["node"],
-                  "log_path": Path(spec["stdout"])}
+        common = {"job_id": job_id, "name": record["name"], "node": record["node"],
+                  "log_path": Path(record["stdout"])}
         result = _read_json(job_dir / "result.json")
         wrapper = _read_int(job_dir / "wrapper.pid")
         if result is None and wrapper is not None and _alive(wrapper, job_dir):
             return JobStatus(state=JobState.RUNNING,
-                             elapsed_s=int(time.time() - spec["submit_time"]), **common)
+                             elapsed_s=int(time.time() - record["submit_time"]), **common)
         # Read again: the wrapper may have recorded the end and exited since the first read.
         result = result or _read_json(job_dir / "result.json")
         if result is None:
@@ -232,7 +234,7 @@ class _Wrapper:
 
     def __init__(self, job_dir: Path) -> None:
         self.job_dir = job_dir
-        self.spec = json.loads((job_dir / "job.json").read_text())
+        self.record = json.loads((job_dir / "job.json").read_text())
         self.stop_requested = False
         self.child: subprocess.Popen[bytes] | None = None
 
@@ -244,17 +246,17 @@ class _Wrapper:
         """Run the command, enforce the time limit and cancellation, write result.json."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self.request_stop)
-        spec = self.spec
+        record = self.record
         started = time.time()
-        mode = "ab" if spec["append"] else "wb"
-        out = open(spec["stdout"], mode)
-        err = open(spec["stderr"], mode) if spec["stderr"] else None
+        mode = "ab" if record["append"] else "wb"
+        out = open(record["stdout"], mode)  # noqa: SIM115 (the child holds them; closed below)
+        err = open(record["stderr"], mode) if record["stderr"] else None  # noqa: SIM115
         try:
             self.child = subprocess.Popen(
-                spec["command"], cwd=spec["workdir"], stdin=subprocess.DEVNULL, stdout=out,
+                record["command"], cwd=record["workdir"], stdin=subprocess.DEVNULL, stdout=out,
                 stderr=err or subprocess.STDOUT, start_new_session=True)
         except OSError as exc:  # no such interpreter or working directory
-            (err or out).write(f"ck_dagster: cannot start {spec['command']}: {exc}\n".encode())
+            (err or out).write(f"ck_dagster: cannot start {record['command']}: {exc}\n".encode())
             returncode, timed_out, launch_error = 127, False, str(exc)
         else:
             atomic_write_text(self.job_dir / "job.pgid", f"{self.child.pid}\n")
@@ -293,7 +295,7 @@ class _Wrapper:
         """Wait for the command; SIGTERM it on cancel or time-out, SIGKILL after KILL_WAIT_S.
         True when it ran out of time."""
         assert self.child is not None
-        limit = self.spec["time_limit_s"]
+        limit = self.record["time_limit_s"]
         timed_out, term_sent = False, None
         while True:
             try:

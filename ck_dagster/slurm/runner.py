@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ck_dagster.errors import CkError
+from ck_dagster.fileio import tail
 from ck_dagster.slurm.follow import JobEvent, JobFollower
-from ck_dagster.slurm.launcher import Launcher, tail
+from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.states import JobAccounting, JobState, JobStatus
 
 #: end states after which a job is simply run again (the job did nothing wrong).
@@ -103,21 +104,13 @@ class JobOutcome:
         return self.status in ("adopted", "completed")
 
 
-class JobFailed(CkError):
-    """One or more jobs failed; each outcome says how."""
-
-    def __init__(self, outcomes: Sequence[JobOutcome]):
-        self.outcomes = list(outcomes)
-        super().__init__("\n\n".join(o.message for o in self.outcomes))
-
-
 class JobRunner:
     """Runs :class:`JobRequest` s through a launcher; see the module docstring."""
 
     def __init__(self, launcher: Launcher, *, slots: Slots | None = None,
                  on_event: Callable[[str, str], object] = lambda key, message: None,
                  on_log: Callable[[str, str], object] = lambda key, line: None,
-                 max_resubmits: int = 2, poll_initial: float = 2.0, poll_max: float = 60.0,
+                 max_resubmits: int = 2, poll_initial: float = 2.0, poll_max: float = 30.0,
                  slot_wait: float = 5.0, requeue_checks: int = 3, requeue_wait: float = 2.0,
                  follower: JobFollower | None = None):
         """``on_event(key, message)`` receives what happens to the jobs (submitted, state

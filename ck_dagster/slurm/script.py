@@ -1,18 +1,23 @@
 """SLURM batch scripts: the SBATCH header, the environment a job activates, the command.
 
 Every value that comes from a user (paths, names, environment settings) is shell-quoted, so a
-script is safe to read, to submit by hand with ``sbatch`` and passes ``bash -n``.
+script is safe to read, to submit by hand with ``sbatch`` and passes ``bash -n``; a value that
+cannot be quoted safely is refused, and every script is checked with ``bash -n`` before it is
+written (:func:`check_script`).
 """
 
 from __future__ import annotations
 
-import os
 import shlex
+import subprocess
 import sys
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ck_dagster.errors import CONTROL_CATEGORIES, CkError, printable
+from ck_dagster.settings import Settings
 from ck_dagster.slurm.resources import Resources
 
 #: variables every job exports: offline model and dataset hubs, no telemetry, no stale caches.
@@ -25,6 +30,19 @@ OFFLINE_ENVIRONMENT: dict[str, str] = {
     # tiktoken caches tokenizer files by path: a regenerated file would load stale.
     "TIKTOKEN_CACHE_DIR": "",
 }
+
+
+EXIT_MARKER_PREFIX = ".ck-exit-"
+
+
+def exit_marker(log_path: Path, job_id: str) -> Path:
+    """The file a job writes as its script exits, beside its log: its exit code.
+
+    Followers look for it on every log read (a ``stat``, no controller call), so a job's end is
+    seen within seconds however far the status calls have backed off; SLURM stays the judge
+    of how it ended.
+    """
+    return Path(log_path).parent / f"{EXIT_MARKER_PREFIX}{job_id}"
 
 
 def job_name_for(experiment: str, run: str, kind: str) -> str:
@@ -49,15 +67,15 @@ class JobEnvironment:
     venv: str | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> JobEnvironment:
-        """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV`` and ``CK_JOB_VENV``.
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
+        """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV`` and ``CK_JOB_VENV``
+        (from ``environ``, default this process's environment) through the settings.
 
         With none of them set, jobs activate the virtual environment this Python runs in (if
         any); ``CK_JOB_VENV=none`` turns that off.
         """
-        modules = tuple(environ.get("CK_JOB_MODULES", "").split())
-        conda_env = environ.get("CK_JOB_CONDA_ENV") or None
-        venv = environ.get("CK_JOB_VENV")
+        settings = Settings.from_env(environ)
+        modules, conda_env, venv = settings.job_modules, settings.job_conda_env, settings.job_venv
         if venv is None and not modules and conda_env is None:
             venv = sys.prefix if sys.prefix != sys.base_prefix else None
         if venv in ("", "none"):
@@ -70,7 +88,8 @@ class JobEnvironment:
         if self.modules:
             lines += ["module purge", "module load " + " ".join(map(shlex.quote, self.modules))]
         if self.conda_env:
-            lines += ['eval "$(conda shell.bash hook)"', f"conda activate {shlex.quote(self.conda_env)}"]
+            lines += ['eval "$(conda shell.bash hook)"',
+                      f"conda activate {shlex.quote(self.conda_env)}"]
         if self.venv:
             lines.append(f"source {shlex.quote(str(Path(self.venv) / 'bin' / 'activate'))}")
         return lines
@@ -116,9 +135,10 @@ class JobScript:
                     ("account", r.account)) if value]
         lines = ["#!/bin/bash"]
         if self.description:
-            lines += [f"# {line}" for line in self.description.splitlines()]
+            lines += [f"# {printable(line)}" for line in self.description.splitlines()]
         lines += [f"#SBATCH {_quote_option(option)}" for option in header]
         lines += ["", "set -eo pipefail"]
+        lines += self._exit_marker_lines()
         lines += self.environment.lines()
         lines += [f"export {name}={shlex.quote(value)}" for name, value in self.variables.items()]
         if self.python_path:
@@ -133,9 +153,38 @@ class JobScript:
         lines.append(f"{command} \"$@\"" if self.forward_arguments else command)
         return "\n".join(lines) + "\n"
 
+    def _exit_marker_lines(self) -> list[str]:
+        """Write :func:`exit_marker` when the script exits, however it exits (a requeued job
+        removes its previous run's marker first)."""
+        folder = str(self.log_path.parent)
+        if "%" in folder:  # a per-job log folder: no fixed place to leave the marker
+            return []
+        return [f'CK_EXIT_MARKER={shlex.quote(folder)}/{EXIT_MARKER_PREFIX}'
+                '"${SLURM_JOB_ID:-local}"',
+                'rm -f "$CK_EXIT_MARKER"',
+                "trap 'echo \"$?\" > \"$CK_EXIT_MARKER\"' EXIT"]
+
+
+def check_script(text: str) -> str:
+    """``text`` when ``bash -n`` parses it; a :class:`CkError` otherwise. Writers call it
+    before a script is written (rendering stays pure: no process)."""
+    result = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True,
+                            timeout=60, check=False)
+    if result.returncode != 0:
+        raise CkError(f"the job script would not parse (bash -n: {result.stderr.strip()}); "
+                      "nothing was written. Please report this: a value reached it unquoted")
+    return text
+
 
 def _quote_option(option: str) -> str:
-    """``--output=/a b/x`` -> ``--output='/a b/x'``: sbatch reads quotes in #SBATCH lines."""
+    """``--output=/a b/x`` -> ``--output='/a b/x'``: sbatch reads quotes in #SBATCH lines.
+
+    sbatch reads a backslash as an escape even inside quotes, and a line ends at a newline:
+    values holding either (or any control character) cannot be quoted, and are refused.
+    """
     name, _, value = option.partition("=")
+    if "\\" in value or any(unicodedata.category(ch) in CONTROL_CATEGORIES for ch in value):
+        raise CkError(f"#SBATCH {name} cannot hold {value!r}: a backslash or control "
+                      "character cannot be quoted in #SBATCH lines")
     return f"{name}={shlex.quote(value)}" if value else name
 

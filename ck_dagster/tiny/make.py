@@ -15,12 +15,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
-from torchtune.data import Message, padded_collate_sft
-from torchtune.datasets._sft import SFTTransform
+from torchtune.data import CROSS_ENTROPY_IGNORE_IDX, Message, padded_collate_sft
 from torchtune.models.llama3 import Llama3Tokenizer
 from torchtune.modules import TransformerDecoder
 
@@ -96,7 +96,7 @@ def pretrain(model: TransformerDecoder, tokenizer: Llama3Tokenizer, *, steps: in
                                                      (steps - step) / decay))
     model.train()
     losses = []
-    for batch in _echo_batches(rng, SFTTransform(model_transform=tokenizer), steps, batch_size):
+    for batch in _echo_batches(rng, tokenizer, steps, batch_size):
         logits = model(batch["tokens"])
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
         optimizer.zero_grad()
@@ -108,12 +108,21 @@ def pretrain(model: TransformerDecoder, tokenizer: Llama3Tokenizer, *, steps: in
     return losses
 
 
-def _echo_batches(rng: random.Random, to_tokens: SFTTransform, count: int, batch_size: int,
+def _sft_sample(tokenizer: Llama3Tokenizer, messages: list[Message]) -> dict[str, Any]:
+    """Tokens and labels as torchtune's SFT datasets make them: masked tokens (the prompt) are
+    ignored by the loss."""
+    sample = tokenizer({"messages": messages})
+    sample["labels"] = [CROSS_ENTROPY_IGNORE_IDX if masked else token
+                        for token, masked in zip(sample["tokens"], sample["mask"])]
+    return sample
+
+
+def _echo_batches(rng: random.Random, tokenizer: Llama3Tokenizer, count: int, batch_size: int,
                   bucket: int = 4) -> Iterator[dict[str, torch.Tensor]]:
     """``count`` padded batches; ``bucket`` at a time are cut from one length-sorted draw, which
     pads a fifth fewer tokens than drawing each batch alone."""
     while count > 0:
-        draw = sorted((to_tokens({"messages": echo_conversation(rng)})
+        draw = sorted((_sft_sample(tokenizer, echo_conversation(rng))
                        for _ in range(batch_size * bucket)), key=lambda s: len(s["tokens"]))
         batches = [draw[i:i + batch_size] for i in range(0, len(draw), batch_size)]
         rng.shuffle(batches)

@@ -31,8 +31,8 @@ import torch
 from omegaconf import DictConfig
 from torchtune import config, utils
 
-from ck_dagster.finetune.catalog import RECIPES_ROOT
-from ck_dagster.finetune.parameters import kept_epochs
+from ck_dagster.catalog.parameters import kept_epochs
+from ck_dagster.finetune.torchtune_internals import RECIPES_ROOT
 from ck_dagster.training.artifacts import FINISHED
 
 log = utils.get_logger("INFO")

@@ -1,24 +1,19 @@
-"""Automation and the schedule, with Dagster's own testing APIs on a real instance."""
+"""Declarative automation, with Dagster's own evaluation API on a real instance."""
 
 from __future__ import annotations
-
-import datetime as dt
 
 from dagster import (
     AssetKey,
     AssetMaterialization,
     DagsterInstance,
-    build_schedule_context,
     evaluate_automation_conditions,
 )
 
-from ck_dagster.assets.evaluation import reevaluate_runs
 from ck_dagster.assets.registry import apply_registration, prepare_registration
 from ck_dagster.definitions import defs
 from ck_dagster.slurm.script import JobEnvironment
 from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
 
-TICK = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.timezone.utc)
 EVAL, REPORT, CHECKPOINT = AssetKey("eval_log"), AssetKey("experiment_report"), \
     AssetKey("checkpoint")
 
@@ -77,19 +72,21 @@ def test_changing_the_evaluation_touches_evaluations_only(dagster_home, tmp_path
     assert [o.asset_key.path[0] for o in registration.observations] == ["eval_spec"] * 3
 
 
-def test_schedule_requests_one_forced_run_per_trained_partition(
+def test_a_registered_evaluation_change_is_evaluated_for_the_affected_runs_only(
         dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
     with DagsterInstance.get() as instance:
+        keys = register(instance, file)
+        for key in keys:
+            materialized(instance, CHECKPOINT, key)
+            materialized(instance, EVAL, key)
+        materialized(instance, REPORT)
+        first = evaluate_automation_conditions(defs, instance)
+        quiet = evaluate_automation_conditions(defs, instance, cursor=first.cursor)
+        assert quiet.get_requested_partitions(EVAL) == set()
+        file.write_text(file.read_text() + "  matrix: [{run: lora16, epochs: [0]}]\n")
         register(instance, file)
-        with build_schedule_context(instance=instance, scheduled_execution_time=TICK) as context:
-            skipped = list(reevaluate_runs(context))
-        assert len(skipped) == 1 and "no registered run" in skipped[0].skip_message
-        materialized(instance, CHECKPOINT, "tiny/lora8")
-        materialized(instance, CHECKPOINT, "tiny/base")
-        with build_schedule_context(instance=instance, scheduled_execution_time=TICK) as context:
-            requests = list(reevaluate_runs(context))
-    assert sorted(r.partition_key for r in requests) == ["tiny/base", "tiny/lora8"]
-    for request in requests:
-        assert request.run_config["ops"]["eval_log"]["config"]["force"] is True
-        assert request.run_key == f"{request.partition_key}@20261123T0600"
+        edited = evaluate_automation_conditions(defs, instance, cursor=quiet.cursor)
+        assert edited.get_requested_partitions(EVAL) == {"tiny/lora16"}
+        after = evaluate_automation_conditions(defs, instance, cursor=edited.cursor)
+        assert after.get_requested_partitions(EVAL) == set()

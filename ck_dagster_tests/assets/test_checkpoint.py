@@ -16,7 +16,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.states import JobState
-from ck_dagster.training.jobs import halved_batch_args
+from ck_dagster.training.submit import halved_batch_args
 from ck_dagster_tests.fixtures.dagster import BIN, run_command
 from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
 from ck_dagster_tests.fixtures.webserver import SERVE_TIMEOUT, WebServer
@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 #: one run that trains long enough (~30 s) to be caught while running
 LONG_RUN = """
-  - {name: long, type: fine-tuned, model: tiny-llama, parameters: {lora_rank: 8, epochs: 4, max_steps_per_epoch: 40}}
+  - {name: long, type: fine-tuned, model: tiny-llama,
+     parameters: {lora_rank: 8, epochs: 4, max_steps_per_epoch: 40}}
 """
 
 

@@ -15,10 +15,10 @@ from dagster._core.loader import LoadingContextForTest
 
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.assets.sensors import experiments_sensor
+from ck_dagster.catalog.parameters import config_path
 from ck_dagster.definitions import defs
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.finetune.catalog import recipe_catalog
-from ck_dagster.finetune.parameters import config_path
 from ck_dagster_tests.fixtures.dagster import run_command
 
 # what the experiment implies, not the recipe/controls/run precedence rule itself

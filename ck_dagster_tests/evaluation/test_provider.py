@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from torchtune import config as tune_config
 from transformers import AutoTokenizer
 
+from ck_dagster.catalog.models import get_model as get_model_spec
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.provider import (
     Decoding,
@@ -28,7 +29,6 @@ from ck_dagster.evaluation.provider import (
 from ck_dagster.evaluation.spec import EvalSpec, TorchtuneModel, eval_spec_for
 from ck_dagster.evaluation.tasks import load_task
 from ck_dagster.finetune.dataset import prompt_messages
-from ck_dagster.finetune.models import get_model as get_model_spec
 from ck_dagster.finetune.plan import RunPlan
 from ck_dagster.tiny.tokenizer import SPECIAL_IDS
 from ck_dagster_tests.evaluation.tiny_experiment import PROMPT, SYSTEM_PROMPT, plan_run

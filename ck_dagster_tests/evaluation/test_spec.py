@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,3 +160,38 @@ def test_the_builtin_task_needs_a_test_split(experiment: Write, tmp_path: Path) 
     data.write_text(json.dumps({"train": [{"input": "a", "output": "A"}] * 8, "test": []}))
     with pytest.raises(ExperimentFileError, match="no rows in a `test` list"):
         spec(experiment(data=data))
+
+
+def test_the_version_covers_the_modules_a_task_script_imports_from_its_folders(
+        experiment: Write, tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "__init__.py").write_text("from .score import scorer\n")
+    (tmp_path / "lib" / "score.py").write_text("import json\nfrom . import words\n")
+    (tmp_path / "lib" / "words.py").write_text("WORDS = ['a']\n")
+    (tmp_path / "unused.py").write_text("")
+    (tmp_path / "task.py").write_text("import os\nimport lib.score\nfrom lib import words\n")
+    file = experiment(evaluation="evaluation: {tasks: [{name: mine, script: task.py}]}\n")
+    before = spec(file)
+    assert sorted(Path(p).relative_to(tmp_path).as_posix() for p in before.tasks[0].imports) == \
+        ["lib/__init__.py", "lib/score.py", "lib/words.py"]  # installed modules are not followed
+    assert before.changed_inputs() == []
+    (tmp_path / "lib" / "words.py").write_text("WORDS = ['b']\n")
+    assert before.changed_inputs() == [tmp_path / "lib" / "words.py"]
+    after = spec(file).version
+    assert after != before.version
+    (tmp_path / "unused.py").write_text("x = 1\n")  # not imported: no change
+    assert spec(file).version == after
+
+
+def test_the_version_covers_the_tokenizer_files_of_the_model_evaluated(
+        experiment: Write, tmp_path: Path, tiny_model_dir: Path) -> None:
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    file = experiment(model_dir=model)
+    tokenizer = model / "original" / "tokenizer.model"
+    for run in ("tuned", "base"):  # the tiny model's tokenizer has two files
+        assert sorted(spec(file, run).tokenizer_files) == [str(model / "original" /
+                                                               "tokenizer.model"),
+                                                           str(model / "tokenizer.json")]
+    before = {run: spec(file, run).version for run in ("tuned", "base")}
+    tokenizer.write_bytes(tokenizer.read_bytes() + b"\n")
+    assert all(spec(file, run).version != before[run] for run in ("tuned", "base"))

@@ -63,12 +63,14 @@ def task_spec(script: Path, name: str = "words", **args: object) -> TaskSpec:
                     system_prompt="Be brief.")
 
 
+@pytest.mark.unit
 def test_user_script_gets_its_args_and_the_runs_prompt(script: Path) -> None:
     task = script_task(task_spec(script, count=2, suffix="s"), data_path="/data.json")
     assert [(s.input[-1].text, s.target) for s in task.dataset] == [
         ("Say apples", "APPLE"), ("Say pears", "PEAR")]
 
 
+@pytest.mark.unit
 def test_user_script_picks_its_only_task_or_the_one_named_like_the_experiments(
         script: Path) -> None:
     assert script_task(task_spec(script, name="other"), data_path="").dataset[0].target == "y"
@@ -79,6 +81,7 @@ def test_user_script_picks_its_only_task_or_the_one_named_like_the_experiments(
     assert len(script_task(task_spec(single, name="any", count=3), data_path="").dataset) == 3
 
 
+@pytest.mark.unit
 def test_user_script_errors_say_what_to_fix(script: Path, tmp_path: Path) -> None:
     with pytest.raises(CkError, match="takes no argument 'limit'.*it takes: count, prompt"):
         script_task(task_spec(script, count=1, limit=3), data_path="")

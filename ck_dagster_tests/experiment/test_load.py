@@ -12,6 +12,8 @@ from ck_dagster.experiment.problems import ExperimentFileError, format_path
 from ck_dagster.finetune.plan import plan_experiment, plan_experiment_file
 from ck_dagster_tests.fixtures.dagster import EXAMPLES
 
+pytestmark = pytest.mark.unit
+
 MALFORMED = sorted((Path(__file__).parent / "malformed").glob("*.yaml"))
 
 
@@ -79,15 +81,30 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert "unknown run `rank5` (did you mean `rank4`?)" in message
 
 
-def test_a_run_refused_by_the_schema_is_left_out_of_later_checks(tmp_path: Path) -> None:
+def test_a_run_refused_by_the_schema_still_has_its_parameters_checked(tmp_path: Path) -> None:
     source = (Path(__file__).parent / "malformed" / "unknown_parameter.yaml").read_text()
     file = tmp_path / "exp.yaml"
     file.write_text(source.replace("../../../examples", str(EXAMPLES))
                     .replace("type: fine-tuned", "type: finetuned"))
     with pytest.raises(ExperimentFileError) as caught:
         check(file)
-    # runs[0]'s parameters are not merged while its type is wrong: one problem, not two
-    assert [format_path(p.path) for p in caught.value.problems] == ["runs[0].type"]
+    # every problem at once: the wrong type, and the parameter that is wrong whatever the type
+    assert [format_path(p.path) for p in caught.value.problems] == [
+        "runs[0].type", "runs[0].parameters.lora_rnk"]
+
+
+def test_a_run_naming_an_unknown_model_still_has_its_values_checked(tmp_path: Path) -> None:
+    text = (EXAMPLES / "cap_rank_sweep.yaml").read_text().replace(
+        "    model: Llama-3.2-1B-Instruct\n    parameters: {lora_rank: 4}",
+        "    model: Llama-3.2-1B\n    parameters: {lora_rank: 0}")
+    file = tmp_path / "exp.yaml"
+    file.write_text(text.replace("path: data/", f"path: {EXAMPLES}/data/"))
+    with pytest.raises(ExperimentFileError) as caught:
+        check(file)
+    assert [(format_path(p.path), p.message) for p in caught.value.problems] == [
+        ("runs[0].model", "run `rank4` names unknown model `Llama-3.2-1B`"),
+        ("runs[0].parameters.lora_rank",
+         "`lora_rank: 0` must be a whole number from 1 to 8192 (no model is wider)")]
 
 
 @pytest.mark.parametrize(("key", "parent", "fix"), [

@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobEnvironment, JobScript
-
 
 
 def script(workdir: str = "/scratch/exp/run", **env) -> JobScript:
@@ -22,11 +23,13 @@ def script(workdir: str = "/scratch/exp/run", **env) -> JobScript:
     )
 
 
+@pytest.mark.unit
 def test_header_follows_resources() -> None:
     text = script().render()
     for line in ["#SBATCH --job-name=ck:exp/run:train", "#SBATCH --mem=40G",
                  "#SBATCH --cpus-per-task=4", "#SBATCH --gres=gpu:2", "#SBATCH --partition=nomig",
-                 "#SBATCH --account=lab", "#SBATCH --output=/scratch/exp/run/artifacts/slurm-%j.out",
+                 "#SBATCH --account=lab",
+                 "#SBATCH --output=/scratch/exp/run/artifacts/slurm-%j.out",
                  "#SBATCH --time=1:00:00"]:
         assert line in text.splitlines()
     assert "--constraint" not in text
@@ -34,6 +37,7 @@ def test_header_follows_resources() -> None:
                                      '--config finetune.yaml "$@"')
 
 
+@pytest.mark.unit
 def test_environment_activation_variants() -> None:
     text = script(modules=("anaconda3/2025.6", "cuda 12"), conda_env="my env").render()
     assert "module purge" in text and "module load anaconda3/2025.6 'cuda 12'" in text
@@ -60,6 +64,7 @@ def test_user_values_are_quoted_and_script_is_valid_bash(tmp_path: Path) -> None
     assert not list(tmp_path.rglob("pwned")) and not list(tmp_path.rglob("x"))
 
 
+@pytest.mark.unit
 def test_default_environment_is_this_venv(monkeypatch) -> None:
     for name in ("CK_JOB_MODULES", "CK_JOB_CONDA_ENV", "CK_JOB_VENV"):
         monkeypatch.delenv(name, raising=False)

@@ -26,6 +26,7 @@ def plan(name: str = "cap_rank_sweep.yaml", text: str | None = None, tmp: Path |
     return plan_experiment(load_experiment(file), NO_ENV)
 
 
+@pytest.mark.unit
 def test_scalars_replace_mappings_merge_and_sources_are_kept() -> None:
     config = ProvenancedConfig()
     recipe, run = Source("recipe", "r"), Source("run", "x")
@@ -39,6 +40,7 @@ def test_scalars_replace_mappings_merge_and_sources_are_kept() -> None:
     assert "optimizer.lr" not in config.sources and config.sources["optimizer"] == run
 
 
+@pytest.mark.unit
 def test_run_overrides_controls_override_recipe() -> None:
     run = plan().runs["rank16_lr3e-4"]
     assert run.config is not None
@@ -58,6 +60,7 @@ def test_run_overrides_controls_override_recipe() -> None:
                                                      "derived")
 
 
+@pytest.mark.unit
 def test_builtin_defaults_without_base_recipe() -> None:
     runs = plan("model_comparison.yaml").runs
     config = runs["llama_lr1e-4"].config
@@ -73,6 +76,7 @@ def test_builtin_defaults_without_base_recipe() -> None:
     assert runs["llama_lr5e-4"].config.get("optimizer.lr") == 5e-4
 
 
+@pytest.mark.unit
 def test_model_switch_and_distributed_twin() -> None:
     run = plan("model_comparison.yaml").runs["qwen_lr5e-4_2gpu"]
     assert run.recipe == "lora_finetune_distributed" and run.nproc == 2
@@ -86,6 +90,7 @@ def test_model_switch_and_distributed_twin() -> None:
     assert "--nproc_per_node 2 lora_finetune_distributed" in run.slurm_script
 
 
+@pytest.mark.unit
 def test_explicit_lora_alpha_is_kept(tmp_path: Path) -> None:
     text = (EXAMPLES / "cap_rank_sweep.yaml").read_text().replace(
         "{lora_rank: 8}", "{lora_rank: 8, lora_alpha: 4}")
@@ -93,6 +98,7 @@ def test_explicit_lora_alpha_is_kept(tmp_path: Path) -> None:
     assert (config.get("model.lora_rank"), config.get("model.lora_alpha")) == (8, 4)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("model,compute,expected", [
     ("Llama-3.2-1B-Instruct", "{}", {"mem": "40G", "cpus": 4, "gpus": 1, "partition": "nomig",
                                       "constraint": None}),
@@ -120,6 +126,7 @@ runs: [{{name: r, type: fine-tuned, model: {model}, compute: {compute}}}]
         assert f"--nproc_per_node {run.resources.gpus}" in run.slurm_script
 
 
+@pytest.mark.unit
 def test_no_gpu_means_cpu_settings(tmp_path: Path) -> None:
     text = (EXAMPLES / "cap_rank_sweep.yaml").read_text().replace(
         'compute: {time: "2:00:00", mem: 48G}', "compute: {gpus: 0}")
@@ -129,12 +136,14 @@ def test_no_gpu_means_cpu_settings(tmp_path: Path) -> None:
     assert "--gres" not in run.slurm_script
 
 
+@pytest.mark.unit
 def test_control_runs_have_no_training_config() -> None:
     base = plan().runs["base"]
     assert base.is_control and base.config is None and base.finetune_yaml is None
     assert base.slurm_script is None and base.epochs == 0
 
 
+@pytest.mark.unit
 def test_written_yaml_round_trips_and_is_deterministic() -> None:
     first, second = plan().runs["rank4"], plan().runs["rank4"]
     assert first.finetune_yaml == second.finetune_yaml
@@ -142,6 +151,7 @@ def test_written_yaml_round_trips_and_is_deterministic() -> None:
     assert yaml.safe_load(first.finetune_yaml) == first.config.config
 
 
+@pytest.mark.unit
 def test_spec_version_changes_only_with_the_run(tmp_path: Path) -> None:
     text = (EXAMPLES / "cap_rank_sweep.yaml").read_text()
     before = plan(text=text, tmp=tmp_path).runs

@@ -9,6 +9,8 @@ import pytest
 
 from ck_dagster.report.report import ScoreRow, build_report, varied_parameters, wilson_interval
 
+pytestmark = pytest.mark.unit
+
 
 def test_wilson_interval_matches_known_values() -> None:
     # 8 of 10: the textbook Wilson interval is (0.490, 0.943)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,10 @@ import pytest
 
 from ck_dagster.slurm.follow import JobFollower
 from ck_dagster.slurm.launcher import ControllerUnavailable
+from ck_dagster.slurm.script import exit_marker
 from ck_dagster.slurm.states import JobState, JobStatus
+
+pytestmark = pytest.mark.unit
 
 
 class ScriptedLauncher:
@@ -148,3 +152,49 @@ def test_log_lines_are_streamed_whole(tmp_path):
     follower.add("1")
     lines = [line for e in follower.events() if e.kind == "log" for line in e.lines]
     assert lines == ["step 0", "partstep 2", "partstep 6", "partstep 14", "part"]
+
+
+def test_exit_marker_makes_the_end_seen_before_the_backed_off_status_call(tmp_path):
+    """A job's exit marker (left by its script) is seen on the next log read, 2 s after the
+    end, though the status calls have backed off to one a minute; each marker counts once."""
+    clock = FakeClock()
+    log = tmp_path / "slurm-1.out"
+    launcher = ScriptedLauncher(clock, {"1": [(0, "RUNNING"), (100, "COMPLETED")]})
+    launcher.statuses = _with_log(launcher.statuses, log)  # type: ignore[method-assign]
+
+    def sleep(seconds: float) -> None:
+        before = clock.now
+        clock.sleep(seconds)
+        if before < 100 <= clock.now:  # the script exits at t=100 and leaves its marker
+            exit_marker(log, "1").write_text("0\n")
+
+    follower = JobFollower(launcher, poll_initial=2.0, poll_max=60.0, backoff=2.0,
+                           clock=clock, sleep=sleep)
+    follower.add("1")
+    ended = [e.at for e in follower.events() if e.kind == "state"
+             and e.status is not None and e.status.state is JobState.COMPLETED]
+    assert ended and launcher.poll_times[-1] <= 102
+    # without the marker the call after t=62 would have come at t=122
+    assert launcher.poll_times[:5] == [0, 2, 6, 14, 30]
+
+
+def test_a_marker_seen_once_does_not_keep_the_status_calls_short(tmp_path):
+    """A requeued job's old marker (the same job id) triggers one call, then backoff resumes."""
+    clock = FakeClock()
+    log = tmp_path / "slurm-1.out"
+    exit_marker(log, "1").write_text("0\n")
+    launcher = ScriptedLauncher(clock, {"1": [(0, "PENDING"), (500, "COMPLETED")]})
+    launcher.statuses = _with_log(launcher.statuses, log)  # type: ignore[method-assign]
+    follower = JobFollower(launcher, poll_initial=2.0, poll_max=60.0, backoff=2.0,
+                           clock=clock, sleep=clock.sleep)
+    follower.add("1")
+    list(follower.events())
+    gaps = [b - a for a, b in zip(launcher.poll_times, launcher.poll_times[1:])]
+    assert max(gaps) == 60 and len(launcher.poll_times) < 20
+
+
+def _with_log(statuses, log: Path):
+    """Wrap a scripted ``statuses`` so every job reports ``log`` as its log file."""
+    def wrapped(job_ids):
+        return {j: dataclasses.replace(s, log_path=log) for j, s in statuses(job_ids).items()}
+    return wrapped

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ck_dagster.fileio import tail
 from ck_dagster.slurm.client import SlurmLauncher
-from ck_dagster.slurm.launcher import Launcher, tail
+from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.local import LocalLauncher
 from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.slurm.jobs import follow, job_script, unique_name

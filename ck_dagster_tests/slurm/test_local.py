@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ck_dagster.errors import CkError
-from ck_dagster.slurm.launcher import tail
+from ck_dagster.fileio import tail
 from ck_dagster.slurm.local import LocalLauncher
 from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.slurm.jobs import follow, job_script, unique_name, wait_for_state

@@ -121,8 +121,8 @@ def test_slots_cap_jobs_in_the_queue(launcher, tmp_path):
     slots = OneSlot()
     outcomes = runner(launcher, slots=slots).run(requests)
     assert all(o.status == "completed" for o in outcomes.values())
-    spans = sorted((launcher.accounting(o.job_id).start_time, launcher.accounting(o.job_id).end_time)
-                   for o in outcomes.values())
+    accounts = [launcher.accounting(o.job_id) for o in outcomes.values()]
+    spans = sorted((a.start_time, a.end_time) for a in accounts)
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end, f"jobs overlapped: {spans}"
     assert slots.holder is None

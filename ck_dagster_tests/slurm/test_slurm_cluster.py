@@ -11,9 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from ck_dagster.fileio import tail
 from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.follow import JobFollower
-from ck_dagster.slurm.launcher import SubmissionRefused, tail
+from ck_dagster.slurm.launcher import SubmissionRefused
+from ck_dagster.slurm.resources import Resources
+from ck_dagster.slurm.script import JobScript, exit_marker
 from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.slurm.jobs import follow, job_script, unique_name, wait_for_state
 
@@ -193,3 +196,29 @@ def test_timeout(slurm, timeout_job):
     first, *rest = tail(status.log_path).splitlines()
     assert first == "started" and "DUE TO TIME LIMIT" in rest[-1]
     assert slurm.accounting(timeout_job).exit_signal == 15
+
+
+def test_exit_marker_shows_the_end_long_before_the_next_status_call(slurm, tmp_path):
+    """A job from a real JobScript leaves its exit marker; the follower, whose next status call
+    is an hour away after the first, sees the end within seconds through it."""
+    job = JobScript(job_name=unique_name("marker"), workdir=tmp_path,
+                    log_path=tmp_path / "logs" / "slurm-%j.out",
+                    resources=Resources(mem="100M", cpus=1, gpus=0, time="0:05:00"),
+                    command=["sleep", "4"])
+    (tmp_path / "logs").mkdir()
+    script = tmp_path / "job.slurm"
+    script.write_text(job.render())
+    job_id = slurm.submit(script, job_name=job.job_name)
+    follower = JobFollower(slurm, poll_initial=0.5, poll_max=3600.0, backoff=7200.0,
+                           follow_logs=False)
+    follower.add(job_id)
+    timer = threading.Timer(120, follower.stop)
+    timer.start()
+    started = time.monotonic()
+    try:
+        list(follower.events())
+    finally:
+        timer.cancel()
+    assert follower.statuses[job_id].state is JobState.COMPLETED
+    assert time.monotonic() - started < 90  # an hour without the marker
+    assert exit_marker(tmp_path / "logs" / "slurm-1.out", job_id).read_text().strip() == "0"

@@ -5,11 +5,19 @@ from __future__ import annotations
 import pytest
 
 from ck_dagster.errors import CkError
+from ck_dagster.fileio import tail
+from ck_dagster.slurm.batch_header import BatchHeader, expand_log_pattern
+from ck_dagster.slurm.choose import choose_launcher
 from ck_dagster.slurm.client import SlurmLauncher
-from ck_dagster.slurm.launcher import BatchHeader, choose_launcher, expand_log_pattern, tail
 from ck_dagster.slurm.local import LocalLauncher
-from ck_dagster.slurm.states import (JobState, exit_code_from_wait_status, parse_duration,
-                                     split_exit_code)
+from ck_dagster.slurm.states import (
+    JobState,
+    exit_code_from_wait_status,
+    parse_duration,
+    split_exit_code,
+)
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(("text", "state"), [

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ck_dagster.tiny.data import make_capitalization_dataset
+
+pytestmark = pytest.mark.unit
 
 
 def test_splits_have_the_sizes_asked_and_share_no_word(tmp_path: Path) -> None:

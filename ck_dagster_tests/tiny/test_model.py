@@ -27,6 +27,7 @@ def _tune_state(model_dir: Path) -> dict[str, torch.Tensor]:
                       head_dim=HEAD_DIM)
 
 
+@pytest.mark.unit
 def test_lora_builder_takes_the_arguments_of_lora_llama3_2_1b() -> None:
     theirs = dict(inspect.signature(lora_llama3_2_1b).parameters)
     del theirs["tie_word_embeddings"]  # the tiny checkpoint is tied: untying cannot load it
@@ -82,6 +83,7 @@ def test_make_tiny_model_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "o"]  # no build leftovers
 
 
+@pytest.mark.unit
 def test_interrupted_build_leaves_no_folder_that_looks_complete(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*_: object) -> None:

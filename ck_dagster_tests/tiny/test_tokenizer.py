@@ -9,8 +9,15 @@ from torchtune.data import Message
 from transformers import AutoTokenizer
 
 from ck_dagster.finetune.dataset import prompt_messages
-from ck_dagster.tiny.tokenizer import (SPECIAL_IDS, STOP_IDS, VOCAB_SIZE, load_tokenizer,
-                                       write_tokenizer_files)
+from ck_dagster.tiny.tokenizer import (
+    SPECIAL_IDS,
+    STOP_IDS,
+    VOCAB_SIZE,
+    load_tokenizer,
+    write_tokenizer_files,
+)
+
+pytestmark = pytest.mark.unit
 
 PROMPTS = [
     ("Capitalize the given word: {input}\n", "You are a helpful assistant."),

@@ -20,9 +20,9 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ck_dagster
+from ck_dagster.catalog.models import get_model
 from ck_dagster.finetune.catalog import recipe_catalog
 from ck_dagster.finetune.dataset import prompt_messages
-from ck_dagster.finetune.models import get_model
 from ck_dagster.finetune.plan import CPU_SETTINGS
 
 #: the prompt and system prompt of the capitalization demo (experiment-schema.md).

@@ -6,9 +6,12 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 from omegaconf import OmegaConf
 
 from ck_dagster.training.artifacts import TRAINED_CONFIG, config_differences
+
+pytestmark = pytest.mark.unit
 
 CONFIG: dict[str, Any] = {
     "output_dir": "/runs/exp/lr/artifacts",

@@ -22,9 +22,9 @@ from urllib.parse import urlencode
 import pytest
 import yaml
 
+from ck_dagster.assets.instance import ensure_dagster_home
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.experiment.schema import Experiment
-from ck_dagster.assets.instance import ensure_dagster_home
 from ck_dagster_tests.fixtures.dagster import EXAMPLES, REPO, run_command
 from ck_dagster_tests.fixtures.webserver import SERVE_TIMEOUT, WebServer
 

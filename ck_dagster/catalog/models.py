@@ -1,21 +1,21 @@
 """The models ck_dagster knows: torchtune builders, tokenizer, checkpointer and SLURM size.
 
-Adding a model is one :class:`ModelSpec` entry in :data:`MODELS`. ``models.base[].name`` in an
+Adding a model is one :class:`KnownModel` entry in :data:`MODELS`. ``models.base[].name`` in an
 experiment file must be one of these names; ``models.base[].path`` is the HF-format model folder
 on disk, and every path below is relative to it.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ck_dagster.errors import did_you_mean
 from ck_dagster.slurm.resources import RESOURCES_BY_SIZE, Resources
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class KnownModel:
     """One model family member as torchtune and SLURM need to know it."""
 
     name: str
@@ -33,8 +33,6 @@ class ModelSpec:
     model_type: str
     #: size class for SLURM resources: a key of ``RESOURCES_BY_SIZE``.
     size: str
-    #: the torchtune config folder whose recipes fit this model (``tune ls`` names).
-    recipe_family: str
     #: config values this model needs whatever the recipe says (source "model" in provenance).
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -55,8 +53,8 @@ _QWEN_TOKENIZER_FILES = {"path": "vocab.json", "merges_file": "merges.txt"}
 
 
 def _llama(name: str, module: str, suffix: str, files: list[str] | dict[str, str],
-           model_type: str, size: str, family: str) -> ModelSpec:
-    return ModelSpec(
+           model_type: str, size: str) -> KnownModel:
+    return KnownModel(
         name=name,
         builder=f"torchtune.models.{module}.{module}_{suffix}",
         lora_builder=f"torchtune.models.{module}.lora_{module}_{suffix}",
@@ -65,12 +63,11 @@ def _llama(name: str, module: str, suffix: str, files: list[str] | dict[str, str
         checkpoint_files=files,
         model_type=model_type,
         size=size,
-        recipe_family=family,
     )
 
 
-def _qwen(name: str, suffix: str, files: list[str], size: str) -> ModelSpec:
-    return ModelSpec(
+def _qwen(name: str, suffix: str, files: list[str], size: str) -> KnownModel:
+    return KnownModel(
         name=name,
         builder=f"torchtune.models.qwen2_5.qwen2_5_{suffix}",
         lora_builder=f"torchtune.models.qwen2_5.lora_qwen2_5_{suffix}",
@@ -79,16 +76,14 @@ def _qwen(name: str, suffix: str, files: list[str], size: str) -> ModelSpec:
         checkpoint_files=files,
         model_type="QWEN2",
         size=size,
-        recipe_family="qwen2_5",
     )
 
 
-_SPECS = [
-    _llama("Llama-3.2-1B-Instruct", "llama3_2", "1b", ["model.safetensors"],
-           "LLAMA3_2", "1B", "llama3_2"),
-    _llama("Llama-3.2-3B-Instruct", "llama3_2", "3b", _shards(2), "LLAMA3_2", "3B", "llama3_2"),
-    _llama("Llama-3.1-8B-Instruct", "llama3_1", "8b", _shards(4), "LLAMA3", "8B", "llama3_1"),
-    ModelSpec(
+_KNOWN = [
+    _llama("Llama-3.2-1B-Instruct", "llama3_2", "1b", ["model.safetensors"], "LLAMA3_2", "1B"),
+    _llama("Llama-3.2-3B-Instruct", "llama3_2", "3b", _shards(2), "LLAMA3_2", "3B"),
+    _llama("Llama-3.1-8B-Instruct", "llama3_1", "8b", _shards(4), "LLAMA3", "8B"),
+    KnownModel(
         name="Llama-3.3-70B-Instruct",
         builder="torchtune.models.llama3_3.llama3_3_70b",
         lora_builder="torchtune.models.llama3_3.lora_llama3_3_70b",
@@ -97,7 +92,6 @@ _SPECS = [
         checkpoint_files={"filename_format": "model-{}-of-{}.safetensors", "max_filename": "00030"},
         model_type="LLAMA3",
         size="70B",
-        recipe_family="llama3_3",
     ),
     _qwen("Qwen2.5-0.5B-Instruct", "0_5b", ["model.safetensors"], "1B"),
     _qwen("Qwen2.5-1.5B-Instruct", "1_5b_instruct", ["model.safetensors"], "1B"),
@@ -105,7 +99,7 @@ _SPECS = [
     _qwen("Qwen2.5-7B-Instruct", "7b_instruct", _shards(4), "8B"),
     # A ~90k-parameter Llama-3.2-shaped model made locally by `ck-dagster make-tiny-model`:
     # trains on CPU in seconds, for tests, the demo and laptops.
-    ModelSpec(
+    KnownModel(
         name="tiny-llama",
         builder="ck_dagster.tiny.model.tiny_llama",
         lora_builder="ck_dagster.tiny.model.lora_tiny_llama",
@@ -115,21 +109,19 @@ _SPECS = [
         checkpoint_files=["model.safetensors"],
         model_type="LLAMA3_2",
         size="tiny",
-        recipe_family="llama3_2",
         # the model's own context; device and precision follow from asking for no GPU
         config_overrides={"tokenizer.max_seq_len": 256},
     ),
 ]
 
 #: every known model by name.
-MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+MODELS: dict[str, KnownModel] = {model.name: model for model in _KNOWN}
 
 
-def get_model(name: str) -> ModelSpec:
-    """The spec for ``name``; ``KeyError`` names the closest known models."""
+def get_model(name: str) -> KnownModel:
+    """The known model called ``name``; ``KeyError`` names the closest ones."""
     try:
         return MODELS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
-        raise KeyError(f"unknown model `{name}`{hint}") from None
+        hint = did_you_mean(name, MODELS)
+        raise KeyError(f"unknown model `{name}`" + (f"; {hint}" if hint else "")) from None

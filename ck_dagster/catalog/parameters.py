@@ -7,6 +7,7 @@ path taken as it is (``optimizer.weight_decay``).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +16,12 @@ from typing import Any
 #: where a row's input goes in a prompt template.
 INPUT_PLACEHOLDER = "{input}"
 _RECIPE_REFERENCE = re.compile(r"^[A-Za-z0-9_./-]+$")
+#: the largest seed torchtune and numpy accept (2^32 - 1).
+MAX_SEED = 2**32 - 1
+#: the largest LoRA rank: the hidden size of the largest model ck_dagster knows (70B: 8192).
+MAX_LORA_RANK = 8192
+#: the most epochs a run trains: beyond this a value is a typo, not a plan.
+MAX_EPOCHS = 1000
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,15 @@ def _positive_int(value: Any) -> str | None:
     return None if ok else "must be a whole number above 0"
 
 
+def _int_in(low: int, high: int, why: str = "") -> Callable[[Any], str | None]:
+    """A whole number from ``low`` to ``high``; ``why`` says where the bound comes from."""
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        return None if ok else \
+            f"must be a whole number from {low} to {high}" + (f" ({why})" if why else "")
+    return check
+
+
 def _non_negative_int(value: Any) -> str | None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     return None if ok else "must be a whole number, 0 or more"
@@ -42,12 +58,12 @@ def _optional_positive_int(value: Any) -> str | None:
 
 
 def _positive_number(value: Any) -> str | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
     return None if ok else "must be a number above 0 (e.g. 1e-4)"
 
 
 def _non_negative_number(value: Any) -> str | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
     return None if ok else "must be a number, 0 or more"
 
 
@@ -58,11 +74,6 @@ def _fraction(value: Any) -> str | None:
 
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
-
-
-def _integer(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool)
-    return None if ok else "must be a whole number"
 
 
 def _text(value: Any) -> str | None:
@@ -123,7 +134,8 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
 
 
 _PARAMETERS = [
-    Parameter("lora_rank", "model.lora_rank", _positive_int, "LoRA rank"),
+    Parameter("lora_rank", "model.lora_rank",
+              _int_in(1, MAX_LORA_RANK, "no model is wider"), "LoRA rank"),
     Parameter("lora_alpha", "model.lora_alpha", _positive_number, "LoRA alpha (default 2 x rank)"),
     Parameter("lora_dropout", "model.lora_dropout", _fraction, "dropout on LoRA layers"),
     Parameter("lora_attn_modules", "model.lora_attn_modules", _names, "attention projections"),
@@ -136,12 +148,13 @@ _PARAMETERS = [
               "learning-rate warm-up steps"),
     Parameter("max_seq_len", "tokenizer.max_seq_len", _positive_int, "longest tokenized row"),
     Parameter("batch_size", "batch_size", _positive_int, "rows per step per device"),
-    Parameter("epochs", "epochs", _positive_int, "passes over the training split"),
+    Parameter("epochs", "epochs", _int_in(1, MAX_EPOCHS),
+              "passes over the training split"),
     Parameter("gradient_accumulation_steps", "gradient_accumulation_steps", _positive_int,
               "steps per optimizer update"),
     Parameter("max_steps_per_epoch", "max_steps_per_epoch", _optional_positive_int,
               "cap on steps per epoch (null: no cap)"),
-    Parameter("seed", "seed", _integer, "training seed"),
+    Parameter("seed", "seed", _int_in(0, MAX_SEED, "torchtune's seed range"), "training seed"),
     Parameter("log_every_n_steps", "log_every_n_steps", _positive_int, "loss logging interval"),
     Parameter("save_adapter_weights_only", "save_adapter_weights_only", _boolean,
               "LoRA: save only the adapter per epoch, evaluated on the base model"),

@@ -8,7 +8,7 @@ from typing import Any
 
 from ck_dagster.errors import CkError
 from ck_dagster.finetune.plan import RunPlan
-from ck_dagster.slurm.runner import JobOutcome, JobRequest
+from ck_dagster.slurm.runner import JobRequest
 from ck_dagster.training.artifacts import (
     EpochCheckpoint,
     TrainingLog,
@@ -81,17 +81,14 @@ def check_run_files(plan: RunPlan) -> None:
 
 @dataclass(frozen=True)
 class TrainedCheckpoint:
-    """What a finished training left behind, for metadata and for evaluation."""
+    """What a finished training left behind, for metadata."""
 
-    partition_key: str
     artifacts: Path
     epochs: list[EpochCheckpoint]
     log: TrainingLog
-    outcome: JobOutcome
 
 
-def describe(plan: RunPlan, outcome: JobOutcome) -> TrainedCheckpoint:
+def describe(plan: RunPlan) -> TrainedCheckpoint:
     """Read back the checkpoints and loss log of a run whose job completed (or was adopted)."""
-    return TrainedCheckpoint(plan.partition_key, plan.artifacts_dir,
-                             epoch_checkpoints(plan.artifacts_dir),
-                             read_training_log(plan.artifacts_dir), outcome)
+    return TrainedCheckpoint(plan.artifacts_dir, epoch_checkpoints(plan.artifacts_dir),
+                             read_training_log(plan.artifacts_dir))

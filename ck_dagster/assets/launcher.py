@@ -20,7 +20,8 @@ from dagster import (
     MetadataValue,
 )
 
-from ck_dagster.slurm.launcher import Launcher, choose_launcher
+from ck_dagster.slurm.choose import choose_launcher
+from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.runner import JobOutcome, JobRunner
 from ck_dagster.training.progress import is_trouble
 
@@ -41,15 +42,12 @@ class LauncherResource(ConfigurableResource):
     pool: str = "slurm_jobs"
     pool_limit: int = 25
     poll_initial: float = 2.0
-    poll_max: float = 60.0
+    poll_max: float = 30.0
     max_resubmits: int = 2
 
     def launcher(self, log: Callable[[str], object]) -> Launcher:
         """The launcher for this deployment; the choice, and why, goes to ``log``."""
-        env = dict(os.environ)
-        if self.kind:
-            env["CK_LAUNCHER"] = self.kind
-        return choose_launcher(env, log=log)
+        return choose_launcher(log=log, kind=self.kind)
 
     def runner(self, context: AssetExecutionContext, label: str,
                summarize: Callable[[str], str | None]) -> JobRunner:
