@@ -19,6 +19,7 @@ BENCHMARKS = [
     ("bench_slurm_polling.py", []),
     ("bench_materialization_delay.py", []),
     ("bench_eval.py", []),
+    ("bench_adapters.py", []),
     ("bench_hostile_input.py", []),
 ]
 
@@ -74,6 +75,18 @@ def rows(figures: dict) -> list[tuple[str, str, str, str]]:
         return [("eval throughput, samples/s (vs bare inspect eval hf/)",
                  f"{figures['samples_per_s']:.1f}", f"{figures['baseline_samples_per_s']:.1f}",
                  f"{figures['ratio']:.1f}x")]
+    if name == "adapters":
+        size = f"{figures['params_m']:.0f}M"
+        grid = f"{figures['epochs']} epochs x {figures['runs']} LoRA runs"
+        return [(f"MiB per saved LoRA epoch, adapter only vs merged ({size} model)",
+                 f"{figures['adapter_epoch_mib']:.1f}", f"{figures['merged_epoch_mib']:.1f}",
+                 f"{figures['merged_epoch_mib'] / figures['adapter_epoch_mib']:.0f}x smaller"),
+                (f"eval wall, {grid}: one base load vs one load per epoch",
+                 f"{figures['one_job_wall_s']:.1f} s", f"{figures['baseline_wall_s']:.1f} s",
+                 f"{figures['baseline_wall_s'] / figures['one_job_wall_s']:.1f}x faster"),
+                ("  one job per run, base loaded once per run (eval_log now)",
+                 f"{figures['per_run_wall_s']:.1f} s", f"{figures['baseline_wall_s']:.1f} s",
+                 f"{figures['baseline_wall_s'] / figures['per_run_wall_s']:.1f}x faster")]
     if name == "hostile_input":
         return [("worst 1 MB experiment file: read time, peak memory",
                  f"{figures['worst_s']:.2f} s, {figures['peak_mb']:.0f} MB",

@@ -99,6 +99,7 @@ def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) ->
         "status": outcome.status,
         "job_id": outcome.job_id or "",
         "epochs_saved": len(trained.epochs),
+        "epochs_kept": ", ".join(map(str, plan.saved_epochs)) or "none",
         "artifacts": MetadataValue.path(str(trained.artifacts)),
         "epochs": MetadataValue.table(
             [TableRecord({"epoch": c.epoch, "path": str(c.path), "files": len(c.files),
@@ -137,6 +138,13 @@ def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) ->
             [TableRecord({"step": step, "loss": loss}) for step, loss in losses[::stride]],
             schema=TableSchema(columns=[TableColumn("step", "int"),
                                         TableColumn("loss", "float")]))
+    validation = trained.log.validation_losses
+    if validation:
+        metadata["final_val_loss"] = float(validation[-1][1])
+        metadata["validation_curve"] = MetadataValue.table(
+            [TableRecord({"step": step, "val_loss": loss}) for step, loss in validation],
+            schema=TableSchema(columns=[TableColumn("step", "int"),
+                                        TableColumn("val_loss", "float")]))
     if notes:
         metadata["notes"] = "; ".join(notes)
     return metadata

@@ -8,12 +8,14 @@ path taken as it is (``optimizer.weight_decay``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 #: where a row's input goes in a prompt template.
 INPUT_PLACEHOLDER = "{input}"
+_RECIPE_REFERENCE = re.compile(r"^[A-Za-z0-9_./-]+$")
 #: the largest seed torchtune and numpy accept (2^32 - 1).
 MAX_SEED = 2**32 - 1
 #: the largest LoRA rank: the hidden size of the largest model ck_dagster knows (70B: 8192).
@@ -90,6 +92,41 @@ def _names(value: Any) -> str | None:
     return None if ok else "must be a list of module names, e.g. [q_proj, v_proj]"
 
 
+def _epochs(value: Any) -> str | None:
+    try:
+        parse_epochs(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def parse_epochs(value: Any) -> tuple[int, ...] | None:
+    """``epochs_to_save`` as the epochs it names (numbered from 0): None for ``"all"``, () for
+    ``"none"``; ``"0,2,4"`` and ``[0, 2, 4]`` both give (0, 2, 4). ValueError says why not."""
+    if value == "all":
+        return None
+    if value == "none":
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        if not isinstance(items, list) or not items:
+            raise ValueError
+        epochs = [int(str(item).strip()) if not isinstance(item, bool) else -1 for item in items]
+    except ValueError:
+        epochs = [-1]
+    if min(epochs) < 0:
+        raise ValueError('must be "all", "none", epoch numbers from 0 as "0,2,4", or a list '
+                         "[0, 2, 4]")
+    return tuple(sorted(set(epochs)))
+
+
+def check_recipe_reference(value: Any) -> str | None:
+    """Why ``value`` is no ``controls.custom_recipe`` (a module path or .py file), or None."""
+    ok = isinstance(value, str) and bool(_RECIPE_REFERENCE.match(value))
+    return None if ok else ("must be a Python module path (my_pkg.my_recipe) or a .py file "
+                            "path, without spaces or shell characters")
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of: {', '.join(choices)}"
@@ -121,7 +158,19 @@ _PARAMETERS = [
     Parameter("seed", "seed", _int_in(0, MAX_SEED, "torchtune's seed range"), "training seed"),
     Parameter("log_every_n_steps", "log_every_n_steps", _positive_int, "loss logging interval"),
     Parameter("save_adapter_weights_only", "save_adapter_weights_only", _boolean,
-              "save only LoRA weights per epoch"),
+              "LoRA: save only the adapter per epoch, evaluated on the base model"),
+    # read by ck_dagster's recipes (ck_dagster/training/lora_recipe.py, full_recipe.py), which
+    # a run trains with as soon as its config has one of these keys
+    Parameter("epochs_to_save", "epochs_to_save", _epochs,
+              'epochs whose checkpoints are kept: "all", "none", "0,2,4" or a list'),
+    Parameter("save_last_epoch_only", "save_last_epoch_only", _boolean,
+              "keep only the last epoch's checkpoint"),
+    Parameter("stash_adapter_weights", "stash_adapter_weights", _boolean,
+              "LoRA with merged weights: move the adapter files into epoch_N/adapter_weights/"),
+    Parameter("validation_during_training", "validation_during_training", _boolean,
+              "loss on the validation split at every epoch's end"),
+    Parameter("run_val_every_n_steps", "run_val_every_n_steps", _non_negative_int,
+              "also every N optimizer steps (0: at epochs' ends only)"),
     Parameter("compile", "compile", _boolean, "torch.compile the model"),
     Parameter("dtype", "dtype", _one_of("fp32", "bf16", "fp16"), "training precision"),
     Parameter("device", "device", _one_of("cuda", "cpu", "mps", "xpu", "npu"), "device"),
@@ -133,7 +182,11 @@ _PARAMETERS = [
 PARAMETERS: dict[str, Parameter] = {p.name: p for p in _PARAMETERS}
 
 #: control keys that are not training parameters.
-CONTROL_KEYS = ("base_recipe", "validation_during_training")
+CONTROL_KEYS = ("base_recipe", "custom_recipe")
+#: config keys only ck_dagster's recipes read: a config with any of them trains with those.
+CK_RECIPE_KEYS = ("epochs_to_save", "save_last_epoch_only", "stash_adapter_weights",
+                  "validation_during_training", "run_val_every_n_steps")
+
 
 
 def config_path(name: str) -> str:
@@ -154,3 +207,13 @@ def is_known_name(name: str, base_config: Mapping[str, Any]) -> bool:
         return True
     head = name.split(".", 1)[0]
     return head in base_config and (name == head or isinstance(base_config[head], Mapping))
+
+
+def kept_epochs(config: Mapping[str, Any]) -> tuple[int, ...]:
+    """The epochs a config's training keeps, numbered from 0 (what ck_dagster's recipes save
+    and what adoption and evaluation expect)."""
+    epochs = int(config.get("epochs", 1))
+    if config.get("save_last_epoch_only"):
+        return (epochs - 1,)
+    listed = parse_epochs(config.get("epochs_to_save", "all"))
+    return tuple(range(epochs)) if listed is None else tuple(e for e in listed if e < epochs)

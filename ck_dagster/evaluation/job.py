@@ -67,17 +67,20 @@ def run_evaluation(spec: EvalSpec, *, echo: Echo = _print) -> EvalResults:
 
 
 def _evaluate_target(spec: EvalSpec, target: EvalTarget, echo: Echo) -> list[EvalOutcome]:
-    """Load the target's model once and run each of its tasks on it."""
+    """Load the target's model (or reuse the one loaded for the previous target, when they
+    share it), apply its adapter, and run each of its tasks on it."""
     prefix = f"eval {spec.partition_key} {target.label}"
-    args = ProviderArgs(Path(target.path), spec.model, spec.settings.do_sample)
+    adapter = Path(target.adapter) if target.adapter else None
+    args = ProviderArgs(Path(target.path), spec.model, spec.settings.do_sample, adapter)
     loading = time.monotonic()
     try:
         model = get_model(f"torchtune/{target.label}", memoize=False, **args.as_model_args())
     except Exception as exc:  # a checkpoint that does not load fails its evaluations only
-        echo(f"{prefix}: FAILED to load {target.path}: {exc}")
+        echo(f"{prefix}: FAILED to load {target.checkpoint}: {exc}")
         return [EvalOutcome(task=task, label=target.label, status="error", error=str(exc))
                 for task in target.tasks]
-    echo(f"{prefix}: loaded {target.path} on {spec.model.device} "
+    what = f"adapter {adapter} on {target.path}" if adapter else target.path
+    echo(f"{prefix}: {what} ready on {spec.model.device} "
          f"in {time.monotonic() - loading:.1f} s")
     with model:
         return [_evaluate(spec, target, spec.task(name), model, echo) for name in target.tasks]
@@ -188,27 +191,38 @@ class _ProgressHooks(Hooks):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ck_dagster.evaluation.job SPEC``: 0 when every evaluation succeeded."""
+    """``python -m ck_dagster.evaluation.job SPEC...``: 0 when every evaluation succeeded.
+
+    Several specs are evaluated one after another in this process, so runs that share a base
+    model (LoRA runs) share its one load."""
     parser = argparse.ArgumentParser(prog="python -m ck_dagster.evaluation.job",
-                                     description="Evaluate one run as its eval_spec.json says.")
-    parser.add_argument("spec", type=Path, help="the run's eval/eval_spec.json")
+                                     description="Evaluate runs as their eval_spec.json say.")
+    parser.add_argument("spec", type=Path, nargs="+", help="a run's eval/eval_spec.json")
     args = parser.parse_args(argv)
     set_defaults(OFFLINE_ENVIRONMENT)  # offline also when run by hand
     try:
-        spec = EvalSpec.read(args.spec)
-        results = run_evaluation(spec)
+        specs = [EvalSpec.read(path) for path in args.spec]
     except CkError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    failed = [o for o in results.evaluations if not o.ok]
-    if failed:
-        print(f"error: {len(failed)} of {len(results.evaluations)} evaluations failed:\n" +
-              "\n".join(f"  {o.task} on {o.label}: {o.status}, {o.errors} errored samples: "
-                        f"{o.error}" for o in failed), file=sys.stderr, flush=True)
-        return 1
-    print(f"eval {results.partition_key}: all {len(results.evaluations)} evaluations "
-          f"succeeded -> {results_path(Path(spec.run_dir))}", flush=True)
-    return 0
+    status = 0
+    for spec in specs:
+        try:
+            results = run_evaluation(spec)
+        except CkError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            status = 2
+            continue
+        failed = [o for o in results.evaluations if not o.ok]
+        if failed:
+            print(f"error: {len(failed)} of {len(results.evaluations)} evaluations failed:\n" +
+                  "\n".join(f"  {o.task} on {o.label}: {o.status}, {o.errors} errored samples: "
+                            f"{o.error}" for o in failed), file=sys.stderr, flush=True)
+            status = status or 1
+            continue
+        print(f"eval {results.partition_key}: all {len(results.evaluations)} evaluations "
+              f"succeeded -> {results_path(Path(spec.run_dir))}", flush=True)
+    return status
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ exactly as training tokenized its conversations.
 Model args (``-M`` on the ``inspect eval`` command line, ``model_args`` in Python):
 
 - ``checkpoint_dir`` (required): an HF-format model folder (a base model or an ``epoch_<N>``);
+- ``adapter_dir``: a LoRA epoch folder whose adapter (torchtune's ``adapter_model.pt`` and
+  ``adapter_config.json``, also when stashed in ``adapter_weights/``) is merged into the
+  weights loaded from ``checkpoint_dir``, with torchtune's own merge (``get_merged_lora_ckpt``,
+  what its LoRA recipe saves as merged weights);
 - ``ck_model``: a ck_dagster model name (e.g. ``tiny-llama``) whose builder, tokenizer and
   checkpointer settings to use, with the tokenizer files taken from ``checkpoint_dir``
   (``model`` would clash with inspect's own argument of that name);
@@ -17,12 +21,17 @@ tokenizer's stop tokens or after ``max_tokens``. Concurrent requests run as one 
 batch (so sampled answers repeat for a seed when requests batch alike; ``max_connections: 1``
 makes that certain). Every call's prompt token ids are logged with it (the model event's API
 call).
+
+A process keeps the last model it loaded: a provider for the same folder and settings reuses
+it, so the epochs of a LoRA run (and runs sharing a base model) are evaluated on one load, each
+applying its adapter to the base weights in turn. Loading another model releases it.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +63,7 @@ from torchtune.generation import (
     sample,
 )
 from torchtune.modules import TransformerDecoder, local_kv_cache
+from torchtune.modules.peft import get_merged_lora_ckpt
 from torchtune.modules.transforms import Transform
 
 from ck_dagster.catalog.models import get_model
@@ -73,6 +83,7 @@ class ProviderArgs:
     checkpoint_dir: Path
     model: TorchtuneModel
     do_sample: bool = False
+    adapter_dir: Path | None = None
 
     @classmethod
     def parse(cls, args: Mapping[str, Any]) -> ProviderArgs:
@@ -82,6 +93,7 @@ class ProviderArgs:
             raise CkError("the torchtune provider needs -M checkpoint_dir=<model folder>")
         checkpoint_dir = Path(args.pop("checkpoint_dir"))
         do_sample = bool(args.pop("do_sample", False))
+        adapter = args.pop("adapter_dir", None)
         name = args.pop("ck_model", None)
         args.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
         args.setdefault("dtype", "bf16" if args["device"].startswith("cuda") else "fp32")
@@ -92,22 +104,102 @@ class ProviderArgs:
         except (KeyError, ValidationError) as exc:
             raise CkError(f"torchtune provider model args: {exc}; give -M ck_model=<a "
                           "ck_dagster model name> or builder, tokenizer, model_type") from None
-        return cls(checkpoint_dir, model, do_sample)
+        return cls(checkpoint_dir, model, do_sample, Path(adapter) if adapter else None)
 
     def as_model_args(self) -> dict[str, Any]:
         """These args as ``get_model(**model_args)`` takes them (and the eval log records)."""
+        adapter = {"adapter_dir": str(self.adapter_dir)} if self.adapter_dir else {}
         return {"checkpoint_dir": str(self.checkpoint_dir), "do_sample": self.do_sample,
-                **self.model.model_dump()}
+                **adapter, **self.model.model_dump()}
 
 
 @dataclass
 class Checkpoint:
-    """A model folder loaded for generation: the decoder, training's tokenizer, where it runs."""
+    """A model folder loaded for generation: the decoder, training's tokenizer, where it runs,
+    and which adapter is merged into its weights (with the weights it replaced, on CPU)."""
 
     model: TransformerDecoder
     tokenizer: Transform
     device: torch.device
     dtype: torch.dtype
+    adapter: Path | None = None
+    replaced: dict[str, torch.Tensor] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+#: the model this process loaded last, by its settings and folder (see the module docstring).
+_LOADED: dict[str, Checkpoint] = {}
+
+
+def shared_checkpoint(model: TorchtuneModel, folder: Path) -> Checkpoint:
+    """The loaded model for these settings and folder: the one loaded last when they match,
+    else a fresh load (after releasing the previous one)."""
+    key = f"{model.model_dump_json()}|{Path(folder).resolve()}"
+    if key not in _LOADED:
+        release_checkpoints()
+        _LOADED[key] = load_checkpoint(model, Path(folder))
+    return _LOADED[key]
+
+
+def release_checkpoints() -> None:
+    """Free the kept model (and the GPU memory it held)."""
+    _LOADED.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def apply_adapter(checkpoint: Checkpoint, folder: Path | None) -> None:
+    """Merge the LoRA adapter saved in epoch folder ``folder`` into the loaded weights (None:
+    back to the loaded weights), as torchtune merges it on saving (``get_merged_lora_ckpt``:
+    ``W + (alpha / rank) * B @ A`` in its module layout, on CPU, in the model's dtype), so the
+    weights are bit for bit those torchtune saves merged. Each weight is written once."""
+    if checkpoint.adapter == folder:
+        return
+    parameters = dict(checkpoint.model.named_parameters())
+    adapter, rank, alpha = read_adapter(folder) if folder is not None else ({}, 1, 1.0)
+    modules = {key.rsplit(".lora_", 1)[0] for key in adapter if ".lora_" in key}
+    with torch.no_grad():
+        for key, weight in checkpoint.replaced.items():  # weights this adapter leaves alone
+            if key.removesuffix(".weight") not in modules:
+                parameters[key].copy_(weight)
+        checkpoint.adapter = None
+        for module in sorted(modules):
+            key = f"{module}.weight"
+            if key not in parameters:
+                raise CkError(f"{folder}: the adapter has `{module}`, which the model lacks: "
+                              "was it trained on another model?")
+            if key not in checkpoint.replaced:
+                checkpoint.replaced[key] = parameters[key].detach().cpu().clone()
+            base = checkpoint.replaced[key]
+            if f"{module}.magnitude" in adapter:  # DoRA: torchtune's merge, on a copy
+                merged = get_merged_lora_ckpt(
+                    {key: base.clone(), **{k: v for k, v in adapter.items()
+                                           if k.startswith(module + ".")}},
+                    rank=rank, alpha=alpha)[key]
+                parameters[key].copy_(merged)
+                continue
+            a, b = adapter[f"{module}.lora_a.weight"], adapter[f"{module}.lora_b.weight"]
+            # torchtune: state_dict[w] += (alpha / rank) * lora_b @ lora_a, on CPU tensors
+            delta = (alpha / rank) * b @ a
+            if parameters[key].device.type == "cpu":
+                torch.add(base, delta, out=parameters[key].data)
+            else:
+                parameters[key].copy_(base + delta)
+    checkpoint.adapter = folder
+
+
+def read_adapter(folder: Path) -> tuple[dict[str, torch.Tensor], int, float]:
+    """An epoch folder's LoRA adapter in torchtune's layout, its rank and its alpha: what
+    torchtune's checkpointer writes (``adapter_model.pt``, ``adapter_config.json``), in the
+    folder or stashed in its ``adapter_weights/``."""
+    for where in (folder, folder / "adapter_weights"):
+        weights, config = where / "adapter_model.pt", where / "adapter_config.json"
+        if weights.is_file() and config.is_file():
+            settings = json.loads(config.read_text())
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            return state, int(settings["r"]), float(settings["lora_alpha"])
+    raise CkError(f"{folder} holds no LoRA adapter (adapter_model.pt and adapter_config.json): "
+                  "has its training finished?")
 
 
 def load_checkpoint(model: TorchtuneModel, folder: Path) -> Checkpoint:
@@ -274,7 +366,10 @@ class TorchtuneAPI(ModelAPI):
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key,
                          api_key_vars=[], config=config)
         self.args = ProviderArgs.parse(model_args)
-        self.checkpoint = load_checkpoint(self.args.model, self.args.checkpoint_dir)
+        self.checkpoint = shared_checkpoint(self.args.model, self.args.checkpoint_dir)
+        if self.args.adapter_dir is not None:  # fail here, not on the first sample
+            with self.checkpoint.lock:
+                apply_adapter(self.checkpoint, self.args.adapter_dir)
         self._rng: torch.Generator | None = None
         self._batcher = _Batcher(self._generate)
 
@@ -329,7 +424,9 @@ class TorchtuneAPI(ModelAPI):
                         config.top_k)
 
     def _generate(self, prompts: list[list[int]], decoding: Decoding) -> list[Generation]:
-        return generate(self.checkpoint, prompts, decoding, rng=self._rng)
+        with self.checkpoint.lock:  # the weights are this provider's adapter's while it runs
+            apply_adapter(self.checkpoint, self.args.adapter_dir)
+            return generate(self.checkpoint, prompts, decoding, rng=self._rng)
 
     def max_tokens(self) -> int:
         """New tokens when the evaluation sets no ``max_tokens`` (inspect's own default)."""
@@ -340,13 +437,12 @@ class TorchtuneAPI(ModelAPI):
         return 32
 
     def connection_key(self) -> str:
-        return str(self.args.checkpoint_dir)
+        return f"{self.args.checkpoint_dir}|{self.args.adapter_dir}"
 
     def close(self) -> None:
-        """Free the model (a job evaluates several checkpoints in one process)."""
+        """Drop this provider's hold on the model; the process keeps it for the next target
+        that shares it (see the module docstring)."""
         del self.checkpoint
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def _torchtune_message(message: ChatMessage) -> Message:

@@ -112,7 +112,8 @@ def checkpoint_fingerprint(folder: Path) -> str:
 
 def checkpoint_fingerprints(spec: EvalSpec) -> dict[str, str]:
     """Every target's fingerprint, by label."""
-    return {target.label: checkpoint_fingerprint(Path(target.path)) for target in spec.targets}
+    return {target.label: checkpoint_fingerprint(Path(target.checkpoint))
+            for target in spec.targets}
 
 
 def is_current(run_dir: Path, spec: EvalSpec) -> bool:

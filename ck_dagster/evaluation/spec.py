@@ -14,7 +14,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from ck_dagster.catalog import parameters
 from ck_dagster.catalog.models import KnownModel
@@ -51,8 +57,8 @@ class _Frozen(BaseModel):
 class TorchtuneModel(_Frozen):
     """How to load a target with torchtune: full-model builder, tokenizer, checkpointer, device.
 
-    Epoch folders hold merged full weights (the configs save them with
-    ``save_adapter_weights_only: false``), so the full-model builder loads every target.
+    Targets are full models (a LoRA epoch's adapter is merged into its base model's weights as
+    it is applied), so the full-model builder loads every one.
     """
 
     #: torchtune full-model builder, e.g. ``torchtune.models.llama3_2.llama3_2_1b``.
@@ -81,11 +87,28 @@ class TorchtuneModel(_Frozen):
 
 
 class EvalTarget(_Frozen):
-    """One model folder to evaluate (a saved epoch, or the base model) and the tasks it gets."""
+    """One model to evaluate and the tasks it gets: a model folder (a saved epoch, or the base
+    model), with a LoRA epoch's adapter applied when ``adapter`` names its epoch folder."""
 
     label: str
     path: str
     tasks: tuple[str, ...]
+    #: an epoch folder holding adapter files (``adapter_model.pt``, ``adapter_config.json``,
+    #: perhaps stashed in ``adapter_weights/``) to apply to the model at ``path``.
+    adapter: str | None = None
+
+    @property
+    def checkpoint(self) -> str:
+        """The folder training wrote for this target (the adapter's, else the model's)."""
+        return self.adapter or self.path
+
+    @model_serializer(mode="wrap")
+    def _without_empty_adapter(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Targets without an adapter serialize (and hash) as before adapters existed."""
+        data = handler(self)
+        if data.get("adapter") is None:
+            data.pop("adapter", None)
+        return data
 
 
 class TaskSpec(_Frozen):
@@ -224,15 +247,19 @@ def eval_spec_for(plan: RunPlan) -> EvalSpec:
     """The evaluation of one run: its targets, tasks, prompts, data and settings.
 
     Raises :class:`ExperimentFileError` (with line and fix) when the experiment cannot be
-    evaluated as written: no ``evaluation:`` section, a prompt without ``{input}``, adapter-only
-    checkpoints, or a built-in task over data without a test split.
+    evaluated as written: no ``evaluation:`` section, no saved epoch to evaluate, a prompt
+    without ``{input}``, or a built-in task over data without a test split.
     """
     evaluation = plan.experiment.spec.evaluation
     if evaluation is None:
         raise _problem(plan, ("evaluation",), "the experiment has no `evaluation:` section",
                        "add one with at least `tasks: [{name: ...}]`")
-    _check_full_weights(plan)
     targets = _targets(plan, evaluation)
+    if not targets:
+        source = plan.config.sources.get("epochs_to_save") if plan.config else None
+        raise _problem(plan, source.field if source and source.field else ("runs", plan.index),
+                       "epochs_to_save keeps no epoch, so there is nothing to evaluate",
+                       "name the epochs to keep, or leave this run out of `evaluation.matrix`")
     used = {name for target in targets for name in target.tasks}
     run_prompts = _run_prompts(plan)
     tasks = tuple(_task_spec(plan, index, task, run_prompts)
@@ -251,16 +278,6 @@ def _problem(plan: RunPlan, field: FieldPath, message: str, fix: str) -> Experim
         field, f"run `{plan.run.name}`: {message}", fix, experiment.line_of(field))])
 
 
-def _check_full_weights(plan: RunPlan) -> None:
-    """Adapter-only epoch folders hold no model to load: refuse them before any job runs."""
-    if plan.config is None or not plan.config.get("save_adapter_weights_only"):
-        return
-    source = plan.config.sources.get("save_adapter_weights_only")
-    raise _problem(plan, source.field if source and source.field else ("runs", plan.index),
-                   "save_adapter_weights_only is true, so its epoch folders hold no full model "
-                   "to evaluate", "set save_adapter_weights_only: false")
-
-
 def _targets(plan: RunPlan, evaluation: Evaluation) -> list[EvalTarget]:
     """Per target (epoch or base), the tasks the matrix selects; default: every task and epoch.
 
@@ -273,15 +290,20 @@ def _targets(plan: RunPlan, evaluation: Evaluation) -> list[EvalTarget]:
     selected: dict[int | None, set[str]] = {}
     for entry in entries:
         epochs: list[int | None] = [None] if plan.is_control else \
-            list(entry.epochs or range(plan.epochs))
+            list(entry.epochs or plan.saved_epochs)
         for epoch in epochs:
             selected.setdefault(epoch, set()).update(entry.tasks or all_tasks)
     targets = []
     for epoch in sorted(selected, key=lambda e: -1 if e is None else e):
-        label, path = (BASE_LABEL, plan.model_path) if epoch is None else \
-            (f"epoch_{epoch}", plan.artifacts_dir / f"epoch_{epoch}")
-        targets.append(EvalTarget(label=label, path=str(path),
-                                  tasks=tuple(t for t in all_tasks if t in selected[epoch])))
+        tasks = tuple(t for t in all_tasks if t in selected[epoch])
+        if epoch is None:
+            targets.append(EvalTarget(label=BASE_LABEL, path=str(plan.model_path), tasks=tasks))
+            continue
+        folder = str(plan.artifacts_dir / f"epoch_{epoch}")
+        # a LoRA epoch is its adapter on the base model, loaded once for every epoch
+        targets.append(EvalTarget(label=f"epoch_{epoch}", path=str(plan.model_path),
+                                  adapter=folder, tasks=tasks) if plan.is_lora else
+                       EvalTarget(label=f"epoch_{epoch}", path=folder, tasks=tasks))
     return targets
 
 

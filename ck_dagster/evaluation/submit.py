@@ -44,7 +44,8 @@ def eval_request(spec: EvalSpec, script: JobScript, *, force: bool = False) -> J
     run_dir = Path(spec.run_dir)
 
     def before_submit() -> None:
-        missing = [target.path for target in spec.targets if not Path(target.path).is_dir()]
+        missing = [folder for target in spec.targets for folder in (target.path, target.checkpoint)
+                   if not Path(folder).is_dir()]
         if missing:
             raise CkError(f"{spec.partition_key}: nothing to evaluate at {', '.join(missing)}: "
                           "materialize its checkpoint first")

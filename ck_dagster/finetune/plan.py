@@ -51,6 +51,10 @@ BUILTIN_RECIPE = "lora_finetune_single_device"
 DATASET_COMPONENT = "ck_dagster.finetune.dataset.prompt_dataset"
 #: the metric logger of runs with ``output.wandb_project``: DiskLogger and WandBLogger.
 WANDB_LOGGER = "ck_dagster.training.metric_logging.DiskAndWandBLogger"
+#: ck_dagster's recipes (validation loss, which epochs to keep), by the torchtune recipe each
+#: extends, as ``tune run`` takes them (it runs a ``.py`` path as the module it names).
+CK_RECIPES = {"lora_finetune_single_device": "ck_dagster/training/lora_recipe.py",
+              "full_finetune_single_device": "ck_dagster/training/full_recipe.py"}
 #: config paths that hold where a run's outputs go: ck_dagster's to set, never a parameter.
 OUTPUT_PATHS = frozenset({"output_dir", "checkpointer.output_dir"})
 _INTERPOLATION_START = re.compile(r"(\\*)\$\{")
@@ -127,12 +131,28 @@ class RunPlan:
                 self.experiment.resolve(self.experiment.spec.data.training.path)
             parts = [self.finetune_yaml or "", repr(self.resources), " ".join(self.job.command),
                      data_digest(data)]
+            parts += [file_digest(Path(folder) / self.job.command[-3])
+                      for folder in self.job.python_path]  # a custom recipe file's content
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     @property
     def epochs(self) -> int:
         """Epochs the run trains (0 for control runs)."""
         return int(self.config.get("epochs", 1)) if self.config else 0
+
+    @property
+    def saved_epochs(self) -> tuple[int, ...]:
+        """The epochs whose checkpoints training keeps (``epochs_to_save``,
+        ``save_last_epoch_only``; every epoch by default)."""
+        if self.config is None:
+            return ()
+        return parameters.kept_epochs(self.config.config)
+
+    @property
+    def is_lora(self) -> bool:
+        """Whether the run trains LoRA adapters (its epochs hold an adapter to apply)."""
+        return self.config is not None and \
+            self.config.get("model._component_") == self.model.lora_builder
 
     def provenance(self) -> list[tuple[str, Any, Source]]:
         """Every set value with its source, in config order."""
@@ -260,9 +280,10 @@ class _RunPlanner:
         if self.problems:
             return None
         self._validate(config)
+        recipe, python_path = self._recipe_to_run(recipe, nproc, config)
         if self.problems:
             return None
-        job = self._job(recipe, nproc, resources)
+        job = self._job(recipe, nproc, resources, python_path)
         return RunPlan(self.experiment, self.run, self.index, self.model, self.model_path,
                        base_recipe, recipe, nproc, resources, config, job)
 
@@ -382,11 +403,6 @@ class _RunPlanner:
 
     def _apply_controls(self, config: ProvenancedConfig) -> None:
         self._same_setting_twice(self.controls, ("controls",))
-        if self.controls.get("validation_during_training"):
-            self.problems.append(Problem(
-                ("controls", "validation_during_training"),
-                "torchtune 0.6.1's recipes have no validation loop",
-                "set it to false; evaluation runs on every saved epoch instead"))
         for name, value in self.controls.items():
             if name in parameters.CONTROL_KEYS:
                 continue
@@ -464,6 +480,71 @@ class _RunPlanner:
         derived = alpha_source is None or alpha_source.kind in ("recipe", "derived")
         if rank is not None and derived:
             config.set("model.lora_alpha", 2 * rank, Source("derived", "2 x model.lora_rank"))
+        if config.get("validation_during_training"):
+            source = config.sources["validation_during_training"]
+            config.set("dataset_val", {**config.get("dataset"), "field": "validation"},
+                       Source("derived", "the validation split of data.training", source.field))
+        self._check_checkpoint_options(config)
+
+    def _check_checkpoint_options(self, config: ProvenancedConfig) -> None:
+        """Refuse checkpoint and validation options that would change nothing or contradict."""
+        def problem(key: str, message: str, fix: str) -> None:
+            source = config.sources[key]
+            assert source.field is not None
+            self.problems.append(Problem(source.field, message, fix))
+
+        lora = config.get("model._component_") == self.model.lora_builder
+        for key in ("save_adapter_weights_only", "stash_adapter_weights"):
+            if config.get(key) and not lora:
+                problem(key, f"`{key}` is for LoRA runs, and this run is a full fine-tune",
+                        "remove it, or use a *_lora_* base recipe")
+        if config.get("stash_adapter_weights") and config.get("save_adapter_weights_only"):
+            problem("stash_adapter_weights", "with save_adapter_weights_only the epoch folders "
+                    "hold only the adapter: there are no merged weights to stash it away from",
+                    "remove stash_adapter_weights")
+        if config.get("run_val_every_n_steps") and not config.get("validation_during_training"):
+            problem("run_val_every_n_steps", "validation runs only with "
+                    "validation_during_training: true", "set validation_during_training: true")
+        epochs = int(config.get("epochs", 1))
+        listed = parameters.parse_epochs(config.get("epochs_to_save", "all"))
+        if listed and max(listed) >= epochs:
+            problem("epochs_to_save", f"the run trains {epochs} epoch(s), numbered from 0, so "
+                    f"there is no epoch {max(listed)}", f"use epochs 0 to {epochs - 1}")
+        if config.get("save_last_epoch_only") and listed is not None and listed != (epochs - 1,):
+            problem("save_last_epoch_only", "save_last_epoch_only keeps only the last epoch, "
+                    "but epochs_to_save names others", "set one of them")
+
+    def _recipe_to_run(self, recipe: str, nproc: int,
+                       config: ProvenancedConfig) -> tuple[str, tuple[str, ...]]:
+        """What ``tune run`` runs, and folders the job puts on PYTHONPATH for it: the user's
+        ``controls.custom_recipe``, ck_dagster's own recipe when the config asks for what
+        only that does (validation, which epochs to keep), else torchtune's recipe."""
+        custom = self.controls.get("custom_recipe")
+        field = ("controls", "custom_recipe")
+        if custom is not None:
+            reason = parameters.check_recipe_reference(custom)
+            if reason:
+                self.problems.append(Problem(field, f"`custom_recipe: {custom!r}` {reason}"))
+                return recipe, ()
+            if not custom.endswith(".py"):  # tune run turns a .py path into a module path
+                return custom.replace(".", "/") + ".py", ()
+            file = self.experiment.resolve(custom)
+            if not file.is_file():
+                self.problems.append(Problem(field, f"recipe file {file} not found",
+                                             "give a .py file (relative to the experiment "
+                                             "file) or a module path like my_pkg.my_recipe"))
+            return file.name, (str(file.parent),)
+        wanted = [key for key in parameters.CK_RECIPE_KEYS if key in config.config]
+        if not wanted:
+            return recipe, ()
+        if recipe not in CK_RECIPES:
+            source = config.sources[wanted[0]]
+            assert source.field is not None
+            self.problems.append(Problem(
+                source.field, f"`{wanted[0]}` needs ck_dagster's single-device recipe, and "
+                f"this run uses {nproc} GPUs (`{recipe}`)", "ask for 1 GPU, or remove it"))
+            return recipe, ()
+        return CK_RECIPES[recipe], ()
 
     # -- checks and job -----------------------------------------------------------------------
 
@@ -477,7 +558,8 @@ class _RunPlanner:
                 field, f"torchtune refuses `{node}` for run `{self.run.name}`: {message}",
                 f"set by {source.origin}" if source else None))
 
-    def _job(self, recipe: str, nproc: int, resources: Resources) -> JobScript:
+    def _job(self, recipe: str, nproc: int, resources: Resources,
+             python_path: tuple[str, ...]) -> JobScript:
         run_dir = self.experiment.run_dir(self.run)
         outputs = self.experiment.output_dir(self.run)
         command = ["tune", "run"]
@@ -491,6 +573,7 @@ class _RunPlanner:
             resources=resources,
             command=command,
             environment=self.environment,
+            python_path=python_path,
             description=(f"Training job for run {self.experiment.partition_key(self.run)}, "
                          "written by ck_dagster.\nSubmit by hand from this folder with: "
                          f"mkdir -p {shlex.quote(str(outputs))} && sbatch finetune.slurm"),
@@ -608,5 +691,12 @@ def _matrix_problems(experiment: Experiment, runs: dict[str, RunPlan]) -> list[P
                     ("evaluation", "matrix", index, "epochs", e_index),
                     f"run `{entry.run}` trains {plan.epochs} epoch(s), numbered from 0, "
                     f"so there is no epoch {epoch}", f"use 0 to {plan.epochs - 1}"))
+            elif epoch not in plan.saved_epochs:
+                kept = ", ".join(map(str, plan.saved_epochs)) or "none"
+                problems.append(Problem(
+                    ("evaluation", "matrix", index, "epochs", e_index),
+                    f"run `{entry.run}` keeps the checkpoints of epochs {kept} "
+                    f"(epochs_to_save), not of epoch {epoch}",
+                    "evaluate a kept epoch, or keep this one"))
     return problems
 

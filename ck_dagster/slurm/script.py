@@ -117,6 +117,8 @@ class JobScript:
     description: str = ""
     #: pass the script's own arguments on to the command (``sbatch script.slurm key=value``).
     forward_arguments: bool = True
+    #: folders put first on PYTHONPATH (a user's recipe file).
+    python_path: Sequence[str] = ()
 
     def render(self) -> str:
         """The script text."""
@@ -146,6 +148,9 @@ class JobScript:
         lines += self._exit_marker_lines()
         lines += self.environment.lines()
         lines += [f"export {name}={shlex.quote(value)}" for name, value in self.variables.items()]
+        if self.python_path:
+            folders = ":".join(shlex.quote(str(folder)) for folder in self.python_path)
+            lines.append(f'export PYTHONPATH={folders}"${{PYTHONPATH:+:$PYTHONPATH}}"')
         # torch would start a thread per core of the node, not per core the job was given
         lines.append(f'export OMP_NUM_THREADS="${{SLURM_CPUS_PER_TASK:-{r.cpus}}}"')
         lines += [f"cd {shlex.quote(str(self.workdir))}",

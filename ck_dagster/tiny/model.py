@@ -32,11 +32,26 @@ DIMS: dict[str, Any] = {
     "norm_eps": 1e-5,
 }
 HEAD_DIM = DIMS["embed_dim"] // DIMS["num_heads"]
+#: ``wide-llama``: the tiny model's vocabulary in a realistically wide body (~101M parameters,
+#: random weights), for benchmarks where loading and storing weights must cost what it does.
+WIDE_DIMS: dict[str, Any] = {**DIMS, "num_layers": 16, "num_heads": 12, "num_kv_heads": 4,
+                             "embed_dim": 768, "intermediate_dim": 2048}
 
 
 def tiny_llama() -> TransformerDecoder:
     """The tiny model for full fine-tuning (``model._component_`` of a full recipe)."""
     return llama3_2(**DIMS, tie_word_embeddings=True)
+
+
+def wide_llama() -> TransformerDecoder:
+    """The wide bench model for full fine-tuning and evaluation."""
+    return llama3_2(**WIDE_DIMS, tie_word_embeddings=True)
+
+
+def lora_wide_llama(lora_attn_modules: list[LORA_ATTN_MODULES], **lora: Any) -> TransformerDecoder:
+    """The wide bench model with LoRA adapters (``lora_tiny_llama``'s arguments)."""
+    return lora_llama3_2(lora_attn_modules=lora_attn_modules, **WIDE_DIMS, **lora,
+                         tie_word_embeddings=True)
 
 
 def lora_tiny_llama(
@@ -64,7 +79,7 @@ def lora_tiny_llama(
     )
 
 
-def hf_config() -> dict[str, Any]:
+def hf_config(dims: dict[str, Any] = DIMS) -> dict[str, Any]:
     """``config.json`` for transformers and torchtune's ``FullModelHFCheckpointer``.
 
     ``max_position_embeddings`` is Llama 3.2's, not the tiny context: transformers warns about the
@@ -73,20 +88,20 @@ def hf_config() -> dict[str, Any]:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": DIMS["vocab_size"],
-        "hidden_size": DIMS["embed_dim"],
-        "intermediate_size": DIMS["intermediate_dim"],
-        "num_hidden_layers": DIMS["num_layers"],
-        "num_attention_heads": DIMS["num_heads"],
-        "num_key_value_heads": DIMS["num_kv_heads"],
-        "head_dim": HEAD_DIM,
+        "vocab_size": dims["vocab_size"],
+        "hidden_size": dims["embed_dim"],
+        "intermediate_size": dims["intermediate_dim"],
+        "num_hidden_layers": dims["num_layers"],
+        "num_attention_heads": dims["num_heads"],
+        "num_key_value_heads": dims["num_kv_heads"],
+        "head_dim": dims["embed_dim"] // dims["num_heads"],
         "hidden_act": "silu",
         "max_position_embeddings": 131072,
-        "rms_norm_eps": DIMS["norm_eps"],
-        "rope_theta": float(DIMS["rope_base"]),
+        "rms_norm_eps": dims["norm_eps"],
+        "rope_theta": float(dims["rope_base"]),
         "rope_scaling": {
             "rope_type": "llama3",
-            "factor": float(DIMS["scale_factor"]),
+            "factor": float(dims["scale_factor"]),
             "low_freq_factor": 1.0,
             "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192,
@@ -101,19 +116,20 @@ def hf_config() -> dict[str, Any]:
     }
 
 
-def write_hf_model(model: TransformerDecoder, directory: Path) -> None:
+def write_hf_model(model: TransformerDecoder, directory: Path,
+                   dims: dict[str, Any] = DIMS) -> None:
     """Write ``model.safetensors`` (HF key names), ``config.json``, ``generation_config.json``."""
     hf_state = tune_to_hf(
         model.state_dict(),
-        num_heads=DIMS["num_heads"],
-        num_kv_heads=DIMS["num_kv_heads"],
-        dim=DIMS["embed_dim"],
-        head_dim=HEAD_DIM,
+        num_heads=dims["num_heads"],
+        num_kv_heads=dims["num_kv_heads"],
+        dim=dims["embed_dim"],
+        head_dim=dims["embed_dim"] // dims["num_heads"],
     )
     save_file({key: value.contiguous() for key, value in hf_state.items()},
               directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "model.safetensors").chmod(0o644)  # safetensors writes it 0600
-    (directory / "config.json").write_text(json.dumps(hf_config(), indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(hf_config(dims), indent=2) + "\n")
     (directory / "generation_config.json").write_text(json.dumps({
         "bos_token_id": BOS_ID,
         "eos_token_id": STOP_IDS,

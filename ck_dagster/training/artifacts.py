@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ _EPOCH = re.compile(r"^epoch_(\d+)$")
 _STEP = re.compile(r"^Step (\d+) \| (.*)$")
 #: the config torchtune records in its output_dir when training starts (CLI overrides included).
 TRAINED_CONFIG = "torchtune_config.yaml"
+#: what ck_dagster's recipes write when training has finished.
+FINISHED = "ck_dagster_finished.json"
 #: what an out-of-memory retry changes, keeping their product (the effective batch) the same.
 _BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
 #: files that hold model weights in an epoch folder.
@@ -62,6 +64,11 @@ class TrainingLog:
         losses = self.losses
         return losses[-1][1] if losses else None
 
+    @property
+    def validation_losses(self) -> list[tuple[int, float]]:
+        """``val_loss`` by step, as ck_dagster's recipes log it (validation_during_training)."""
+        return [(int(row["step"]), row["val_loss"]) for row in self.steps if "val_loss" in row]
+
 
 def epoch_checkpoints(artifacts: Path) -> list[EpochCheckpoint]:
     """The ``epoch_<N>`` folders under ``artifacts``, in epoch order."""
@@ -76,10 +83,13 @@ def epoch_checkpoints(artifacts: Path) -> list[EpochCheckpoint]:
     return sorted(found, key=lambda c: c.epoch)
 
 
-def is_complete(artifacts: Path, epochs: int) -> bool:
-    """Whether every epoch ``0..epochs-1`` has been saved with weights."""
-    saved = {c.epoch for c in epoch_checkpoints(artifacts) if c.has_weights}
-    return epochs > 0 and set(range(epochs)) <= saved
+def is_complete(artifacts: Path, expected: Iterable[int]) -> bool:
+    """Whether every ``expected`` epoch has been saved with weights (or an adapter); with none
+    expected (``epochs_to_save: none``), whether ck_dagster's recipe finished."""
+    expected = set(expected)
+    if not expected:
+        return (artifacts / FINISHED).is_file()
+    return expected <= {c.epoch for c in epoch_checkpoints(artifacts) if c.has_weights}
 
 
 def config_differences(artifacts: Path, config: Mapping[str, Any]) -> list[str]:
@@ -139,7 +149,7 @@ def set_aside(artifacts: Path) -> Path | None:
 
     Returns where they went (``artifacts.previous-<time>``), or None when there were none.
     """
-    if not epoch_checkpoints(artifacts):
+    if not epoch_checkpoints(artifacts) and not (artifacts / FINISHED).exists():
         return None
     stamp = time.strftime("%Y%m%dT%H%M%S")
     target = artifacts.with_name(f"{artifacts.name}.previous-{stamp}")

@@ -34,7 +34,7 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
     artifacts, config = plan.artifacts_dir, plan.config.config
 
     def is_done() -> bool:
-        return is_complete(artifacts, plan.epochs) and not config_differences(artifacts, config)
+        return is_complete(artifacts, plan.saved_epochs) and not config_differences(artifacts, config)
 
     def before_submit() -> None:
         check_run_files(plan)

@@ -52,7 +52,7 @@ def expected_by_precedence(experiment, run) -> dict[str, Any]:
     expected = copy.deepcopy(base)
     for layer in (controls, run.parameters):
         for key, value in layer.items():
-            if key in ("base_recipe", "validation_during_training"):
+            if key in ("base_recipe", "custom_recipe"):
                 continue
             expected[config_path(key)] = value
     return expected

@@ -145,8 +145,8 @@ evaluation:
     ("", "", "has no `evaluation:` section"),
     ("evaluation: {tasks: [{name: c, prompt: 'no placeholder'}]}", "",
      "of task `c` has no {input}"),
-    ("evaluation: {tasks: [{name: c}]}", "  save_adapter_weights_only: true",
-     "epoch folders hold no full model"),
+    ("evaluation: {tasks: [{name: c}]}", '  epochs_to_save: "none"',
+     "epochs_to_save keeps no epoch, so there is nothing to evaluate"),
 ])
 def test_experiments_that_cannot_be_evaluated_are_refused_with_the_field(
         experiment: Write, evaluation: str, controls: str, message: str) -> None:

@@ -37,14 +37,19 @@ evaluation:
 """
 
 
+#: the base recipe of LoRA variants of the tiny experiment.
+LORA_RECIPE = "llama3_2/1B_lora_single_device"
+
+
 def write_experiment(folder: Path, model_dir: Path, data: Path, *, controls: str = PROMPTS,
-                     runs: str = RUNS, evaluation: str = EVALUATION) -> Path:
+                     runs: str = RUNS, evaluation: str = EVALUATION,
+                     base_recipe: str = "llama3_2/1B_full_single_device") -> Path:
     """An experiment on the tiny model (runs in ``folder/runs``); ``controls`` lines follow the
     training controls, ``evaluation`` is the whole section."""
     file = folder / "experiment.yaml"
     file.write_text(f"""experiment: {{name: tiny_eval, dir: {folder / 'runs'}}}
 controls:
-  base_recipe: llama3_2/1B_full_single_device
+  base_recipe: {base_recipe}
   optimizer._component_: torch.optim.AdamW
   lr: 2e-3
   epochs: {EPOCHS}
@@ -57,6 +62,15 @@ runs:{runs}
 {evaluation}
 """)
     return file
+
+
+def trimmed_data(data: Path, folder: Path, *, test: int = 25, validation: int = 16) -> Path:
+    """A copy of a capitalization dataset with fewer test and validation rows (quicker tests)."""
+    rows = json.loads(data.read_text())
+    rows["test"], rows["validation"] = rows["test"][:test], rows["validation"][:validation]
+    trimmed = folder / "trimmed.json"
+    trimmed.write_text(json.dumps(rows))
+    return trimmed
 
 
 def plan_run(file: Path, run: str) -> RunPlan:
