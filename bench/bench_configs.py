@@ -30,7 +30,7 @@ BIN = Path(sys.executable).parent
 RECIPE = "llama3_2/1B_lora_single_device"
 
 # The v1 per-run process: tune cp, merge, write. Parameters arrive as JSON on argv.
-V1_SETUP = r'''
+V1_SETUP = r"""
 import json, subprocess, sys, yaml
 from pathlib import Path
 recipe, run_dir, params = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
@@ -47,7 +47,7 @@ config["epochs"] = 2
 (run_dir / "finetune.slurm").write_text(
     "#!/bin/bash\n#SBATCH --mem=40G\n#SBATCH --gres=gpu:1\n"
     "tune run lora_finetune_single_device --config finetune.yaml\n")
-'''
+"""
 
 
 def run_parameters(count: int) -> list[dict[str, float]]:
@@ -65,9 +65,10 @@ def experiment_yaml(root: Path, count: int) -> Path:
     runs = "\n".join(
         f"  - name: {run_name(i, count)}\n    type: fine-tuned\n    model: Llama-3.2-1B-Instruct\n"
         f"    parameters: {{lora_rank: {p['lora_rank']}, lr: {p['lr']}}}"
-        for i, p in enumerate(run_parameters(count)))
+        for i, p in enumerate(run_parameters(count))
+    )
     file = root / "bench_sweep.yaml"
-    file.write_text(f"""experiment: {{name: bench_sweep, dir: {root / 'runs'}}}
+    file.write_text(f"""experiment: {{name: bench_sweep, dir: {root / "runs"}}}
 controls: {{base_recipe: {RECIPE}, epochs: 2, prompt: "{{input}}\\n"}}
 models: {{base: [{{name: Llama-3.2-1B-Instruct, path: /models/Llama-3.2-1B-Instruct}}]}}
 data: {{training: {{path: {data}}}}}
@@ -78,20 +79,21 @@ runs:
 
 
 # Runs a command and prints its peak RSS (KiB, Linux): the largest of its process tree's.
-PEAK_RSS = r'''
+PEAK_RSS = r"""
 import resource, subprocess, sys
 done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 sys.stderr.write(done.stdout + done.stderr)
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 sys.exit(done.returncode)
-'''
+"""
 
 
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one command."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *command], env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
@@ -104,23 +106,40 @@ def bench_ck_dagster(root: Path, count: int) -> dict[str, float]:
     file = experiment_yaml(root, count)
     register, register_rss = timed([str(BIN / "ck-dagster"), "register", str(file)], env)
     materialize, materialize_rss = timed(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "ck_dagster",
-         "--select", "recipe_config,run_config", "--partition-range",
-         f"bench_sweep/{run_name(0, count)}...bench_sweep/{run_name(count - 1, count)}"], env)
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "ck_dagster",
+            "--select",
+            "recipe_config,run_config",
+            "--partition-range",
+            f"bench_sweep/{run_name(0, count)}...bench_sweep/{run_name(count - 1, count)}",
+        ],
+        env,
+    )
     reregister, _ = timed([str(BIN / "ck-dagster"), "register", str(file)], env)
     written = len(list((root / "runs").glob("*/finetune.yaml")))
     assert written == count, f"{written} of {count} configs written"
-    events = subprocess.run([sys.executable, "-c", COUNT_EVENTS], env=env, check=True,
-                            capture_output=True, text=True).stdout.split()
-    return {"register_s": register, "materialize_s": materialize, "reregister_s": reregister,
-            "register_rss_mb": register_rss, "materialize_rss_mb": materialize_rss,
-            "events": int(events[0]), "steps_s": float(events[1]),
-            "imports_s": timed([sys.executable, "-c", "import ck_dagster.definitions"], env)[0],
-            "config_work_s": config_work(file, root / "in_process")}
+    events = subprocess.run(
+        [sys.executable, "-c", COUNT_EVENTS], env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
+    return {
+        "register_s": register,
+        "materialize_s": materialize,
+        "reregister_s": reregister,
+        "register_rss_mb": register_rss,
+        "materialize_rss_mb": materialize_rss,
+        "events": int(events[0]),
+        "steps_s": float(events[1]),
+        "imports_s": timed([sys.executable, "-c", "import ck_dagster.definitions"], env)[0],
+        "config_work_s": config_work(file, root / "in_process"),
+    }
 
 
 # Dagster's own account of the run: events stored, and seconds spent inside the steps.
-COUNT_EVENTS = r'''
+COUNT_EVENTS = r"""
 from dagster import DagsterInstance
 instance = DagsterInstance.get()
 run = instance.get_runs(limit=1)[0]
@@ -129,7 +148,7 @@ steps = [e for e in logs if e.dagster_event]
 starts = [e.timestamp for e in steps if e.dagster_event_type.value == "STEP_START"]
 ends = [e.timestamp for e in steps if e.dagster_event_type.value == "STEP_SUCCESS"]
 print(len(logs), max(ends) - min(starts))
-'''
+"""
 
 
 def config_work(file: Path, out: Path) -> float:
@@ -150,16 +169,23 @@ def bench_v1(root: Path, count: int) -> float:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     start = time.perf_counter()
     for i, params in enumerate(run_parameters(count)):
-        subprocess.run([sys.executable, "-c", V1_SETUP, RECIPE, str(root / f"run{i:03d}"),
-                        json.dumps(params)], check=True, env=env)
+        subprocess.run(
+            [sys.executable, "-c", V1_SETUP, RECIPE, str(root / f"run{i:03d}"), json.dumps(params)],
+            check=True,
+            env=env,
+        )
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--baseline-runs", type=int, default=100,
-                        help="runs for the v1 baseline (it costs ~5 s each)")
+    parser.add_argument(
+        "--baseline-runs",
+        type=int,
+        default=100,
+        help="runs for the v1 baseline (it costs ~5 s each)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "ck").mkdir()
@@ -168,25 +194,40 @@ def main() -> None:
     v1_total = v1 * args.runs / args.baseline_runs
     ours["total_s"] = ours["register_s"] + ours["materialize_s"]
     ratio = v1_total / ours["total_s"]
-    scaled = "" if args.baseline_runs == args.runs else \
-        f" ({args.baseline_runs} runs measured, scaled)"
+    scaled = (
+        "" if args.baseline_runs == args.runs else f" ({args.baseline_runs} runs measured, scaled)"
+    )
     print(f"configs for {args.runs} runs (base recipe {RECIPE}), one process each way")
-    print(f"  ck_dagster register                     {ours['register_s']:8.2f} s  "
-          f"(peak RSS {ours['register_rss_mb']:.0f} MB)")
-    print(f"  ck_dagster materialize, one call        {ours['materialize_s']:8.2f} s  "
-          f"(peak RSS {ours['materialize_rss_mb']:.0f} MB)")
+    print(
+        f"  ck_dagster register                     {ours['register_s']:8.2f} s  "
+        f"(peak RSS {ours['register_rss_mb']:.0f} MB)"
+    )
+    print(
+        f"  ck_dagster materialize, one call        {ours['materialize_s']:8.2f} s  "
+        f"(peak RSS {ours['materialize_rss_mb']:.0f} MB)"
+    )
     print(f"  register + materialize                  {ours['total_s']:8.2f} s")
     print(f"  register again, file unchanged          {ours['reregister_s']:8.2f} s")
     print(f"    process start + imports               {ours['imports_s']:8.2f} s")
-    print(f"    inside the steps (Dagster's clock)    {ours['steps_s']:8.2f} s  "
-          f"({ours['events']} events stored)")
+    print(
+        f"    inside the steps (Dagster's clock)    {ours['steps_s']:8.2f} s  "
+        f"({ours['events']} events stored)"
+    )
     print(f"    the config work itself, in-process    {ours['config_work_s']:8.2f} s")
     print(f"  v1: a process per run running tune cp   {v1_total:8.2f} s{scaled}")
     print(f"  speed-up, v1 / (register + materialize) {ratio:8.1f}x")
     print(f"  speed-up, v1 / config work              {v1_total / ours['config_work_s']:8.1f}x")
-    print(json.dumps({"bench": "configs", "runs": args.runs,
-                      **{k: round(v, 2) for k, v in ours.items()},
-                      "v1_s": round(v1_total, 2), "ratio": round(ratio, 1)}))
+    print(
+        json.dumps(
+            {
+                "bench": "configs",
+                "runs": args.runs,
+                **{k: round(v, 2) for k, v in ours.items()},
+                "v1_s": round(v1_total, 2),
+                "ratio": round(ratio, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def capitalization(data_path: str):
 
 def fine_tuned_checkpoint(model_dir: Path, data: Path) -> Path:
     """The last epoch of the test suite's fine-tuned run, trained once and cached."""
+
     def make(path: Path) -> Path:
         with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
             plan = plan_run(write_experiment(Path(scratch), model_dir, data), "tuned")
@@ -78,6 +79,7 @@ def fine_tuned_checkpoint(model_dir: Path, data: Path) -> Path:
             shutil.copytree(plan.artifacts_dir / LAST, Path(scratch) / "done")
             os.replace(Path(scratch) / "done", path)
         return path
+
     return cached(cache_dir() / f"bench-eval-checkpoint-{VERSION}", make)
 
 
@@ -106,8 +108,10 @@ class Figures:
         """From the first sample's start to the last one's end: the evaluation itself, without
         imports and model loading."""
         samples = self.log.samples or []
-        return (max(datetime.fromisoformat(str(s.completed_at)) for s in samples) -
-                min(datetime.fromisoformat(str(s.started_at)) for s in samples)).total_seconds()
+        return (
+            max(datetime.fromisoformat(str(s.completed_at)) for s in samples)
+            - min(datetime.fromisoformat(str(s.started_at)) for s in samples)
+        ).total_seconds()
 
     @property
     def samples_per_s(self) -> float:
@@ -119,19 +123,25 @@ class Figures:
         return self.log.results.scores[0].metrics["accuracy"].value
 
 
-def bench_ck_dagster(work: Path, model_dir: Path, data: Path, checkpoint: Path
-                     ) -> Figures:
-    file = write_experiment(work, model_dir, data, evaluation=f"""
+def bench_ck_dagster(work: Path, model_dir: Path, data: Path, checkpoint: Path) -> Figures:
+    file = write_experiment(
+        work,
+        model_dir,
+        data,
+        evaluation=f"""
 evaluation:
   max_tokens: {MAX_TOKENS}
   tasks: [{{name: capitalization}}]
   matrix: [{{run: tuned, epochs: [{EPOCHS - 1}]}}]
-""")
+""",
+    )
     spec = eval_spec_for(plan_run(file, "tuned"))
     shutil.copytree(checkpoint, spec.targets[0].path)
     spec.write()
-    wall = run([str(BIN / "python"), "-m", "ck_dagster.evaluation.job", "eval/eval_spec.json"],
-               Path(spec.run_dir))
+    wall = run(
+        [str(BIN / "python"), "-m", "ck_dagster.evaluation.job", "eval/eval_spec.json"],
+        Path(spec.run_dir),
+    )
     results = read_results(Path(spec.run_dir))
     assert results is not None and results.evaluations[0].log is not None
     return Figures(read_eval_log(str(Path(spec.run_dir) / results.evaluations[0].log)), wall)
@@ -139,18 +149,40 @@ evaluation:
 
 def bench_inspect_hf(work: Path, data: Path, checkpoint: Path) -> Figures:
     (work / "task.py").write_text(BASELINE_TASK)
-    wall = run([str(BIN / "inspect"), "eval", "task.py", "--model", "hf/tiny",
-                "-M", f"model_path={checkpoint}", "-M", "do_sample=false",
-                "--max-tokens", str(MAX_TOKENS), "-T", f"data_path={data}",
-                "--log-dir", "logs", "--display", "none"], work)
+    wall = run(
+        [
+            str(BIN / "inspect"),
+            "eval",
+            "task.py",
+            "--model",
+            "hf/tiny",
+            "-M",
+            f"model_path={checkpoint}",
+            "-M",
+            "do_sample=false",
+            "--max-tokens",
+            str(MAX_TOKENS),
+            "-T",
+            f"data_path={data}",
+            "--log-dir",
+            "logs",
+            "--display",
+            "none",
+        ],
+        work,
+    )
     (log_file,) = (work / "logs").glob("*.eval")
     return Figures(read_eval_log(str(log_file)), wall)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="runs of each side, alternating; the figures are medians")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="runs of each side, alternating; the figures are medians",
+    )
     rounds = parser.parse_args().rounds
     model_dir = cached(cache_dir() / f"tiny-llama-{VERSION}", make_tiny_model)
     data = cached(cache_dir() / f"capitalization-{VERSION}.json", make_capitalization_dataset)
@@ -164,25 +196,42 @@ def main() -> None:
             (work / "hf").mkdir()
             ours.append(bench_ck_dagster(work / "ck", model_dir, data, checkpoint))
             theirs.append(bench_inspect_hf(work / "hf", data, checkpoint))
-            print(f"round {number}: ck_dagster {ours[-1].samples_per_s:.1f} samples/s, "
-                  f"hf {theirs[-1].samples_per_s:.1f} samples/s", flush=True)
-    print(f"\nEvaluating {checkpoint} ({LAST} of a full fine-tune of tiny-llama) on "
-          f"{len(ours[0].answers)} test words, greedy, at most {MAX_TOKENS} new tokens; "
-          f"medians of {rounds} rounds:\n")
+            print(
+                f"round {number}: ck_dagster {ours[-1].samples_per_s:.1f} samples/s, "
+                f"hf {theirs[-1].samples_per_s:.1f} samples/s",
+                flush=True,
+            )
+    print(
+        f"\nEvaluating {checkpoint} ({LAST} of a full fine-tune of tiny-llama) on "
+        f"{len(ours[0].answers)} test words, greedy, at most {MAX_TOKENS} new tokens; "
+        f"medians of {rounds} rounds:\n"
+    )
     print(f"{'':28} {'samples/s':>10} {'eval s':>8} {'wall s':>8} {'exact match':>12}")
     for name, side in (("ck_dagster job (torchtune/)", ours), ("inspect eval (hf/)", theirs)):
-        print(f"{name:28} {median(f.samples_per_s for f in side):10.1f} "
-              f"{median(f.eval_s for f in side):8.1f} {median(f.wall_s for f in side):8.1f} "
-              f"{side[0].accuracy:12.2f}")
+        print(
+            f"{name:28} {median(f.samples_per_s for f in side):10.1f} "
+            f"{median(f.eval_s for f in side):8.1f} {median(f.wall_s for f in side):8.1f} "
+            f"{side[0].accuracy:12.2f}"
+        )
     throughput = median(f.samples_per_s for f in ours) / median(f.samples_per_s for f in theirs)
     wall = median(f.wall_s for f in ours) / median(f.wall_s for f in theirs)
     same = sum(a == b for a, b in zip(ours[0].answers, theirs[0].answers))
-    print(f"\nck_dagster / hf: throughput {throughput:.2f}x, wall time {wall:.2f}x; "
-          f"identical answers: {same}/{len(ours[0].answers)}")
-    print(json.dumps({"bench": "eval", "samples_per_s": round(median(
-        f.samples_per_s for f in ours), 1), "baseline_samples_per_s": round(median(
-        f.samples_per_s for f in theirs), 1), "ratio": round(throughput, 2),
-        "wall_ratio": round(wall, 2), "identical_answers": same}))
+    print(
+        f"\nck_dagster / hf: throughput {throughput:.2f}x, wall time {wall:.2f}x; "
+        f"identical answers: {same}/{len(ours[0].answers)}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "eval",
+                "samples_per_s": round(median(f.samples_per_s for f in ours), 1),
+                "baseline_samples_per_s": round(median(f.samples_per_s for f in theirs), 1),
+                "ratio": round(throughput, 2),
+                "wall_ratio": round(wall, 2),
+                "identical_answers": same,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ print(Path('/proc/self/status').read_text())
 
 def files(folder: Path) -> dict[str, Path]:
     bomb = "a0: &a0 [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
-        f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 8))
+        f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 8)
+    )
     texts = {
         "alias bomb, 7 levels (1.1 KB)": bomb,
         "one 1 MB comment": "# " + "x" * SIZE,
@@ -64,11 +65,19 @@ def files(folder: Path) -> dict[str, Path]:
 def measure(code: str, path: Path) -> tuple[float, float] | None:
     """(seconds reading, peak MB) of a fresh process running ``code`` on ``path``; None if it
     ran past 60 s or 2 GB."""
+
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
     try:
-        result = subprocess.run([sys.executable, "-c", code + REPORT, str(path)], text=True,
-                                capture_output=True, timeout=60, preexec_fn=limit, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", code + REPORT, str(path)],
+            text=True,
+            capture_output=True,
+            timeout=60,
+            preexec_fn=limit,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return None
     seconds = re.search(r"SECONDS (\S+)", result.stdout)
@@ -86,15 +95,26 @@ def main() -> int:
             mine = measure(CK, path)
             assert mine is not None, name
             base = None if name.startswith("alias bomb") else measure(BASELINE, path)
-            shown = "36 s, 4.6 GB (issue)" if name.startswith("alias bomb") else \
-                "over 60 s or 2 GB" if base is None else f"{base[0]:.2f} s, {base[1]:.0f} MB"
+            shown = (
+                "36 s, 4.6 GB (issue)"
+                if name.startswith("alias bomb")
+                else "over 60 s or 2 GB"
+                if base is None
+                else f"{base[0]:.2f} s, {base[1]:.0f} MB"
+            )
             figures.append((mine, base))
             print(f"{name:32} {mine[0]:6.2f} s, {mine[1]:4.0f} MB {shown:>22}")
         print("(seconds reading the file; peak memory of the whole process)")
-        print(json.dumps({"bench": "hostile_input",
-                          "worst_s": max(mine[0] for mine, _ in figures),
-                          "peak_mb": max(mine[1] for mine, _ in figures),
-                          "baseline_worst_s": max(base[0] for _, base in figures if base)}))
+        print(
+            json.dumps(
+                {
+                    "bench": "hostile_input",
+                    "worst_s": max(mine[0] for mine, _ in figures),
+                    "peak_mb": max(mine[1] for mine, _ in figures),
+                    "baseline_worst_s": max(base[0] for _, base in figures if base),
+                }
+            )
+        )
     return 0
 
 

@@ -43,10 +43,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         name = f"delay{int(time.time())}"
-        runs = "\n".join(f"  - {{name: r{i}, type: fine-tuned, model: tiny-llama, "
-                         f"parameters: {{lora_rank: {4 * (i + 1)}}}}}" for i in range(args.runs))
+        runs = "\n".join(
+            f"  - {{name: r{i}, type: fine-tuned, model: tiny-llama, "
+            f"parameters: {{lora_rank: {4 * (i + 1)}}}}}"
+            for i in range(args.runs)
+        )
         file = root / "exp.yaml"
-        file.write_text(f"""experiment: {{name: {name}, dir: {root / 'runs'}}}
+        file.write_text(f"""experiment: {{name: {name}, dir: {root / "runs"}}}
 controls: {{epochs: 1, lr: 3e-3, batch_size: 8, max_steps_per_epoch: 20,
            prompt: "Capitalize the given word: {{input}}\\n"}}
 models: {{base: [{{name: tiny-llama, path: {model}}}]}}
@@ -54,35 +57,72 @@ data: {{training: {{path: {data}}}}}
 runs:
 {runs}
 """)
-        env = {**os.environ, "DAGSTER_HOME": str(ensure_dagster_home(root / "home")),
-               "CK_LAUNCHER": "slurm"}
-        subprocess.run([str(BIN / "ck-dagster"), "register", str(file)], env=env, check=True,
-                       capture_output=True)
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(ensure_dagster_home(root / "home")),
+            "CK_LAUNCHER": "slurm",
+        }
+        subprocess.run(
+            [str(BIN / "ck-dagster"), "register", str(file)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         keys = f"{name}/r0...{name}/r{args.runs - 1}"
         for selection in ("run_config", "checkpoint"):
-            subprocess.run([str(BIN / "dagster"), "asset", "materialize", "-m", "ck_dagster",
-                            "--select", selection, "--partition-range", keys], env=env,
-                           check=True, capture_output=True)
-        recorded = json.loads(subprocess.run(
-            [sys.executable, "-c", RECORDED, name, str(args.runs)], env=env, check=True,
-            capture_output=True, text=True).stdout)
+            subprocess.run(
+                [
+                    str(BIN / "dagster"),
+                    "asset",
+                    "materialize",
+                    "-m",
+                    "ck_dagster",
+                    "--select",
+                    selection,
+                    "--partition-range",
+                    keys,
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+        recorded = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", RECORDED, name, str(args.runs)],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
     launcher = SlurmLauncher()
     delays = []
     for run, timestamp in recorded.items():
         job = launcher.find(f"ck:{name}/{run}:train")[0]
         ended = dt.datetime.fromisoformat(launcher.accounting(job.job_id).end_time)
         delays.append(timestamp - ended.timestamp())
-    print(f"{args.runs} training jobs followed by one process; job end (sacct, 1 s resolution)"
-          f" to checkpoint materialization recorded in Dagster:")
-    print(f"  mean {statistics.mean(delays):.1f} s, max {max(delays):.1f} s, "
-          f"all {[round(d, 1) for d in delays]}")
-    print(json.dumps({"bench": "materialization_delay", "runs": args.runs,
-                      "delay_mean_s": round(statistics.mean(delays), 1),
-                      "delay_max_s": round(max(delays), 1)}))
+    print(
+        f"{args.runs} training jobs followed by one process; job end (sacct, 1 s resolution)"
+        f" to checkpoint materialization recorded in Dagster:"
+    )
+    print(
+        f"  mean {statistics.mean(delays):.1f} s, max {max(delays):.1f} s, "
+        f"all {[round(d, 1) for d in delays]}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "materialization_delay",
+                "runs": args.runs,
+                "delay_mean_s": round(statistics.mean(delays), 1),
+                "delay_max_s": round(max(delays), 1),
+            }
+        )
+    )
 
 
 # the time Dagster recorded each run's checkpoint materialization
-RECORDED = r'''
+RECORDED = r"""
 import json, sys
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 name, count = sys.argv[1], int(sys.argv[2])
@@ -93,7 +133,7 @@ for i in range(count):
         asset_key=AssetKey("checkpoint"), asset_partitions=[f"{name}/r{i}"]), limit=1).records[0]
     out[f"r{i}"] = record.timestamp
 print(json.dumps(out))
-'''
+"""
 
 if __name__ == "__main__":
     main()

@@ -65,11 +65,15 @@ def submit_set(launcher: SlurmLauncher, folder: Path, label: str, count: int) ->
         end_file = folder / f"end-{i}"
         name = f"bench:{label}-{i}"
         script = folder / f"job-{i}.slurm"
-        script.write_text(JobScript(
-            job_name=name, workdir=folder, log_path=folder / "slurm-%j.out",
-            resources=Resources(mem="50M", cpus=1, gpus=0, time="0:10:00"),
-            command=["bash", "-c", f"sleep {seconds:.1f}; date +%s.%N > {end_file}"],
-        ).render())
+        script.write_text(
+            JobScript(
+                job_name=name,
+                workdir=folder,
+                log_path=folder / "slurm-%j.out",
+                resources=Resources(mem="50M", cpus=1, gpus=0, time="0:10:00"),
+                command=["bash", "-c", f"sleep {seconds:.1f}; date +%s.%N > {end_file}"],
+            ).render()
+        )
         jobs[launcher.submit(script, job_name=name)] = str(end_file)
     folder.chmod(0o755)
     return jobs
@@ -126,9 +130,25 @@ def follow_like_dagster_slurm(job_ids: list[str]) -> tuple[dict[str, float], lis
     x1.5 up to 5 s."""
     first, growth, ceiling = BASELINE_POLICY
     out = subprocess.run(
-        ["runuser", "-u", BASELINE_USER, "--", "bash", "-c", BASELINE_SCRIPT, "baseline",
-         str(int(first * 1000)), str(int(growth * 100)), str(int(ceiling * 1000)), *job_ids],
-        capture_output=True, text=True, check=True, cwd="/").stdout
+        [
+            "runuser",
+            "-u",
+            BASELINE_USER,
+            "--",
+            "bash",
+            "-c",
+            BASELINE_SCRIPT,
+            "baseline",
+            str(int(first * 1000)),
+            str(int(growth * 100)),
+            str(int(ceiling * 1000)),
+            *job_ids,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    ).stdout
     noticed, calls = {}, []
     for line in out.splitlines():
         kind, *fields = line.split()
@@ -139,8 +159,9 @@ def follow_like_dagster_slurm(job_ids: list[str]) -> tuple[dict[str, float], lis
     return noticed, calls
 
 
-def summarize(jobs: dict[str, str], result: dict, started: float, steady_after: float
-              ) -> dict[str, float]:
+def summarize(
+    jobs: dict[str, str], result: dict, started: float, steady_after: float
+) -> dict[str, float]:
     """Calls per minute overall and in the steady window, and end-to-notice delays."""
     calls, noticed = result["calls"], result["noticed"]
     ended = max(noticed.values())
@@ -148,10 +169,14 @@ def summarize(jobs: dict[str, str], result: dict, started: float, steady_after: 
     steady = [t for t in calls if steady_after <= t < min(noticed.values())]
     steady_minutes = max(1e-9, (min(noticed.values()) - steady_after) / 60)
     delays = [noticed[j] - float(Path(path).read_text()) for j, path in jobs.items()]
-    return {"calls": len(calls), "calls_per_min": len(calls) / minutes,
-            "steady_calls_per_min": len(steady) / steady_minutes,
-            "delay_mean_s": statistics.mean(delays), "delay_max_s": max(delays),
-            "minutes": minutes}
+    return {
+        "calls": len(calls),
+        "calls_per_min": len(calls) / minutes,
+        "steady_calls_per_min": len(steady) / steady_minutes,
+        "delay_mean_s": statistics.mean(delays),
+        "delay_max_s": max(delays),
+        "minutes": minutes,
+    }
 
 
 def main() -> None:
@@ -164,54 +189,81 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-slurm-polling-"))
     folder.chmod(0o755)
     launcher = SlurmLauncher()
-    sets = {side: submit_set(launcher, folder / side, side, args.jobs)
-            for side in ("follower", "baseline")}
+    sets = {
+        side: submit_set(launcher, folder / side, side, args.jobs)
+        for side in ("follower", "baseline")
+    }
     before = sdiag_by_user()
     started = time.time()
     baseline: dict = {}
-    thread = threading.Thread(target=lambda: baseline.update(
-        zip(("noticed", "calls"), follow_like_dagster_slurm(list(sets["baseline"])))))
+    thread = threading.Thread(
+        target=lambda: baseline.update(
+            zip(("noticed", "calls"), follow_like_dagster_slurm(list(sets["baseline"])))
+        )
+    )
     thread.start()
     ours_noticed, ours_calls = follow_with_follower(list(sets["follower"]))
     thread.join()
     after = sdiag_by_user()
-    rpcs = {"follower": after.get("root", 0) - before.get("root", 0),
-            "baseline": after.get(BASELINE_USER, 0) - before.get(BASELINE_USER, 0)}
-    figures = {"follower": summarize(sets["follower"],
-                                     {"noticed": ours_noticed, "calls": ours_calls},
-                                     started, started + 60),
-               "baseline": summarize(sets["baseline"], baseline, started, started + 60)}
+    rpcs = {
+        "follower": after.get("root", 0) - before.get("root", 0),
+        "baseline": after.get(BASELINE_USER, 0) - before.get(BASELINE_USER, 0),
+    }
+    figures = {
+        "follower": summarize(
+            sets["follower"], {"noticed": ours_noticed, "calls": ours_calls}, started, started + 60
+        ),
+        "baseline": summarize(sets["baseline"], baseline, started, started + 60),
+    }
     ours, theirs = figures["follower"], figures["baseline"]
     rows = [
         ("status calls", ours["calls"], theirs["calls"]),
         ("status calls / min", ours["calls_per_min"], theirs["calls_per_min"]),
-        ("status calls / min, jobs >1 min old", ours["steady_calls_per_min"],
-         theirs["steady_calls_per_min"]),
+        (
+            "status calls / min, jobs >1 min old",
+            ours["steady_calls_per_min"],
+            theirs["steady_calls_per_min"],
+        ),
         ("slurmctld RPCs (sdiag, by user)", rpcs["follower"], rpcs["baseline"]),
-        ("slurmctld RPCs / min (sdiag)", rpcs["follower"] / ours["minutes"],
-         rpcs["baseline"] / theirs["minutes"]),
+        (
+            "slurmctld RPCs / min (sdiag)",
+            rpcs["follower"] / ours["minutes"],
+            rpcs["baseline"] / theirs["minutes"],
+        ),
     ]
     first, growth, ceiling = BASELINE_POLICY
-    print(f"{args.jobs} jobs per side, sleeping 120-210 s; baseline: squeue -j ID per job, "
-          f"{first:g} s x{growth:g} up to {ceiling:g} s (dagster-slurm)")
+    print(
+        f"{args.jobs} jobs per side, sleeping 120-210 s; baseline: squeue -j ID per job, "
+        f"{first:g} s x{growth:g} up to {ceiling:g} s (dagster-slurm)"
+    )
     print(f"{'':38} {'JobFollower':>12} {'dagster-slurm':>14}   comparison")
     for label, mine, base in rows:
         ratio = f"{base / mine:.1f}x fewer" if mine else "-"
         print(f"{label:38} {mine:12.1f} {base:14.1f}   {ratio}")
-    for label, key in (("end-to-notice delay mean (s)", "delay_mean_s"),
-                       ("end-to-notice delay max (s)", "delay_max_s")):
-        print(f"{label:38} {ours[key]:12.1f} {theirs[key]:14.1f}   "
-              f"{ours[key] - theirs[key]:+.1f} s")
-    print(json.dumps({"bench": "slurm_polling", "jobs": args.jobs,
-                      "calls_per_min": round(ours["calls_per_min"], 1),
-                      "baseline_calls_per_min": round(theirs["calls_per_min"], 1),
-                      "steady_calls_per_min": round(ours["steady_calls_per_min"], 2),
-                      "baseline_steady_calls_per_min": round(theirs["steady_calls_per_min"], 1),
-                      "rpcs_per_min": round(rpcs["follower"] / ours["minutes"], 1),
-                      "baseline_rpcs_per_min": round(rpcs["baseline"] / theirs["minutes"], 1),
-                      "notice_delay_mean_s": round(ours["delay_mean_s"], 1),
-                      "notice_delay_max_s": round(ours["delay_max_s"], 1),
-                      "baseline_notice_delay_max_s": round(theirs["delay_max_s"], 1)}))
+    for label, key in (
+        ("end-to-notice delay mean (s)", "delay_mean_s"),
+        ("end-to-notice delay max (s)", "delay_max_s"),
+    ):
+        print(
+            f"{label:38} {ours[key]:12.1f} {theirs[key]:14.1f}   {ours[key] - theirs[key]:+.1f} s"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "slurm_polling",
+                "jobs": args.jobs,
+                "calls_per_min": round(ours["calls_per_min"], 1),
+                "baseline_calls_per_min": round(theirs["calls_per_min"], 1),
+                "steady_calls_per_min": round(ours["steady_calls_per_min"], 2),
+                "baseline_steady_calls_per_min": round(theirs["steady_calls_per_min"], 1),
+                "rpcs_per_min": round(rpcs["follower"] / ours["minutes"], 1),
+                "baseline_rpcs_per_min": round(rpcs["baseline"] / theirs["minutes"], 1),
+                "notice_delay_mean_s": round(ours["delay_mean_s"], 1),
+                "notice_delay_max_s": round(ours["delay_max_s"], 1),
+                "baseline_notice_delay_max_s": round(theirs["delay_max_s"], 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

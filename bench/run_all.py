@@ -27,8 +27,12 @@ BENCHMARKS = [
 def run(script: str, args: list[str]) -> dict | None:
     """Run one benchmark, echoing its output; its JSON figures (None if it failed)."""
     print(f"\n===== {script} {' '.join(args)}", flush=True)
-    process = subprocess.Popen([sys.executable, str(BENCH / script), *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert process.stdout is not None
     figures = None
     for line in process.stdout:
@@ -43,54 +47,111 @@ def rows(figures: dict) -> list[tuple[str, str, str, str]]:
     name = figures["bench"]
     if name == "configs":
         runs = figures["runs"]
-        return [(f"{runs} run configs: register + one materialize vs v1 process per run",
-                 f"{figures['total_s']:.1f} s", f"{figures['v1_s']:.0f} s",
-                 f"{figures['ratio']:.1f}x faster"),
-                ("  register / materialize alone", f"{figures['register_s']:.1f} / "
-                 f"{figures['materialize_s']:.1f} s", "-", "-"),
-                ("  register again, file unchanged", f"{figures['reregister_s']:.1f} s", "-", "-"),
-                ("  peak RSS, register / materialize", f"{figures['register_rss_mb']:.0f} / "
-                 f"{figures['materialize_rss_mb']:.0f} MB", "-", "-"),
-                ("  the config work alone, in-process", f"{figures['config_work_s']:.2f} s",
-                 f"{figures['v1_s']:.0f} s",
-                 f"{figures['v1_s'] / figures['config_work_s']:.0f}x faster")]
+        return [
+            (
+                f"{runs} run configs: register + one materialize vs v1 process per run",
+                f"{figures['total_s']:.1f} s",
+                f"{figures['v1_s']:.0f} s",
+                f"{figures['ratio']:.1f}x faster",
+            ),
+            (
+                "  register / materialize alone",
+                f"{figures['register_s']:.1f} / {figures['materialize_s']:.1f} s",
+                "-",
+                "-",
+            ),
+            ("  register again, file unchanged", f"{figures['reregister_s']:.1f} s", "-", "-"),
+            (
+                "  peak RSS, register / materialize",
+                f"{figures['register_rss_mb']:.0f} / {figures['materialize_rss_mb']:.0f} MB",
+                "-",
+                "-",
+            ),
+            (
+                "  the config work alone, in-process",
+                f"{figures['config_work_s']:.2f} s",
+                f"{figures['v1_s']:.0f} s",
+                f"{figures['v1_s'] / figures['config_work_s']:.0f}x faster",
+            ),
+        ]
     if name == "slurm_polling":
-        return [(f"status calls/min following {figures['jobs']} jobs (vs dagster-slurm)",
-                 f"{figures['calls_per_min']:.1f}", f"{figures['baseline_calls_per_min']:.1f}",
-                 f"{figures['baseline_calls_per_min'] / figures['calls_per_min']:.1f}x fewer"),
-                ("  the same once jobs are >1 min old", f"{figures['steady_calls_per_min']:.1f}",
-                 f"{figures['baseline_steady_calls_per_min']:.1f}",
-                 f"{figures['baseline_steady_calls_per_min'] / figures['steady_calls_per_min']:.0f}"
-                 "x fewer"),
-                ("slurmctld RPCs/min (sdiag, by user)", f"{figures['rpcs_per_min']:.1f}",
-                 f"{figures['baseline_rpcs_per_min']:.1f}",
-                 f"{figures['baseline_rpcs_per_min'] / figures['rpcs_per_min']:.1f}x fewer"),
-                ("job end to follower noticing, mean/max", f"{figures['notice_delay_mean_s']:.1f}"
-                 f"/{figures['notice_delay_max_s']:.1f} s",
-                 f"max {figures['baseline_notice_delay_max_s']:.1f} s", "-")]
+        return [
+            (
+                f"status calls/min following {figures['jobs']} jobs (vs dagster-slurm)",
+                f"{figures['calls_per_min']:.1f}",
+                f"{figures['baseline_calls_per_min']:.1f}",
+                f"{figures['baseline_calls_per_min'] / figures['calls_per_min']:.1f}x fewer",
+            ),
+            (
+                "  the same once jobs are >1 min old",
+                f"{figures['steady_calls_per_min']:.1f}",
+                f"{figures['baseline_steady_calls_per_min']:.1f}",
+                f"{figures['baseline_steady_calls_per_min'] / figures['steady_calls_per_min']:.0f}"
+                "x fewer",
+            ),
+            (
+                "slurmctld RPCs/min (sdiag, by user)",
+                f"{figures['rpcs_per_min']:.1f}",
+                f"{figures['baseline_rpcs_per_min']:.1f}",
+                f"{figures['baseline_rpcs_per_min'] / figures['rpcs_per_min']:.1f}x fewer",
+            ),
+            (
+                "job end to follower noticing, mean/max",
+                f"{figures['notice_delay_mean_s']:.1f}/{figures['notice_delay_max_s']:.1f} s",
+                f"max {figures['baseline_notice_delay_max_s']:.1f} s",
+                "-",
+            ),
+        ]
     if name == "materialization_delay":
-        return [("job end to checkpoint materialization, mean/max",
-                 f"{figures['delay_mean_s']:.1f}/{figures['delay_max_s']:.1f} s", "-", "-")]
+        return [
+            (
+                "job end to checkpoint materialization, mean/max",
+                f"{figures['delay_mean_s']:.1f}/{figures['delay_max_s']:.1f} s",
+                "-",
+                "-",
+            )
+        ]
     if name == "eval":
-        return [("eval throughput, samples/s (vs bare inspect eval hf/)",
-                 f"{figures['samples_per_s']:.1f}", f"{figures['baseline_samples_per_s']:.1f}",
-                 f"{figures['ratio']:.1f}x")]
+        return [
+            (
+                "eval throughput, samples/s (vs bare inspect eval hf/)",
+                f"{figures['samples_per_s']:.1f}",
+                f"{figures['baseline_samples_per_s']:.1f}",
+                f"{figures['ratio']:.1f}x",
+            )
+        ]
     if name == "adapters":
         size = f"{figures['params_m']:.0f}M"
         grid = f"{figures['epochs']} epochs x {figures['runs']} LoRA runs"
-        return [(f"MiB per saved LoRA epoch, adapter only vs merged ({size} model)",
-                 f"{figures['adapter_epoch_mib']:.1f}", f"{figures['merged_epoch_mib']:.1f}",
-                 f"{figures['merged_epoch_mib'] / figures['adapter_epoch_mib']:.0f}x smaller"),
-                (f"eval wall, {grid}: one base load vs one load per epoch",
-                 f"{figures['one_job_wall_s']:.1f} s", f"{figures['baseline_wall_s']:.1f} s",
-                 f"{figures['baseline_wall_s'] / figures['one_job_wall_s']:.1f}x faster"),
-                ("  one job per run, base loaded once per run (eval_log now)",
-                 f"{figures['per_run_wall_s']:.1f} s", f"{figures['baseline_wall_s']:.1f} s",
-                 f"{figures['baseline_wall_s'] / figures['per_run_wall_s']:.1f}x faster")]
+        return [
+            (
+                f"MiB per saved LoRA epoch, adapter only vs merged ({size} model)",
+                f"{figures['adapter_epoch_mib']:.1f}",
+                f"{figures['merged_epoch_mib']:.1f}",
+                f"{figures['merged_epoch_mib'] / figures['adapter_epoch_mib']:.0f}x smaller",
+            ),
+            (
+                f"eval wall, {grid}: one base load vs one load per epoch",
+                f"{figures['one_job_wall_s']:.1f} s",
+                f"{figures['baseline_wall_s']:.1f} s",
+                f"{figures['baseline_wall_s'] / figures['one_job_wall_s']:.1f}x faster",
+            ),
+            (
+                "  one job per run, base loaded once per run (eval_log now)",
+                f"{figures['per_run_wall_s']:.1f} s",
+                f"{figures['baseline_wall_s']:.1f} s",
+                f"{figures['baseline_wall_s'] / figures['per_run_wall_s']:.1f}x faster",
+            ),
+        ]
     if name == "hostile_input":
-        return [("worst 1 MB experiment file: read time, peak memory",
-                 f"{figures['worst_s']:.2f} s, {figures['peak_mb']:.0f} MB",
-                 f"{figures['baseline_worst_s']:.0f} s", "-")]
+        return [
+            (
+                "worst 1 MB experiment file: read time, peak memory",
+                f"{figures['worst_s']:.2f} s, {figures['peak_mb']:.0f} MB",
+                f"{figures['baseline_worst_s']:.0f} s",
+                "-",
+            )
+        ]
     return []
 
 

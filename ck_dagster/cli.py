@@ -37,77 +37,116 @@ def _parser() -> argparse.ArgumentParser:
         prog="ck-dagster",
         description="Fine-tuning experiments on SLURM as partitioned Dagster assets.",
         epilog="Materialize with Dagster, e.g. dagster asset materialize -m ck_dagster.definitions "
-               "--select run_config --partition EXPERIMENT/RUN",
+        "--select run_config --partition EXPERIMENT/RUN",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     register = verbs.add_parser(
-        "register", help="validate experiment files and add their runs as partitions",
+        "register",
+        help="validate experiment files and add their runs as partitions",
         description="Validate each experiment file (every run's merged config included) and add "
-                    "its runs to the Dagster instance in $DAGSTER_HOME. Registering an edited "
-                    "file adds new runs, marks changed ones stale and reports removed ones "
-                    "without deleting anything.")
+        "its runs to the Dagster instance in $DAGSTER_HOME. Registering an edited "
+        "file adds new runs, marks changed ones stale and reports removed ones "
+        "without deleting anything.",
+    )
     register.add_argument("files", nargs="+", type=Path, metavar="FILE")
     register.set_defaults(func=_register)
 
     dry_run = verbs.add_parser(
-        "dry-run", help="render every run's finetune.yaml and finetune.slurm to a folder",
+        "dry-run",
+        help="render every run's finetune.yaml and finetune.slurm to a folder",
         description="Validate an experiment file and write every run's files under OUT/<run>/ "
-                    "without touching Dagster or submitting anything. When a SLURM controller "
-                    "answers, ask it whether each training job could ever run (sinfo, sbatch "
-                    "--test-only) and exit 1 naming every job it would refuse.")
+        "without touching Dagster or submitting anything. When a SLURM controller "
+        "answers, ask it whether each training job could ever run (sinfo, sbatch "
+        "--test-only) and exit 1 naming every job it would refuse.",
+    )
     dry_run.add_argument("file", type=Path, metavar="FILE")
-    dry_run.add_argument("--out", type=Path, default=None,
-                         help="folder to write to (default: ./dry-run/<experiment>)")
-    dry_run.add_argument("--no-preflight", action="store_true",
-                         help="do not ask the SLURM cluster whether the jobs could run")
+    dry_run.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder to write to (default: ./dry-run/<experiment>)",
+    )
+    dry_run.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="do not ask the SLURM cluster whether the jobs could run",
+    )
     dry_run.set_defaults(func=_dry_run)
 
     recipes = verbs.add_parser("recipes", help="list torchtune's recipes and configs (tune ls)")
     recipes.set_defaults(func=_recipes)
 
     tiny = verbs.add_parser(
-        "make-tiny-model", help="write the tiny-llama model (and a capitalization dataset)",
+        "make-tiny-model",
+        help="write the tiny-llama model (and a capitalization dataset)",
         description="Write a small Llama-style model that the model registry knows as "
-                    "`tiny-llama` (HF format, tokenizer built locally, pre-trained on CPU to echo "
-                    "words) into DIR, for models.base[].path. Nothing is downloaded.")
+        "`tiny-llama` (HF format, tokenizer built locally, pre-trained on CPU to echo "
+        "words) into DIR, for models.base[].path. Nothing is downloaded.",
+    )
     tiny.add_argument("directory", type=Path, metavar="DIR")
-    tiny.add_argument("--data", type=Path, default=None, metavar="FILE",
-                      help="also write a capitalization dataset (train/validation/test JSON)")
+    tiny.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write a capitalization dataset (train/validation/test JSON)",
+    )
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_make_tiny_model)
 
     status = verbs.add_parser(
-        "status", help="one line per run of an experiment: config, job, epochs, evals, stale",
+        "status",
+        help="one line per run of an experiment: config, job, epochs, evals, stale",
         description="Where every registered run of EXPERIMENT stands: its config (fresh, stale "
-                    "or missing), its training job (pending or running now, with the last "
-                    "progress observed, else the last one recorded), epochs saved, evaluations "
-                    "done, and which of its assets are stale or missing. Read from the Dagster "
-                    "instance in $DAGSTER_HOME, the run folders and the job scheduler.")
+        "or missing), its training job (pending or running now, with the last "
+        "progress observed, else the last one recorded), epochs saved, evaluations "
+        "done, and which of its assets are stale or missing. Read from the Dagster "
+        "instance in $DAGSTER_HOME, the run folders and the job scheduler.",
+    )
     status.add_argument("experiment", metavar="EXPERIMENT")
-    status.add_argument("--no-jobs", action="store_true",
-                        help="do not ask the scheduler for running jobs (instance and files only)")
+    status.add_argument(
+        "--no-jobs",
+        action="store_true",
+        help="do not ask the scheduler for running jobs (instance and files only)",
+    )
     status.set_defaults(func=_status)
 
     ui = verbs.add_parser(
-        "ui", help="the Dagster UI and daemon for $DAGSTER_HOME, on localhost, behind a token",
+        "ui",
+        help="the Dagster UI and daemon for $DAGSTER_HOME, on localhost, behind a token",
         description="Run Dagster's webserver and daemon for the instance in $DAGSTER_HOME, "
-                    "bound to 127.0.0.1 and reachable only with your secret token (kept in "
-                    "$DAGSTER_HOME/ui_token, mode 0600), as Jupyter does on shared login nodes. "
-                    "Prints the URL with the token and the ssh -L command for a laptop.")
-    ui.add_argument("--port", type=int, default=None,
-                    help="port on 127.0.0.1 (default: the first free one from 3000)")
+        "bound to 127.0.0.1 and reachable only with your secret token (kept in "
+        "$DAGSTER_HOME/ui_token, mode 0600), as Jupyter does on shared login nodes. "
+        "Prints the URL with the token and the ssh -L command for a laptop.",
+    )
+    ui.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port on 127.0.0.1 (default: the first free one from 3000)",
+    )
     ui.set_defaults(func=_ui)
 
     demo = verbs.add_parser(
-        "demo", help="train and evaluate a tiny model end to end on this machine",
+        "demo",
+        help="train and evaluate a tiny model end to end on this machine",
         description="Make the tiny model and data, register the demo experiment and "
-                    "materialize every asset with the local launcher on a local Dagster "
-                    "instance; print the report. Running it again reuses what exists.")
-    demo.add_argument("--folder", type=Path, default=Path("demo"),
-                      help="where the model, data, experiment and runs go (default: ./demo)")
-    demo.add_argument("--home", type=Path, default=Path(".dagster_home"),
-                      help="the Dagster instance folder (default: ./.dagster_home)")
+        "materialize every asset with the local launcher on a local Dagster "
+        "instance; print the report. Running it again reuses what exists.",
+    )
+    demo.add_argument(
+        "--folder",
+        type=Path,
+        default=Path("demo"),
+        help="where the model, data, experiment and runs go (default: ./demo)",
+    )
+    demo.add_argument(
+        "--home",
+        type=Path,
+        default=Path(".dagster_home"),
+        help="the Dagster instance folder (default: ./.dagster_home)",
+    )
     demo.set_defaults(func=_demo)
     return parser
 
@@ -129,16 +168,21 @@ def _register(args: argparse.Namespace) -> int:
         experiment = registration.plan.experiment
         first = files_by_name.setdefault(experiment.name, experiment.file)
         if first != experiment.file:
-            errors.append(f"{experiment.file}: experiment `{experiment.name}` is also in {first}; "
-                          "each experiment name belongs to one file. Rename one")
+            errors.append(
+                f"{experiment.file}: experiment `{experiment.name}` is also in {first}; "
+                "each experiment name belongs to one file. Rename one"
+            )
     if errors:
         raise CkError("\n".join(errors))
     for registration in registrations:
         apply_registration(instance, registration)
         print(registration.summary())
         for refusal in registration.plan.preflight() or []:
-            print(f"ck-dagster: warning: {registration.plan.experiment.file}: the cluster could "
-                  f"never run {refusal}", file=sys.stderr)
+            print(
+                f"ck-dagster: warning: {registration.plan.experiment.file}: the cluster could "
+                f"never run {refusal}",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -156,10 +200,14 @@ def _dry_run(args: argparse.Namespace) -> int:
             print(f"{name}: control run (evaluated on {run.model_path}, not trained)")
             continue
         assert run.finetune_yaml is not None and run.slurm_script is not None
-        files[name] = {"finetune.yaml": run.finetune_yaml,
-                       "finetune.slurm": check_script(run.slurm_script)}
-        print(f"{name}: {out / name}/finetune.yaml, finetune.slurm  ({run.recipe}, "
-              f"{run.resources.gpus} GPU, {run.resources.mem})")
+        files[name] = {
+            "finetune.yaml": run.finetune_yaml,
+            "finetune.slurm": check_script(run.slurm_script),
+        }
+        print(
+            f"{name}: {out / name}/finetune.yaml, finetune.slurm  ({run.recipe}, "
+            f"{run.resources.gpus} GPU, {run.resources.mem})"
+        )
     write_tree(out, files)
     print(f"{len(plan.runs)} runs valid; nothing was registered or submitted")
     if args.no_preflight:
@@ -169,11 +217,13 @@ def _dry_run(args: argparse.Namespace) -> int:
         print("no SLURM controller answered: the cluster was not asked about the jobs")
         return 0
     for refusal in refusals:
-        print(f"ck-dagster: {args.file}: the cluster could never run {refusal}",
-              file=sys.stderr)
+        print(f"ck-dagster: {args.file}: the cluster could never run {refusal}", file=sys.stderr)
     if refusals:
-        print(f"ck-dagster: {len({r.run for r in refusals})} run(s) would be refused by the "
-              "cluster (sinfo, sbatch --test-only)", file=sys.stderr)
+        print(
+            f"ck-dagster: {len({r.run for r in refusals})} run(s) would be refused by the "
+            "cluster (sinfo, sbatch --test-only)",
+            file=sys.stderr,
+        )
         return 1
     print("the cluster would run every job (sinfo, sbatch --test-only)")
     return 0
@@ -191,11 +241,14 @@ def write_tree(out: Path, files: dict[str, dict[str, str]]) -> None:
     targets = [out / folder / name for folder, names in files.items() for name in names]
     blocker = file_in_the_way(out) or next(
         (path for path in folders if path.exists() and not path.is_dir()),
-        next((path for path in targets if path.is_dir()), None))
+        next((path for path in targets if path.is_dir()), None),
+    )
     if blocker is not None:
-        raise CkError(f"cannot write to {out}: {blocker} is in the way (a "
-                      f"{'folder' if blocker.is_dir() else 'file'}); choose another --out. "
-                      "Nothing was written")
+        raise CkError(
+            f"cannot write to {out}: {blocker} is in the way (a "
+            f"{'folder' if blocker.is_dir() else 'file'}); choose another --out. "
+            "Nothing was written"
+        )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -231,14 +284,18 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     from ck_dagster.tiny.make import make_tiny_model
 
     if args.directory.exists() and any(args.directory.iterdir()):
-        raise CkError(f"{args.directory} exists and is not empty: choose a new folder, so that "
-                      "no model is overwritten")
+        raise CkError(
+            f"{args.directory} exists and is not empty: choose a new folder, so that "
+            "no model is overwritten"
+        )
     if args.data and args.data.exists():
         raise CkError(f"{args.data} exists: choose another file, so that no data is overwritten")
     print(f"tiny-llama written to {make_tiny_model(args.directory, seed=args.seed)}")
     if args.data:
-        print(f"capitalization data written to "
-              f"{make_capitalization_dataset(args.data, seed=args.seed)}")
+        print(
+            f"capitalization data written to "
+            f"{make_capitalization_dataset(args.data, seed=args.seed)}"
+        )
     return 0
 
 
@@ -280,9 +337,11 @@ def _instance():  # -> DagsterInstance (imported lazily: dagster is slow to impo
 
     configured = Settings.from_env().dagster_home
     if not configured:
-        raise CkError("DAGSTER_HOME is not set: point it at the folder of the Dagster instance "
-                      "to register with (e.g. export DAGSTER_HOME=$PWD/.dagster_home; "
-                      "mkdir -p $DAGSTER_HOME)")
+        raise CkError(
+            "DAGSTER_HOME is not set: point it at the folder of the Dagster instance "
+            "to register with (e.g. export DAGSTER_HOME=$PWD/.dagster_home; "
+            "mkdir -p $DAGSTER_HOME)"
+        )
     home = Path(configured)
     if not home.is_dir():
         raise CkError(f"DAGSTER_HOME={home} does not exist: create it (mkdir -p {home})")

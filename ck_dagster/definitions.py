@@ -26,8 +26,15 @@ from ck_dagster.assets.sensors import experiments_sensor
 from ck_dagster.assets.training import checkpoint
 
 defs = Definitions(
-    assets=[run_spec, recipe_config, run_config, checkpoint, eval_spec, eval_log,
-            experiment_report],
+    assets=[
+        run_spec,
+        recipe_config,
+        run_config,
+        checkpoint,
+        eval_spec,
+        eval_log,
+        experiment_report,
+    ],
     asset_checks=[config_validates, no_unknown_keys, every_sample_scored],
     jobs=[check_run_configs_job, reevaluate_job],
     schedules=[reevaluate_runs],

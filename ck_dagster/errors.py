@@ -31,5 +31,9 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
 def printable(text: str) -> str:
     """``text`` with control characters escaped (``\\x1b``), so a message quoting a hostile
     value cannot move the cursor, clear the screen or split a line of a terminal or log."""
-    return "".join(ch.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(ch) in CONTROL_CATEGORIES else ch for ch in text)
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in CONTROL_CATEGORIES
+        else ch
+        for ch in text
+    )

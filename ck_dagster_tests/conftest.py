@@ -22,23 +22,33 @@ pytest_plugins: list[str] = [
 ]
 
 #: fixtures that build a model, train, or need SLURM: never in a ``unit`` test.
-HEAVY_FIXTURES = frozenset({"tiny_model_dir", "capitalization_data", "slurm_cluster",
-                            "trained_artifacts", "trained_plan", "experiment"})
+HEAVY_FIXTURES = frozenset(
+    {
+        "tiny_model_dir",
+        "capitalization_data",
+        "slurm_cluster",
+        "trained_artifacts",
+        "trained_plan",
+        "experiment",
+    }
+)
 
 
 @pytest.fixture(autouse=True)
-def _unit_tests_stay_pure(request: pytest.FixtureRequest,
-                          monkeypatch: pytest.MonkeyPatch) -> None:
+def _unit_tests_stay_pure(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail a ``unit`` test that asks for a heavy fixture or starts a process."""
     if request.node.get_closest_marker("unit") is None:
         return
     heavy = sorted(HEAVY_FIXTURES & set(request.fixturenames))
     if heavy:
-        pytest.fail(f"a unit test may not use {', '.join(heavy)}: mark it slow or drop `unit`",
-                    pytrace=False)
+        pytest.fail(
+            f"a unit test may not use {', '.join(heavy)}: mark it slow or drop `unit`",
+            pytrace=False,
+        )
 
     def refuse(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"a unit test started a process ({args!r}): inject a runner, or "
-                             "drop the `unit` marker")
+        raise AssertionError(
+            f"a unit test started a process ({args!r}): inject a runner, or drop the `unit` marker"
+        )
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

@@ -13,7 +13,8 @@ MALFORMED = Path(__file__).parent / "experiment" / "malformed"
 
 
 def test_register_refuses_bad_files_without_traceback_or_side_effects(
-        dagster_home: Path, example_copy, tmp_path: Path) -> None:
+    dagster_home: Path, example_copy, tmp_path: Path
+) -> None:
     good = example_copy("cap_rank_sweep.yaml")
     bad = MALFORMED / "unknown_parameter.yaml"
     result = run_command(["ck-dagster", "register", good, bad], check=False)
@@ -29,20 +30,24 @@ def test_register_refuses_bad_files_without_traceback_or_side_effects(
 
 def test_register_needs_dagster_home(example_copy, monkeypatch) -> None:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    result = run_command(["ck-dagster", "register", example_copy("cap_rank_sweep.yaml")],
-                         check=False)
+    result = run_command(
+        ["ck-dagster", "register", example_copy("cap_rank_sweep.yaml")], check=False
+    )
     assert result.returncode == 2 and "DAGSTER_HOME is not set" in result.stderr
 
 
 def test_dry_run_renders_every_run(example_copy, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run_command(["ck-dagster", "dry-run", example_copy("model_comparison.yaml"),
-                          "--out", out])
+    result = run_command(
+        ["ck-dagster", "dry-run", example_copy("model_comparison.yaml"), "--out", out]
+    )
     assert "5 runs valid; nothing was registered or submitted" in result.stdout
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == [f"{run}/{f}" for run in
-                       ["llama_lr1e-4", "llama_lr5e-4", "qwen_lr1e-4", "qwen_lr5e-4_2gpu"]
-                       for f in ("finetune.slurm", "finetune.yaml")]
+    assert written == [
+        f"{run}/{f}"
+        for run in ["llama_lr1e-4", "llama_lr5e-4", "qwen_lr1e-4", "qwen_lr5e-4_2gpu"]
+        for f in ("finetune.slurm", "finetune.yaml")
+    ]
     for script in out.rglob("finetune.slurm"):
         subprocess.run(["bash", "-n", str(script)], check=True)
     assert not (tmp_path / "runs").exists()

@@ -48,5 +48,6 @@ def test_the_guard_fails_impure_unit_tests_only(pytester: pytest.Pytester) -> No
     pytester.makepyfile(test_tiers=TESTS)
     result = pytester.runpytest_inprocess("-m", "unit", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1, errors=1, deselected=1)
-    result.stdout.fnmatch_lines(["*a unit test may not use tiny_model_dir*",
-                                 "*a unit test started a process*true*"])
+    result.stdout.fnmatch_lines(
+        ["*a unit test may not use tiny_model_dir*", "*a unit test started a process*true*"]
+    )

@@ -15,8 +15,9 @@ from ck_dagster_tests.fixtures.dagster import REPO
 def make_demo(clone: Path) -> str:
     # a make running this test must not hand its variables (VENV=...) to the clone's make
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    result = subprocess.run(["make", "demo"], cwd=clone, capture_output=True, text=True,
-                            timeout=1500, env=env)
+    result = subprocess.run(
+        ["make", "demo"], cwd=clone, capture_output=True, text=True, timeout=1500, env=env
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result.stdout
 

@@ -13,8 +13,17 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1] / "ck_dagster"
 #: plain-Python packages: they must not import Dagster, directly or through another module.
-DOMAIN = ("catalog", "experiment", "finetune", "slurm", "training", "evaluation", "report",
-          "tiny", "ui")
+DOMAIN = (
+    "catalog",
+    "experiment",
+    "finetune",
+    "slurm",
+    "training",
+    "evaluation",
+    "report",
+    "tiny",
+    "ui",
+)
 
 
 def module_name(path: Path) -> str:
@@ -37,8 +46,7 @@ def imported_names(path: Path) -> Iterator[str]:
 
 def imports(module: str) -> set[str]:
     """The ck_dagster modules ``module`` imports."""
-    return {name for name in imported_names(MODULES[module])
-            if name in MODULES and name != module}
+    return {name for name in imported_names(MODULES[module]) if name in MODULES and name != module}
 
 
 GRAPH = {module: imports(module) for module in MODULES}
@@ -99,7 +107,8 @@ def test_no_package_imports_one_that_imports_it() -> None:
     packages: dict[str, set[str]] = {}
     for module, targets in GRAPH.items():
         packages.setdefault(package(module), set()).update(
-            package(t) for t in targets if package(t) != package(module))
+            package(t) for t in targets if package(t) != package(module)
+        )
     assert cycles(packages) == []
 
 
@@ -107,9 +116,12 @@ def test_domain_packages_never_import_dagster() -> None:
     offenders = {}
     for module, path in MODULES.items():
         if module.split(".")[1:2] and module.split(".")[1] in DOMAIN:
-            names = {n for n in imported_names(path)
-                     if n.split(".")[0] in ("dagster", "dagster_shared", "dagster_webserver")
-                     or n.startswith(("ck_dagster.assets", "ck_dagster.definitions"))}
+            names = {
+                n
+                for n in imported_names(path)
+                if n.split(".")[0] in ("dagster", "dagster_shared", "dagster_webserver")
+                or n.startswith(("ck_dagster.assets", "ck_dagster.definitions"))
+            }
             if names:
                 offenders[module] = sorted(names)
     assert offenders == {}
@@ -120,10 +132,17 @@ def test_only_the_settings_module_reads_the_environment() -> None:
     readers = set()
     for module, path in MODULES.items():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv") \
-                    and isinstance(node.value, ast.Name) and node.value.id == "os":
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("environ", "getenv", "putenv")
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "os"
+            ):
                 readers.add(module)
-            elif isinstance(node, ast.ImportFrom) and node.module == "os" and any(
-                    a.name in ("environ", "getenv") for a in node.names):
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "os"
+                and any(a.name in ("environ", "getenv") for a in node.names)
+            ):
                 readers.add(module)
     assert readers == {"ck_dagster.settings"}

@@ -58,8 +58,11 @@ def test_torchtune_config_errors_are_what_validate_raises() -> None:
 
     config_error, instantiation_error = config_errors()
     with pytest.raises(config_error) as raised:
-        validate(OmegaConf.create({"loss": {"_component_": "torch.nn.CrossEntropyLoss",
-                                            "no_such_argument": 1}}))
+        validate(
+            OmegaConf.create(
+                {"loss": {"_component_": "torch.nn.CrossEntropyLoss", "no_such_argument": 1}}
+            )
+        )
     assert raised.value.errors, "ConfigError lost its .errors list"
     with pytest.raises(instantiation_error):
         validate(OmegaConf.create({"model": {"_component_": "no.such.module.builder"}}))
@@ -70,4 +73,5 @@ def test_torchtune_recipe_sources_still_read_cfg_keys() -> None:
 
     assert (RECIPES_ROOT / "lora_finetune_single_device.py").is_file()
     assert {"epochs", "batch_size", "optimizer", "gradient_accumulation_steps"} <= keys_read_by(
-        "lora_finetune_single_device")
+        "lora_finetune_single_device"
+    )

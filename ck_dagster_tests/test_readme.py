@@ -23,7 +23,8 @@ def console_block(command: str) -> str:
 
 
 def test_the_refused_file_example_is_what_dry_run_prints(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(REPO)
     assert cli.main(["dry-run", "examples/bad.yaml", "--out", "dry-run/never"]) == 2
     out, err = capsys.readouterr()

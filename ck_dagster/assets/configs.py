@@ -5,7 +5,6 @@ experiment materializes in one Dagster run (``--partition-range A...B``). Their 
 directory on disk; Dagster keeps metadata, lineage and versions.
 """
 
-
 import hashlib
 import importlib.metadata
 from collections.abc import Callable
@@ -55,26 +54,33 @@ run_spec = AssetSpec(
     description=(
         "A run as its experiment file describes it. Observed by `ck-dagster register` and the "
         "experiments sensor: its data version changes when the run's config, SLURM resources "
-        "or training data change, which marks everything downstream stale."),
+        "or training data change, which marks everything downstream stale."
+    ),
     kinds={"yaml"},
 )
 
-PROVENANCE_SCHEMA = TableSchema(columns=[
-    TableColumn("path", "string", description="torchtune config path"),
-    TableColumn("value", "string"),
-    TableColumn("source", "string", description="recipe, derived, controls or run"),
-    TableColumn("origin", "string", description="the field or rule that set it"),
-])
+PROVENANCE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("path", "string", description="torchtune config path"),
+        TableColumn("value", "string"),
+        TableColumn("source", "string", description="recipe, derived, controls or run"),
+        TableColumn("origin", "string", description="the field or rule that set it"),
+    ]
+)
 
 
-def plans_for(context: AssetExecutionContext | AssetCheckExecutionContext,
-              job_environment: JobEnvironmentResource,
-              keys: list[str] | None = None) -> dict[str, RunPlan]:
+def plans_for(
+    context: AssetExecutionContext | AssetCheckExecutionContext,
+    job_environment: JobEnvironmentResource,
+    keys: list[str] | None = None,
+) -> dict[str, RunPlan]:
     """The plans of this step's partitions, as registered; user errors become a Failure."""
     try:
-        return load_registered_plans(context.instance,
-                                     keys if keys is not None else context.partition_keys,
-                                     job_environment.environment())
+        return load_registered_plans(
+            context.instance,
+            keys if keys is not None else context.partition_keys,
+            job_environment.environment(),
+        )
     except CkError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
 
@@ -87,8 +93,9 @@ def plans_for(context: AssetExecutionContext | AssetCheckExecutionContext,
     code_version=code_version("ck_dagster.finetune.catalog"),
     kinds={"torchtune"},
 )
-def recipe_config(context: AssetExecutionContext,
-                  job_environment: JobEnvironmentResource) -> MaterializeResult:
+def recipe_config(
+    context: AssetExecutionContext, job_environment: JobEnvironmentResource
+) -> MaterializeResult:
     """The base recipe's config as the installed torchtune ships it (or the built-in
     defaults), read in-process from the files `tune ls` lists."""
     plans = plans_for(context, job_environment)
@@ -103,14 +110,22 @@ def recipe_config(context: AssetExecutionContext,
         else:
             for key in keys:
                 context.add_asset_metadata(described[name], partition_key=key)
-    return MaterializeResult(data_version=_combined_version(
-        described[name]["config_version"] for name in sorted(by_recipe, key=str)))
+    return MaterializeResult(
+        data_version=_combined_version(
+            described[name]["config_version"] for name in sorted(by_recipe, key=str)
+        )
+    )
 
 
 def _recipe_metadata(name: str | None) -> dict[str, Any]:
     if name == "control":
-        return {"run_type": "control", "config_version": "control", "note": MetadataValue.md(
-            "Control run: evaluated on the base model, never trained, so no recipe.")}
+        return {
+            "run_type": "control",
+            "config_version": "control",
+            "note": MetadataValue.md(
+                "Control run: evaluated on the base model, never trained, so no recipe."
+            ),
+        }
     catalog = recipe_catalog()
     config = catalog.load(name) if name else catalog.builtin_defaults()
     text = yaml.safe_dump(config, sort_keys=False)
@@ -129,12 +144,14 @@ def _recipe_metadata(name: str | None) -> dict[str, Any]:
     deps=[recipe_config, run_spec],
     backfill_policy=BackfillPolicy.single_run(),
     group_name="training",
-    code_version=code_version("ck_dagster.finetune", "ck_dagster.slurm.script",
-                              "ck_dagster.slurm.resources"),
+    code_version=code_version(
+        "ck_dagster.finetune", "ck_dagster.slurm.script", "ck_dagster.slurm.resources"
+    ),
     kinds={"torchtune", "slurm"},
 )
-def run_config(context: AssetExecutionContext,
-               job_environment: JobEnvironmentResource) -> MaterializeResult:
+def run_config(
+    context: AssetExecutionContext, job_environment: JobEnvironmentResource
+) -> MaterializeResult:
     """The run's merged torchtune config (`finetune.yaml`) and its SLURM script
     (`finetune.slurm`), every value traced to the recipe, the controls or the run."""
     plans = plans_for(context, job_environment)
@@ -148,19 +165,31 @@ def run_config(context: AssetExecutionContext,
 def write_run_files(plan: RunPlan) -> dict[str, Any]:
     """Write a run's finetune.yaml and finetune.slurm (atomically; unchanged files are left
     alone) and describe them as asset metadata."""
-    common = {"run_type": plan.run.type, "model": plan.model.name,
-              "spec_version": plan.spec_version, "run_dir": MetadataValue.path(str(plan.run_dir))}
+    common = {
+        "run_type": plan.run.type,
+        "model": plan.model.name,
+        "spec_version": plan.spec_version,
+        "run_dir": MetadataValue.path(str(plan.run_dir)),
+    }
     if plan.is_control:
-        return {**common, "note": MetadataValue.md(
-            "Control run: evaluated on the base model, never trained, so it has no training "
-            f"config. Base model: `{plan.model_path}`.")}
+        return {
+            **common,
+            "note": MetadataValue.md(
+                "Control run: evaluated on the base model, never trained, so it has no training "
+                f"config. Base model: `{plan.model_path}`."
+            ),
+        }
     assert plan.finetune_yaml is not None and plan.slurm_script is not None
     yaml_path, slurm_path = plan.run_dir / "finetune.yaml", plan.run_dir / "finetune.slurm"
     script = check_script(plan.slurm_script)  # before either file is written
     changed = atomic_write_text(yaml_path, plan.finetune_yaml)
     changed |= atomic_write_text(slurm_path, script, mode=0o755)
-    rows = [TableRecord({"path": path, "value": _short(value), "source": source.kind,
-                         "origin": source.origin}) for path, value, source in plan.provenance()]
+    rows = [
+        TableRecord(
+            {"path": path, "value": _short(value), "source": source.kind, "origin": source.origin}
+        )
+        for path, value, source in plan.provenance()
+    ]
     overridden = sum(1 for _, _, s in plan.provenance() if s.kind in ("controls", "run"))
     return {
         **common,
@@ -201,29 +230,41 @@ def no_unknown_keys(context: AssetCheckExecutionContext) -> AssetCheckResult:
     return _check_configs(context, config_checks.unknown_key_problems)
 
 
-def _check_configs(context: AssetCheckExecutionContext,
-                   find_problems: Callable[[Path, str], list[str]]) -> AssetCheckResult:
+def _check_configs(
+    context: AssetCheckExecutionContext, find_problems: Callable[[Path, str], list[str]]
+) -> AssetCheckResult:
     runs = registered_runs(context.instance, registered_keys(context.instance))
-    results = {key: find_problems(run.run_dir / "finetune.yaml", run.recipe)
-               for key, run in sorted(runs.items())
-               if run.recipe and (run.run_dir / "finetune.yaml").is_file()}
+    results = {
+        key: find_problems(run.run_dir / "finetune.yaml", run.recipe)
+        for key, run in sorted(runs.items())
+        if run.recipe and (run.run_dir / "finetune.yaml").is_file()
+    }
     failed = [key for key, problems in results.items() if problems]
-    rows = [TableRecord({"run": key, "problems": "; ".join(problems) or "ok"})
-            for key, problems in results.items()]
+    rows = [
+        TableRecord({"run": key, "problems": "; ".join(problems) or "ok"})
+        for key, problems in results.items()
+    ]
     return AssetCheckResult(
         passed=not failed,
         description=(f"{len(failed)} of {len(results)} configs fail: " + ", ".join(failed))
-        if failed else f"all {len(results)} configs pass",
+        if failed
+        else f"all {len(results)} configs pass",
         metadata={
             "runs_checked": len(results),
             "runs_failing": len(failed),
-            "results": MetadataValue.table(rows, schema=TableSchema(columns=[
-                TableColumn("run", "string"), TableColumn("problems", "string")])),
+            "results": MetadataValue.table(
+                rows,
+                schema=TableSchema(
+                    columns=[TableColumn("run", "string"), TableColumn("problems", "string")]
+                ),
+            ),
         },
     )
 
 
 #: re-check every finetune.yaml on disk without rebuilding anything (e.g. after hand edits).
 check_run_configs_job = define_asset_job(
-    "check_run_configs", selection=AssetSelection.checks_for_assets(run_config),
-    description="Run the run_config checks against the files on disk; rebuilds nothing.")
+    "check_run_configs",
+    selection=AssetSelection.checks_for_assets(run_config),
+    description="Run the run_config checks against the files on disk; rebuilds nothing.",
+)

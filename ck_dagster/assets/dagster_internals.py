@@ -53,8 +53,9 @@ def candidates_among(context: AutomationContext, partition_keys: Iterable[str]) 
     return context.candidate_subset.compute_intersection_with_partition_keys(set(partition_keys))
 
 
-def stale_status_resolver(instance: DagsterInstance, asset_graph: BaseAssetGraph
-                          ) -> CachingStaleStatusResolver:
+def stale_status_resolver(
+    instance: DagsterInstance, asset_graph: BaseAssetGraph
+) -> CachingStaleStatusResolver:
     """What the UI says of each asset partition: fresh, stale or missing (``ck-dagster status``).
     Dagster offers this only through its internal resolver, which needs a loading context."""
     return CachingStaleStatusResolver(instance, asset_graph, _Loading(instance))
@@ -86,8 +87,10 @@ def webserver_app(instance: DagsterInstance, module: str, location: str) -> Iter
     from dagster_webserver import __version__
     from dagster_webserver.app import create_app_from_workspace_process_context
 
-    target = ModuleTarget(module_name=module, attribute=None, working_directory=None,
-                          location_name=location)
-    with WorkspaceProcessContext(instance, workspace_load_target=target,
-                                 version=__version__) as workspace:
+    target = ModuleTarget(
+        module_name=module, attribute=None, working_directory=None, location_name=location
+    )
+    with WorkspaceProcessContext(
+        instance, workspace_load_target=target, version=__version__
+    ) as workspace:
         yield create_app_from_workspace_process_context(workspace)

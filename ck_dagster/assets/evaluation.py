@@ -56,16 +56,23 @@ eval_spec = AssetSpec(
     description=(
         "A run's evaluation as its experiment file describes it: tasks (and their code), "
         "settings, prompts, test data. Observed on registering; a new version marks eval_log "
-        "stale."),
+        "stale."
+    ),
     kinds={"yaml"},
 )
 
-RESULT_SCHEMA = TableSchema(columns=[
-    TableColumn("task", "string"), TableColumn("target", "string"),
-    TableColumn("scorer", "string"), TableColumn("accuracy", "float"),
-    TableColumn("stderr", "float"), TableColumn("samples", "int"),
-    TableColumn("errors", "int"), TableColumn("log", "string"),
-])
+RESULT_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("task", "string"),
+        TableColumn("target", "string"),
+        TableColumn("scorer", "string"),
+        TableColumn("accuracy", "float"),
+        TableColumn("stderr", "float"),
+        TableColumn("samples", "int"),
+        TableColumn("errors", "int"),
+        TableColumn("log", "string"),
+    ]
+)
 
 
 class EvalConfig(Config):
@@ -74,7 +81,8 @@ class EvalConfig(Config):
     force: bool = Field(
         default=False,
         description="Evaluate again even when the results are current (the schedule does). "
-                    "Earlier logs stay in their folders.")
+        "Earlier logs stay in their folders.",
+    )
 
 
 @asset(
@@ -87,15 +95,21 @@ class EvalConfig(Config):
     # a new checkpoint, or a registered change of the evaluation (eval_spec is only observed)
     automation_condition=eager_or_spec_observed(EVAL_SPEC),
 )
-def eval_log(context: AssetExecutionContext, config: EvalConfig, launcher: LauncherResource,
-             job_environment: JobEnvironmentResource) -> MaterializeResult:
+def eval_log(
+    context: AssetExecutionContext,
+    config: EvalConfig,
+    launcher: LauncherResource,
+    job_environment: JobEnvironmentResource,
+) -> MaterializeResult:
     """inspect-ai logs of every saved epoch (the base model for a control run) on every task,
     prompted as the run trained; `inspect view` opens them."""
     environment = job_environment.environment()
     plans = plans_for(context, job_environment)
     specs = registered_eval_specs(context, plans)
-    requests = {key: eval_request(spec, eval_job_script(spec, plans[key], environment),
-                                  force=config.force) for key, spec in specs.items()}
+    requests = {
+        key: eval_request(spec, eval_job_script(spec, plans[key], environment), force=config.force)
+        for key, spec in specs.items()
+    }
     runner = launcher.runner(context, "eval_log", eval_progress)
     outcomes = runner.run(list(requests.values()))
     metadata = {}
@@ -103,13 +117,13 @@ def eval_log(context: AssetExecutionContext, config: EvalConfig, launcher: Launc
         if outcome.ok:
             results = read_results(plans[key].run_dir)
             assert results is not None, f"{key}: the eval job left no results.json"
-            metadata[key] = results_metadata(specs[key], results, outcome.status,
-                                             outcome.job_id)
+            metadata[key] = results_metadata(specs[key], results, outcome.status, outcome.job_id)
     return record_partitions(context, metadata, outcomes, "evaluation jobs")
 
 
-def registered_eval_specs(context: AssetExecutionContext,
-                          plans: dict[str, RunPlan]) -> dict[str, EvalSpec]:
+def registered_eval_specs(
+    context: AssetExecutionContext, plans: dict[str, RunPlan]
+) -> dict[str, EvalSpec]:
     """Each run's evaluation, refused (Failure) when it differs from the registered one."""
     try:
         specs = {key: eval_spec_for(plan) for key, plan in plans.items()}
@@ -121,7 +135,8 @@ def registered_eval_specs(context: AssetExecutionContext,
         raise _failure(
             f"the evaluation of {', '.join(changed)} changed since it was registered (settings, "
             "tasks, task code or prompts): register the experiment file again (ck-dagster "
-            "register FILE, or let the experiments sensor do it) so Dagster records it")
+            "register FILE, or let the experiments sensor do it) so Dagster records it"
+        )
     return specs
 
 
@@ -135,20 +150,33 @@ def eval_progress(line: str) -> str | None:
     return text if text.startswith(("eval ", "error")) else None
 
 
-def results_metadata(spec: EvalSpec, results: EvalResults, status: str,
-                     job_id: str | None) -> dict[str, Any]:
+def results_metadata(
+    spec: EvalSpec, results: EvalResults, status: str, job_id: str | None
+) -> dict[str, Any]:
     """Scores per task x target, sample counts, errors and log paths, as asset metadata."""
     rows = []
-    metadata: dict[str, Any] = {"status": status, "job_id": job_id or "",
-                                "spec_version": spec.version,
-                                "results": MetadataValue.path(str(spec.eval_dir / "results.json"))}
+    metadata: dict[str, Any] = {
+        "status": status,
+        "job_id": job_id or "",
+        "spec_version": spec.version,
+        "results": MetadataValue.path(str(spec.eval_dir / "results.json")),
+    }
     for outcome in results.evaluations:
         for scorer, metrics in outcome.metrics.items():
-            rows.append(TableRecord({
-                "task": outcome.task, "target": outcome.label, "scorer": scorer,
-                "accuracy": metrics.get("accuracy", float("nan")),
-                "stderr": metrics.get("stderr", float("nan")), "samples": outcome.completed,
-                "errors": outcome.errors, "log": outcome.log or ""}))
+            rows.append(
+                TableRecord(
+                    {
+                        "task": outcome.task,
+                        "target": outcome.label,
+                        "scorer": scorer,
+                        "accuracy": metrics.get("accuracy", float("nan")),
+                        "stderr": metrics.get("stderr", float("nan")),
+                        "samples": outcome.completed,
+                        "errors": outcome.errors,
+                        "log": outcome.log or "",
+                    }
+                )
+            )
         if outcome.accuracy is not None:
             metadata[f"{outcome.task}/{outcome.label}/accuracy"] = float(outcome.accuracy)
     metadata["scores"] = MetadataValue.table(rows, schema=RESULT_SCHEMA)
@@ -174,11 +202,15 @@ def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult
     failing = {key: problems for key, problems in checked.items() if problems}
     return AssetCheckResult(
         passed=not failing,
-        description=(f"{len(failing)} of {len(checked)} runs have problems: "
-                     + "; ".join(f"{k}: {p[0]}" for k, p in failing.items()))
-        if failing else f"every sample of {len(checked)} runs scored",
-        metadata={"runs_checked": len(checked), "runs_failing": len(failing),
-                  "problems": MetadataValue.json(failing)},
+        description=(
+            f"{len(failing)} of {len(checked)} runs have problems: "
+            + "; ".join(f"{k}: {p[0]}" for k, p in failing.items())
+        )
+        if failing
+        else f"every sample of {len(checked)} runs scored",
+        metadata={
+            "runs_checked": len(checked),
+            "runs_failing": len(failing),
+            "problems": MetadataValue.json(failing),
+        },
     )
-
-

@@ -52,32 +52,46 @@ class LauncherResource(ConfigurableResource):
         """The launcher for this deployment; the choice, and why, goes to ``log``."""
         return choose_launcher(log=log, kind=self.kind)
 
-    def runner(self, context: AssetExecutionContext, label: str,
-               summarize: Callable[[str], str | None],
-               observe: Callable[[str, str], object] | None = None) -> JobRunner:
+    def runner(
+        self,
+        context: AssetExecutionContext,
+        label: str,
+        summarize: Callable[[str], str | None],
+        observe: Callable[[str, str], object] | None = None,
+    ) -> JobRunner:
         """A job runner that holds pool slots and logs into the Dagster run: every job event,
         and the job log lines ``summarize`` turns into progress; ``observe(key, line)`` also
         gets every job log line (e.g. to record progress on the partition)."""
         mark_process(context.instance, context.run_id)
-        slots = PoolSlots(context.instance, self.pool, context.run_id, label, self.pool_limit,
-                          context.log.info)
+        slots = PoolSlots(
+            context.instance, self.pool, context.run_id, label, self.pool_limit, context.log.info
+        )
         claims = InstanceClaims(context.instance, context.run_id)
         progress = ProgressLog(context.log.info, summarize)
-        return JobRunner(self.launcher(context.log.info), slots=slots, claims=claims,
-                         on_event=lambda key, message: context.log.info(
-                             f"{key}: {message}" if key else message),
-                         on_log=progress if observe is None else
-                         lambda key, line: (progress(key, line), observe(key, line)),
-                         max_resubmits=self.max_resubmits, poll_initial=self.poll_initial,
-                         poll_max=self.poll_max)
+        return JobRunner(
+            self.launcher(context.log.info),
+            slots=slots,
+            claims=claims,
+            on_event=lambda key, message: context.log.info(f"{key}: {message}" if key else message),
+            on_log=progress
+            if observe is None
+            else lambda key, line: (progress(key, line), observe(key, line)),
+            max_resubmits=self.max_resubmits,
+            poll_initial=self.poll_initial,
+            poll_max=self.poll_max,
+        )
 
 
 class ProgressLog:
     """Job log lines as progress in the Dagster run log: what ``summarize`` keeps, at most one
     line per run every ``every`` seconds, except problems, which always pass."""
 
-    def __init__(self, log: Callable[[str], object], summarize: Callable[[str], str | None],
-                 every: float = 10.0):
+    def __init__(
+        self,
+        log: Callable[[str], object],
+        summarize: Callable[[str], str | None],
+        every: float = 10.0,
+    ):
         self.log = log
         self.summarize = summarize
         self.every = every
@@ -102,8 +116,15 @@ class PoolSlots:
     host is gone (killed with SIGKILL), are given back when the pool is full.
     """
 
-    def __init__(self, instance: DagsterInstance, pool: str, run_id: str, label: str,
-                 default_limit: int, log: Callable[[str], object]):
+    def __init__(
+        self,
+        instance: DagsterInstance,
+        pool: str,
+        run_id: str,
+        label: str,
+        default_limit: int,
+        log: Callable[[str], object],
+    ):
         self.instance = instance
         self.storage = instance.event_log_storage
         self.pool = pool
@@ -119,8 +140,9 @@ class PoolSlots:
         if self.storage.claim_concurrency_slot(self.pool, self.run_id, self._step(key)).is_claimed:
             return True
         if time.monotonic() - self._last_cleanup > 30 and self._free_abandoned():
-            return self.storage.claim_concurrency_slot(self.pool, self.run_id,
-                                                       self._step(key)).is_claimed
+            return self.storage.claim_concurrency_slot(
+                self.pool, self.run_id, self._step(key)
+            ).is_claimed
         return False
 
     def release(self, key: str) -> None:
@@ -236,14 +258,19 @@ def _process_gone(tags: dict[str, str]) -> bool:
     return False
 
 
-def record_partitions(context: AssetExecutionContext, metadata: dict[str, dict[str, Any]],
-                      outcomes: dict[str, JobOutcome], what: str) -> MaterializeResult:
+def record_partitions(
+    context: AssetExecutionContext,
+    metadata: dict[str, dict[str, Any]],
+    outcomes: dict[str, JobOutcome],
+    what: str,
+) -> MaterializeResult:
     """Give every partition of the step its metadata, or, when some jobs failed, record the
     partitions that succeeded as materialized and fail the step naming the others."""
     if any(not outcome.ok for outcome in outcomes.values()):
         for key, entry in metadata.items():
-            context.log_event(AssetMaterialization(context.asset_key, partition=key,
-                                                   metadata=entry))
+            context.log_event(
+                AssetMaterialization(context.asset_key, partition=key, metadata=entry)
+            )
         raise _failure(outcomes, what)
     for key, entry in metadata.items():
         context.add_asset_metadata(entry, partition_key=key)
@@ -254,8 +281,8 @@ def _failure(outcomes: dict[str, JobOutcome], what: str) -> Failure:
     """A Failure naming every failed run with its state, exit code and log tail."""
     failed = [o for o in outcomes.values() if not o.ok]
     return Failure(
-        description=f"{len(failed)} of {len(outcomes)} {what} failed:\n\n" +
-                    "\n\n".join(o.message for o in failed),
+        description=f"{len(failed)} of {len(outcomes)} {what} failed:\n\n"
+        + "\n\n".join(o.message for o in failed),
         metadata={"failed": MetadataValue.json({o.key: o.message for o in failed})},
         allow_retries=False,
     )

@@ -16,7 +16,6 @@ def split_key(partition_key: str) -> tuple[str, str]:
     return experiment, run
 
 
-
 def experiment_keys(partition_keys: list[str] | tuple[str, ...], experiment: str) -> list[str]:
     """The keys among ``partition_keys`` that belong to ``experiment``."""
     return [key for key in partition_keys if split_key(key)[0] == experiment]

@@ -71,22 +71,30 @@ class Registration:
     def observations(self) -> list[AssetObservation]:
         """A ``run_spec`` observation for every new or changed run, an ``eval_spec`` one for
         every new run and every run whose evaluation changed."""
-        runs = [run_spec_observation(self.plan.runs[split_key(key)[1]])
-                for key in self.new + self.changed]
-        evals = [eval_spec_observation(self.eval_specs[key])
-                 for key in self.new + self.eval_changed if key in self.eval_specs]
+        runs = [
+            run_spec_observation(self.plan.runs[split_key(key)[1]])
+            for key in self.new + self.changed
+        ]
+        evals = [
+            eval_spec_observation(self.eval_specs[key])
+            for key in self.new + self.eval_changed
+            if key in self.eval_specs
+        ]
         return runs + evals
 
     def summary(self) -> str:
         """A few lines saying what happened, for the terminal and sensor logs."""
         experiment = self.plan.experiment
-        lines = [f"{experiment.name} ({experiment.file}): {len(self.plan.runs)} runs, "
-                 f"{len(self.new)} new, {len(self.changed)} changed, "
-                 f"{len(self.unchanged)} unchanged"]
+        lines = [
+            f"{experiment.name} ({experiment.file}): {len(self.plan.runs)} runs, "
+            f"{len(self.new)} new, {len(self.changed)} changed, "
+            f"{len(self.unchanged)} unchanged"
+        ]
         for keys, what in (
-                (self.changed, "changed (their configs are now stale)"),
-                (self.eval_changed, "evaluation changed (their eval logs are now stale)"),
-                (self.removed, "no longer in the file (kept, nothing deleted)")):
+            (self.changed, "changed (their configs are now stale)"),
+            (self.eval_changed, "evaluation changed (their eval logs are now stale)"),
+            (self.removed, "no longer in the file (kept, nothing deleted)"),
+        ):
             if keys:
                 lines.append(f"  {what}: {name_list(keys)}")
         return "\n".join(lines)
@@ -114,8 +122,10 @@ def run_spec_observation(plan: RunPlan) -> AssetObservation:
             "model": plan.model.name,
             "base_recipe": plan.base_recipe or "built-in defaults",
             "spec_version": plan.spec_version,
-            **{key: value if isinstance(value, (str, int, float)) else MetadataValue.json(value)
-               for key, value in plan.experiment.information(plan.run).items()},
+            **{
+                key: value if isinstance(value, (str, int, float)) else MetadataValue.json(value)
+                for key, value in plan.experiment.information(plan.run).items()
+            },
         },
     )
 
@@ -135,8 +145,9 @@ def eval_spec_observation(spec: EvalSpec) -> AssetObservation:
     )
 
 
-def prepare_registration(instance: DagsterInstance, path: str | Path,
-                         environment: JobEnvironment | None = None) -> Registration:
+def prepare_registration(
+    instance: DagsterInstance, path: str | Path, environment: JobEnvironment | None = None
+) -> Registration:
     """Validate an experiment file and work out what registering it changes.
 
     Raises ``ExperimentFileError`` for a bad file, and ``CkError`` when another file already
@@ -153,7 +164,8 @@ def prepare_registration(instance: DagsterInstance, path: str | Path,
             raise CkError(
                 f"{experiment.file}: experiment `{experiment.name}` is already registered from "
                 f"{run.experiment_file}; its runs are not overwritten. Give this experiment "
-                "another `experiment.name`, or register the file it came from")
+                "another `experiment.name`, or register the file it came from"
+            )
     is_new = not instance.has_dynamic_partition(experiments_partitions.name, experiment.name)
     registration = Registration(plan, eval_specs, new_experiment=is_new)
     for run_plan in plan.runs.values():
@@ -179,8 +191,9 @@ def apply_registration(instance: DagsterInstance, registration: Registration) ->
     if registration.new:
         instance.add_dynamic_partitions(runs_partitions.name, registration.new)
     if registration.new_experiment:
-        instance.add_dynamic_partitions(experiments_partitions.name,
-                                        [registration.plan.experiment.name])
+        instance.add_dynamic_partitions(
+            experiments_partitions.name, [registration.plan.experiment.name]
+        )
     for observation in registration.observations:
         instance.report_runless_asset_event(observation)
 
@@ -190,27 +203,36 @@ def registered_keys(instance: DagsterInstance) -> list[str]:
     return list(instance.get_dynamic_partitions(runs_partitions.name))
 
 
-def registered_runs(instance: DagsterInstance,
-                    partition_keys: Iterable[str]) -> dict[str, RegisteredRun]:
+def registered_runs(
+    instance: DagsterInstance, partition_keys: Iterable[str]
+) -> dict[str, RegisteredRun]:
     """The latest registration of each key (keys never registered are left out)."""
     found = {}
     for key, observation in latest_observations(instance, RUN_SPEC, partition_keys).items():
         meta = observation.metadata
         found[key] = RegisteredRun(
-            key, Path(str(meta["experiment_file"].value)), observation.data_version or "",
-            Path(str(meta["run_dir"].value)), str(meta["recipe"].value) or None)
+            key,
+            Path(str(meta["experiment_file"].value)),
+            observation.data_version or "",
+            Path(str(meta["run_dir"].value)),
+            str(meta["recipe"].value) or None,
+        )
     return found
 
 
-def registered_versions(instance: DagsterInstance, asset_key: AssetKey,
-                        partition_keys: Iterable[str]) -> dict[str, str]:
+def registered_versions(
+    instance: DagsterInstance, asset_key: AssetKey, partition_keys: Iterable[str]
+) -> dict[str, str]:
     """The data version last observed for each key of a spec asset."""
-    return {key: observation.data_version or "" for key, observation in
-            latest_observations(instance, asset_key, partition_keys).items()}
+    return {
+        key: observation.data_version or ""
+        for key, observation in latest_observations(instance, asset_key, partition_keys).items()
+    }
 
 
-def latest_observations(instance: DagsterInstance, asset_key: AssetKey,
-                        partition_keys: Iterable[str]) -> dict[str, AssetObservation]:
+def latest_observations(
+    instance: DagsterInstance, asset_key: AssetKey, partition_keys: Iterable[str]
+) -> dict[str, AssetObservation]:
     """The newest observation of each partition of ``asset_key`` (missing ones left out)."""
     wanted = set(partition_keys)
     found: dict[str, AssetObservation] = {}
@@ -218,7 +240,9 @@ def latest_observations(instance: DagsterInstance, asset_key: AssetKey,
     while wanted - found.keys():
         result = instance.fetch_observations(
             AssetRecordsFilter(asset_key=asset_key, asset_partitions=sorted(wanted - found.keys())),
-            limit=500, cursor=cursor)
+            limit=500,
+            cursor=cursor,
+        )
         for record in result.records:
             if record.partition_key is not None and record.partition_key not in found:
                 assert record.asset_observation is not None
@@ -230,20 +254,26 @@ def latest_observations(instance: DagsterInstance, asset_key: AssetKey,
 
 
 @lru_cache(maxsize=16)
-def _plan_file(file: Path, mtime_ns: int, size: int, environment: JobEnvironment | None,
-               runs: tuple[str, ...]) -> ExperimentPlan:
+def _plan_file(
+    file: Path, mtime_ns: int, size: int, environment: JobEnvironment | None, runs: tuple[str, ...]
+) -> ExperimentPlan:
     """Plan some runs of a file; cached while the file is unchanged, so the steps of one
     Dagster run (recipe_config, then run_config, ...) plan each experiment once."""
     experiment = load_experiment(file)
     absent = [r for r in runs if r not in {run.name for run in experiment.runs}]
     if absent:
-        raise CkError(f"{file}: run(s) {', '.join(absent)} are registered but no longer in "
-                      "the file; put them back to rebuild them (their files are kept)")
+        raise CkError(
+            f"{file}: run(s) {', '.join(absent)} are registered but no longer in "
+            "the file; put them back to rebuild them (their files are kept)"
+        )
     return plan_experiment(experiment, environment, only=runs)
 
 
-def load_registered_plans(instance: DagsterInstance, partition_keys: Iterable[str],
-                          environment: JobEnvironment | None = None) -> dict[str, RunPlan]:
+def load_registered_plans(
+    instance: DagsterInstance,
+    partition_keys: Iterable[str],
+    environment: JobEnvironment | None = None,
+) -> dict[str, RunPlan]:
     """Plan the given runs from the files they were registered from.
 
     Refuses (``CkError``) a run that is not registered, or whose spec in the file differs
@@ -253,8 +283,11 @@ def load_registered_plans(instance: DagsterInstance, partition_keys: Iterable[st
     registered = registered_runs(instance, keys)
     missing = [key for key in keys if key not in registered]
     if missing:
-        raise CkError("not registered: " + ", ".join(missing) +
-                      ". Register the experiment file first: ck-dagster register FILE")
+        raise CkError(
+            "not registered: "
+            + ", ".join(missing)
+            + ". Register the experiment file first: ck-dagster register FILE"
+        )
     by_file: dict[Path, list[str]] = {}
     for key in keys:
         by_file.setdefault(registered[key].experiment_file, []).append(key)
@@ -269,6 +302,7 @@ def load_registered_plans(instance: DagsterInstance, partition_keys: Iterable[st
                 raise CkError(
                     f"{file}: run `{key}` changed since it was registered. Register the file "
                     f"again (ck-dagster register {file}, or let the experiments sensor do it) "
-                    "so Dagster records what will be built")
+                    "so Dagster records what will be built"
+                )
             plans[key] = run_plan
     return plans

@@ -22,9 +22,11 @@ EXPERIMENT_FILE_PATTERNS = ("*.yaml", "*.yml")
 
 
 @sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
-def experiments_sensor(context: SensorEvaluationContext,
-                       experiments_folder: ExperimentsFolderResource,
-                       job_environment: JobEnvironmentResource) -> SensorResult | SkipReason:
+def experiments_sensor(
+    context: SensorEvaluationContext,
+    experiments_folder: ExperimentsFolderResource,
+    job_environment: JobEnvironmentResource,
+) -> SensorResult | SkipReason:
     """Register experiment files that appear or change under the experiments folder.
 
     A file is looked at again only when its content changes, or that of a file its evaluations
@@ -33,8 +35,10 @@ def experiments_sensor(context: SensorEvaluationContext,
     """
     folder = experiments_folder.folder()
     if folder is None:
-        return SkipReason("no experiments folder: set CK_EXPERIMENTS_DIR (or configure the "
-                          "experiments_folder resource) to have experiment files registered")
+        return SkipReason(
+            "no experiments folder: set CK_EXPERIMENTS_DIR (or configure the "
+            "experiments_folder resource) to have experiment files registered"
+        )
     if not folder.is_dir():
         return SkipReason(f"experiments folder {folder} does not exist")
     # file -> {"digest": ..., "inputs": [files its evaluations read]}: an edited task script,
@@ -52,19 +56,23 @@ def experiments_sensor(context: SensorEvaluationContext,
             continue
         seen[str(file)] = {"digest": digest, "inputs": inputs}
         try:
-            registration = prepare_registration(context.instance, file,
-                                                job_environment.environment())
+            registration = prepare_registration(
+                context.instance, file, job_environment.environment()
+            )
         except CkError as exc:
             context.log.error(f"not registered: {exc}")
             continue
         name = registration.plan.experiment.name
         if name in names:
-            context.log.error(f"not registered: {file}: experiment `{name}` is also defined in "
-                              f"{names[name]}; give one of them another experiment.name")
+            context.log.error(
+                f"not registered: {file}: experiment `{name}` is also defined in "
+                f"{names[name]}; give one of them another experiment.name"
+            )
             continue
         names[name] = str(file)
-        inputs = sorted({str(path) for spec in registration.eval_specs.values()
-                         for path in spec.input_files()})
+        inputs = sorted(
+            {str(path) for spec in registration.eval_specs.values() for path in spec.input_files()}
+        )
         seen[str(file)] = {"digest": _digest(file, inputs), "inputs": inputs}
         context.log.info(registration.summary())
         new_keys += registration.new
@@ -73,8 +81,12 @@ def experiments_sensor(context: SensorEvaluationContext,
     return SensorResult(
         dynamic_partitions_requests=[
             *([runs_partitions.build_add_request(new_keys)] if new_keys else []),
-            *([experiments_partitions.build_add_request(new_experiments)]
-              if new_experiments else [])],
+            *(
+                [experiments_partitions.build_add_request(new_experiments)]
+                if new_experiments
+                else []
+            ),
+        ],
         asset_events=observations,
         cursor=json.dumps(seen, sort_keys=True),
     )

@@ -41,7 +41,8 @@ class CheckpointConfig(Config):
     retrain: bool = Field(
         default=False,
         description="Train again even when every epoch is saved already. The old checkpoints "
-                    "are moved to artifacts.previous-<time>/, never deleted.")
+        "are moved to artifacts.previous-<time>/, never deleted.",
+    )
 
 
 @asset(
@@ -51,17 +52,24 @@ class CheckpointConfig(Config):
     group_name="training",
     kinds={"slurm", "torchtune"},
 )
-def checkpoint(context: AssetExecutionContext, config: CheckpointConfig,
-               launcher: LauncherResource,
-               job_environment: JobEnvironmentResource) -> MaterializeResult:
+def checkpoint(
+    context: AssetExecutionContext,
+    config: CheckpointConfig,
+    launcher: LauncherResource,
+    job_environment: JobEnvironmentResource,
+) -> MaterializeResult:
     """The run's trained checkpoints (`artifacts/epoch_<N>/`): a SLURM job runs `tune run`
     with its finetune.yaml; a control run resolves to its base model."""
     plans = plans_for(context, job_environment)
     metadata = {key: control_metadata(plan) for key, plan in plans.items() if plan.is_control}
-    requests = {key: training_request(plan, retrain=config.retrain)
-                for key, plan in plans.items() if not plan.is_control}
-    runner = launcher.runner(context, "checkpoint", training_progress,
-                             ProgressObservations(context))
+    requests = {
+        key: training_request(plan, retrain=config.retrain)
+        for key, plan in plans.items()
+        if not plan.is_control
+    }
+    runner = launcher.runner(
+        context, "checkpoint", training_progress, ProgressObservations(context)
+    )
     if requests and isinstance(runner.launcher, SlurmLauncher):
         refuse_unrunnable(plans, requests)
     outcomes = runner.run(list(requests.values())) if requests else {}
@@ -75,8 +83,10 @@ def refuse_unrunnable(plans: dict[str, RunPlan], requests: dict[str, Any]) -> No
     """Fail before submitting anything when the cluster could never run one of the jobs."""
     refusals = preflight_runs(plans[key] for key in requests)
     if refusals:
-        raise Failure(description="Nothing was submitted: the cluster could never run "
-                      + "; ".join(str(r) for r in refusals))
+        raise Failure(
+            description="Nothing was submitted: the cluster could never run "
+            + "; ".join(str(r) for r in refusals)
+        )
 
 
 def control_metadata(plan: RunPlan) -> dict[str, Any]:
@@ -84,8 +94,10 @@ def control_metadata(plan: RunPlan) -> dict[str, Any]:
     return {
         "run_type": "control",
         "checkpoint": MetadataValue.path(str(plan.model_path)),
-        "note": MetadataValue.md("Control run: never trained; its evaluations use the base "
-                                 f"model `{plan.model.name}` at `{plan.model_path}`."),
+        "note": MetadataValue.md(
+            "Control run: never trained; its evaluations use the base "
+            f"model `{plan.model.name}` at `{plan.model_path}`."
+        ),
     }
 
 
@@ -102,30 +114,57 @@ def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) ->
         "epochs_kept": ", ".join(map(str, plan.saved_epochs)) or "none",
         "artifacts": MetadataValue.path(str(trained.artifacts)),
         "epochs": MetadataValue.table(
-            [TableRecord({"epoch": c.epoch, "path": str(c.path), "files": len(c.files),
-                          "size_mb": round(c.size_bytes / 2**20, 3),
-                          "weights": ", ".join(n for n in c.files if n.endswith(".safetensors"))})
-             for c in trained.epochs],
-            schema=TableSchema(columns=[
-                TableColumn("epoch", "int"), TableColumn("path", "string"),
-                TableColumn("files", "int"), TableColumn("size_mb", "float"),
-                TableColumn("weights", "string")])),
-        "attempts": MetadataValue.json([
-            {"job_id": a.job_id, "state": a.state.value if a.state else None,
-             "reattached": a.reattached, "args": list(a.args)} for a in outcome.attempts]),
+            [
+                TableRecord(
+                    {
+                        "epoch": c.epoch,
+                        "path": str(c.path),
+                        "files": len(c.files),
+                        "size_mb": round(c.size_bytes / 2**20, 3),
+                        "weights": ", ".join(n for n in c.files if n.endswith(".safetensors")),
+                    }
+                )
+                for c in trained.epochs
+            ],
+            schema=TableSchema(
+                columns=[
+                    TableColumn("epoch", "int"),
+                    TableColumn("path", "string"),
+                    TableColumn("files", "int"),
+                    TableColumn("size_mb", "float"),
+                    TableColumn("weights", "string"),
+                ]
+            ),
+        ),
+        "attempts": MetadataValue.json(
+            [
+                {
+                    "job_id": a.job_id,
+                    "state": a.state.value if a.state else None,
+                    "reattached": a.reattached,
+                    "args": list(a.args),
+                }
+                for a in outcome.attempts
+            ]
+        ),
         "oom_retry": outcome.oom_retried,
     }
     if outcome.oom_retried:
         args = outcome.attempts[-1].args
         first = outcome.attempts[0]
-        metadata["oom_retry_note"] = (f"job {first.job_id} ran out of memory; job "
-                                      f"{outcome.job_id} trained with " + " ".join(args)
-                                      + " (same effective batch)")
+        metadata["oom_retry_note"] = (
+            f"job {first.job_id} ran out of memory; job "
+            f"{outcome.job_id} trained with " + " ".join(args) + " (same effective batch)"
+        )
     if accounting is not None:
-        metadata.update({
-            "state": accounting.state.value, "exit_code": accounting.exit_code,
-            "elapsed_s": accounting.elapsed_s, "node": accounting.node or "",
-        })
+        metadata.update(
+            {
+                "state": accounting.state.value,
+                "exit_code": accounting.exit_code,
+                "elapsed_s": accounting.elapsed_s,
+                "node": accounting.node or "",
+            }
+        )
         if accounting.max_rss_bytes is not None:
             metadata["max_rss_mb"] = round(accounting.max_rss_bytes / 2**20, 1)
     if outcome.log_path:
@@ -136,15 +175,17 @@ def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) ->
         metadata["final_loss"] = float(losses[-1][1])
         metadata["loss_curve"] = MetadataValue.table(
             [TableRecord({"step": step, "loss": loss}) for step, loss in losses[::stride]],
-            schema=TableSchema(columns=[TableColumn("step", "int"),
-                                        TableColumn("loss", "float")]))
+            schema=TableSchema(columns=[TableColumn("step", "int"), TableColumn("loss", "float")]),
+        )
     validation = trained.log.validation_losses
     if validation:
         metadata["final_val_loss"] = float(validation[-1][1])
         metadata["validation_curve"] = MetadataValue.table(
             [TableRecord({"step": step, "val_loss": loss}) for step, loss in validation],
-            schema=TableSchema(columns=[TableColumn("step", "int"),
-                                        TableColumn("val_loss", "float")]))
+            schema=TableSchema(
+                columns=[TableColumn("step", "int"), TableColumn("val_loss", "float")]
+            ),
+        )
     if notes:
         metadata["notes"] = "; ".join(notes)
     return metadata

@@ -15,8 +15,11 @@ def code_version(*modules: str) -> str:
         if spec is None or spec.origin is None:
             raise ImportError(f"no module named {name}")
         origin = Path(spec.origin)
-        files = (sorted(p for p in origin.parent.rglob("*") if p.suffix in (".py", ".yaml"))
-                 if spec.submodule_search_locations else [origin])
+        files = (
+            sorted(p for p in origin.parent.rglob("*") if p.suffix in (".py", ".yaml"))
+            if spec.submodule_search_locations
+            else [origin]
+        )
         for file in files:
             digest.update(file.name.encode())
             digest.update(file.read_bytes())

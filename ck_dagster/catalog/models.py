@@ -52,8 +52,14 @@ _QWEN_TOKENIZER = "torchtune.models.qwen2_5.qwen2_5_tokenizer"
 _QWEN_TOKENIZER_FILES = {"path": "vocab.json", "merges_file": "merges.txt"}
 
 
-def _llama(name: str, module: str, suffix: str, files: list[str] | dict[str, str],
-           model_type: str, size: str) -> KnownModel:
+def _llama(
+    name: str,
+    module: str,
+    suffix: str,
+    files: list[str] | dict[str, str],
+    model_type: str,
+    size: str,
+) -> KnownModel:
     return KnownModel(
         name=name,
         builder=f"torchtune.models.{module}.{module}_{suffix}",
@@ -104,8 +110,10 @@ _KNOWN = [
         builder="ck_dagster.tiny.model.tiny_llama",
         lora_builder="ck_dagster.tiny.model.lora_tiny_llama",
         tokenizer=_LLAMA_TOKENIZER,
-        tokenizer_files={"path": "original/tokenizer.model",
-                         "special_tokens_path": "tokenizer.json"},
+        tokenizer_files={
+            "path": "original/tokenizer.model",
+            "special_tokens_path": "tokenizer.json",
+        },
         checkpoint_files=["model.safetensors"],
         model_type="LLAMA3_2",
         size="tiny",

@@ -41,10 +41,15 @@ def _positive_int(value: Any) -> str | None:
 
 def _int_in(low: int, high: int, why: str = "") -> Callable[[Any], str | None]:
     """A whole number from ``low`` to ``high``; ``why`` says where the bound comes from."""
+
     def check(value: Any) -> str | None:
         ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-        return None if ok else \
-            f"must be a whole number from {low} to {high}" + (f" ({why})" if why else "")
+        return (
+            None
+            if ok
+            else f"must be a whole number from {low} to {high}" + (f" ({why})" if why else "")
+        )
+
     return check
 
 
@@ -83,8 +88,11 @@ def _text(value: Any) -> str | None:
 def _prompt(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be text (quote it in YAML)"
-    return None if INPUT_PLACEHOLDER in value else \
-        f"must contain `{INPUT_PLACEHOLDER}` where each row's input goes"
+    return (
+        None
+        if INPUT_PLACEHOLDER in value
+        else f"must contain `{INPUT_PLACEHOLDER}` where each row's input goes"
+    )
 
 
 def _names(value: Any) -> str | None:
@@ -115,62 +123,110 @@ def parse_epochs(value: Any) -> tuple[int, ...] | None:
     except ValueError:
         epochs = [-1]
     if min(epochs) < 0:
-        raise ValueError('must be "all", "none", epoch numbers from 0 as "0,2,4", or a list '
-                         "[0, 2, 4]")
+        raise ValueError(
+            'must be "all", "none", epoch numbers from 0 as "0,2,4", or a list [0, 2, 4]'
+        )
     return tuple(sorted(set(epochs)))
 
 
 def check_recipe_reference(value: Any) -> str | None:
     """Why ``value`` is no ``controls.custom_recipe`` (a module path or .py file), or None."""
     ok = isinstance(value, str) and bool(_RECIPE_REFERENCE.match(value))
-    return None if ok else ("must be a Python module path (my_pkg.my_recipe) or a .py file "
-                            "path, without spaces or shell characters")
+    return (
+        None
+        if ok
+        else (
+            "must be a Python module path (my_pkg.my_recipe) or a .py file "
+            "path, without spaces or shell characters"
+        )
+    )
 
 
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of: {', '.join(choices)}"
+
     return check
 
 
 _PARAMETERS = [
-    Parameter("lora_rank", "model.lora_rank",
-              _int_in(1, MAX_LORA_RANK, "no model is wider"), "LoRA rank"),
+    Parameter(
+        "lora_rank", "model.lora_rank", _int_in(1, MAX_LORA_RANK, "no model is wider"), "LoRA rank"
+    ),
     Parameter("lora_alpha", "model.lora_alpha", _positive_number, "LoRA alpha (default 2 x rank)"),
     Parameter("lora_dropout", "model.lora_dropout", _fraction, "dropout on LoRA layers"),
     Parameter("lora_attn_modules", "model.lora_attn_modules", _names, "attention projections"),
     Parameter("apply_lora_to_mlp", "model.apply_lora_to_mlp", _boolean, "LoRA on MLP layers"),
-    Parameter("apply_lora_to_output", "model.apply_lora_to_output", _boolean,
-              "LoRA on the output projection"),
+    Parameter(
+        "apply_lora_to_output",
+        "model.apply_lora_to_output",
+        _boolean,
+        "LoRA on the output projection",
+    ),
     Parameter("learning_rate", "optimizer.lr", _positive_number, "learning rate (v1's name)"),
     Parameter("lr", "optimizer.lr", _positive_number, "learning rate"),
     Parameter("weight_decay", "optimizer.weight_decay", _non_negative_number, "weight decay"),
-    Parameter("num_warmup_steps", "lr_scheduler.num_warmup_steps", _non_negative_int,
-              "learning-rate warm-up steps"),
+    Parameter(
+        "num_warmup_steps",
+        "lr_scheduler.num_warmup_steps",
+        _non_negative_int,
+        "learning-rate warm-up steps",
+    ),
     Parameter("max_seq_len", "tokenizer.max_seq_len", _positive_int, "longest tokenized row"),
     Parameter("batch_size", "batch_size", _positive_int, "rows per step per device"),
-    Parameter("epochs", "epochs", _int_in(1, MAX_EPOCHS),
-              "passes over the training split"),
-    Parameter("gradient_accumulation_steps", "gradient_accumulation_steps", _positive_int,
-              "steps per optimizer update"),
-    Parameter("max_steps_per_epoch", "max_steps_per_epoch", _optional_positive_int,
-              "cap on steps per epoch (null: no cap)"),
+    Parameter("epochs", "epochs", _int_in(1, MAX_EPOCHS), "passes over the training split"),
+    Parameter(
+        "gradient_accumulation_steps",
+        "gradient_accumulation_steps",
+        _positive_int,
+        "steps per optimizer update",
+    ),
+    Parameter(
+        "max_steps_per_epoch",
+        "max_steps_per_epoch",
+        _optional_positive_int,
+        "cap on steps per epoch (null: no cap)",
+    ),
     Parameter("seed", "seed", _int_in(0, MAX_SEED, "torchtune's seed range"), "training seed"),
     Parameter("log_every_n_steps", "log_every_n_steps", _positive_int, "loss logging interval"),
-    Parameter("save_adapter_weights_only", "save_adapter_weights_only", _boolean,
-              "LoRA: save only the adapter per epoch, evaluated on the base model"),
+    Parameter(
+        "save_adapter_weights_only",
+        "save_adapter_weights_only",
+        _boolean,
+        "LoRA: save only the adapter per epoch, evaluated on the base model",
+    ),
     # read by ck_dagster's recipes (ck_dagster/training/lora_recipe.py, full_recipe.py), which
     # a run trains with as soon as its config has one of these keys
-    Parameter("epochs_to_save", "epochs_to_save", _epochs,
-              'epochs whose checkpoints are kept: "all", "none", "0,2,4" or a list'),
-    Parameter("save_last_epoch_only", "save_last_epoch_only", _boolean,
-              "keep only the last epoch's checkpoint"),
-    Parameter("stash_adapter_weights", "stash_adapter_weights", _boolean,
-              "LoRA with merged weights: move the adapter files into epoch_N/adapter_weights/"),
-    Parameter("validation_during_training", "validation_during_training", _boolean,
-              "loss on the validation split at every epoch's end"),
-    Parameter("run_val_every_n_steps", "run_val_every_n_steps", _non_negative_int,
-              "also every N optimizer steps (0: at epochs' ends only)"),
+    Parameter(
+        "epochs_to_save",
+        "epochs_to_save",
+        _epochs,
+        'epochs whose checkpoints are kept: "all", "none", "0,2,4" or a list',
+    ),
+    Parameter(
+        "save_last_epoch_only",
+        "save_last_epoch_only",
+        _boolean,
+        "keep only the last epoch's checkpoint",
+    ),
+    Parameter(
+        "stash_adapter_weights",
+        "stash_adapter_weights",
+        _boolean,
+        "LoRA with merged weights: move the adapter files into epoch_N/adapter_weights/",
+    ),
+    Parameter(
+        "validation_during_training",
+        "validation_during_training",
+        _boolean,
+        "loss on the validation split at every epoch's end",
+    ),
+    Parameter(
+        "run_val_every_n_steps",
+        "run_val_every_n_steps",
+        _non_negative_int,
+        "also every N optimizer steps (0: at epochs' ends only)",
+    ),
     Parameter("compile", "compile", _boolean, "torch.compile the model"),
     Parameter("dtype", "dtype", _one_of("fp32", "bf16", "fp16"), "training precision"),
     Parameter("device", "device", _one_of("cuda", "cpu", "mps", "xpu", "npu"), "device"),
@@ -184,9 +240,13 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in _PARAMETERS}
 #: control keys that are not training parameters.
 CONTROL_KEYS = ("base_recipe", "custom_recipe")
 #: config keys only ck_dagster's recipes read: a config with any of them trains with those.
-CK_RECIPE_KEYS = ("epochs_to_save", "save_last_epoch_only", "stash_adapter_weights",
-                  "validation_during_training", "run_val_every_n_steps")
-
+CK_RECIPE_KEYS = (
+    "epochs_to_save",
+    "save_last_epoch_only",
+    "stash_adapter_weights",
+    "validation_during_training",
+    "run_val_every_n_steps",
+)
 
 
 def config_path(name: str) -> str:

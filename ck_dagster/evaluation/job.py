@@ -54,14 +54,21 @@ def run_evaluation(spec: EvalSpec, *, echo: Echo = _print) -> EvalResults:
     results_path(run_dir).unlink(missing_ok=True)  # it would describe an older evaluation
     started = _now()
     fingerprints = checkpoint_fingerprints(spec)
-    echo(f"eval {spec.partition_key}: spec {spec.version}, {len(spec.expected_logs())} "
-         f"evaluations on {len(spec.targets)} target(s)")
+    echo(
+        f"eval {spec.partition_key}: spec {spec.version}, {len(spec.expected_logs())} "
+        f"evaluations on {len(spec.targets)} target(s)"
+    )
     outcomes: list[EvalOutcome] = []
     for target in spec.targets:
         outcomes += _evaluate_target(spec, target, echo)
-    results = EvalResults(partition_key=spec.partition_key, spec_version=spec.version,
-                          checkpoints=fingerprints, evaluations=outcomes, started=started,
-                          finished=_now())
+    results = EvalResults(
+        partition_key=spec.partition_key,
+        spec_version=spec.version,
+        checkpoints=fingerprints,
+        evaluations=outcomes,
+        started=started,
+        finished=_now(),
+    )
     results.write(run_dir)
     return results
 
@@ -77,17 +84,19 @@ def _evaluate_target(spec: EvalSpec, target: EvalTarget, echo: Echo) -> list[Eva
         model = get_model(f"torchtune/{target.label}", memoize=False, **args.as_model_args())
     except Exception as exc:  # a checkpoint that does not load fails its evaluations only
         echo(f"{prefix}: FAILED to load {target.checkpoint}: {exc}")
-        return [EvalOutcome(task=task, label=target.label, status="error", error=str(exc))
-                for task in target.tasks]
+        return [
+            EvalOutcome(task=task, label=target.label, status="error", error=str(exc))
+            for task in target.tasks
+        ]
     what = f"adapter {adapter} on {target.path}" if adapter else target.path
-    echo(f"{prefix}: {what} ready on {spec.model.device} "
-         f"in {time.monotonic() - loading:.1f} s")
+    echo(f"{prefix}: {what} ready on {spec.model.device} in {time.monotonic() - loading:.1f} s")
     with model:
         return [_evaluate(spec, target, spec.task(name), model, echo) for name in target.tasks]
 
 
-def _evaluate(spec: EvalSpec, target: EvalTarget, task: TaskSpec, model: Model,
-              echo: Echo) -> EvalOutcome:
+def _evaluate(
+    spec: EvalSpec, target: EvalTarget, task: TaskSpec, model: Model, echo: Echo
+) -> EvalOutcome:
     """Run one task on one loaded target; its log replaces (and sets aside) earlier ones."""
     prefix = f"eval {spec.partition_key} {target.label} {task.name}"
     log_dir = spec.log_dir(task.name, target.label)
@@ -95,37 +104,67 @@ def _evaluate(spec: EvalSpec, target: EvalTarget, task: TaskSpec, model: Model,
     started = time.monotonic()
     try:
         with Progress(prefix, echo):
-            (log,) = inspect_eval(load_task(spec, task), model=model, log_dir=str(log_dir),
-                                  display="none", fail_on_error=False, log_format="eval",
-                                  **spec.settings.generate_args())
+            (log,) = inspect_eval(
+                load_task(spec, task),
+                model=model,
+                log_dir=str(log_dir),
+                display="none",
+                fail_on_error=False,
+                log_format="eval",
+                **spec.settings.generate_args(),
+            )
     except Exception as exc:  # a task that fails to load or run fails this evaluation only
         echo(f"{prefix}: FAILED: {exc}")
-        return EvalOutcome(task=task.name, label=target.label, status="error", error=str(exc),
-                           seconds=round(time.monotonic() - started, 3))
-    outcome = outcome_from_log(log, task=task.name, label=target.label,
-                               run_dir=Path(spec.run_dir),
-                               seconds=round(time.monotonic() - started, 3))
-    scores = ", ".join(f"{scorer} {name} {value:.3f}" for scorer, metrics in
-                       outcome.metrics.items() for name, value in metrics.items())
-    echo(f"{prefix}: {outcome.status} in {outcome.seconds:.1f} s, {outcome.completed}/"
-         f"{outcome.samples} samples, {outcome.errors} errors: {scores or 'no scores'}")
+        return EvalOutcome(
+            task=task.name,
+            label=target.label,
+            status="error",
+            error=str(exc),
+            seconds=round(time.monotonic() - started, 3),
+        )
+    outcome = outcome_from_log(
+        log,
+        task=task.name,
+        label=target.label,
+        run_dir=Path(spec.run_dir),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    scores = ", ".join(
+        f"{scorer} {name} {value:.3f}"
+        for scorer, metrics in outcome.metrics.items()
+        for name, value in metrics.items()
+    )
+    echo(
+        f"{prefix}: {outcome.status} in {outcome.seconds:.1f} s, {outcome.completed}/"
+        f"{outcome.samples} samples, {outcome.errors} errors: {scores or 'no scores'}"
+    )
     return outcome
 
 
-def outcome_from_log(log: EvalLog, *, task: str, label: str, run_dir: Path,
-                     seconds: float) -> EvalOutcome:
+def outcome_from_log(
+    log: EvalLog, *, task: str, label: str, run_dir: Path, seconds: float
+) -> EvalOutcome:
     """The scores, counts and errors of one finished inspect log."""
     results = log.results
     errored = [s.error.message for s in log.samples or [] if s.error is not None]
     error = log.error.message if log.error else (errored[0] if errored else None)
     return EvalOutcome(
-        task=task, label=label, status=log.status,
+        task=task,
+        label=label,
+        status=log.status,
         log=os.path.relpath(log.location, run_dir) if log.location else None,
-        metrics={score.name: {name: metric.value for name, metric in score.metrics.items()}
-                 for score in results.scores} if results else {},
+        metrics={
+            score.name: {name: metric.value for name, metric in score.metrics.items()}
+            for score in results.scores
+        }
+        if results
+        else {},
         samples=results.total_samples if results else 0,
         completed=results.completed_samples if results else 0,
-        errors=len(errored), error=error, seconds=seconds)
+        errors=len(errored),
+        error=error,
+        seconds=seconds,
+    )
 
 
 def _set_aside_logs(spec: EvalSpec, log_dir: Path) -> None:
@@ -134,8 +173,12 @@ def _set_aside_logs(spec: EvalSpec, log_dir: Path) -> None:
     old = sorted(log_dir.glob("*.eval")) if log_dir.is_dir() else []
     if not old:
         return
-    target = Path(spec.run_dir) / "eval.previous" / time.strftime("%Y%m%dT%H%M%S") / \
-        log_dir.relative_to(spec.eval_dir)
+    target = (
+        Path(spec.run_dir)
+        / "eval.previous"
+        / time.strftime("%Y%m%dT%H%M%S")
+        / log_dir.relative_to(spec.eval_dir)
+    )
     target.mkdir(parents=True, exist_ok=True)
     for path in old:
         shutil.move(str(path), str(target / path.name))
@@ -195,8 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Several specs are evaluated one after another in this process, so runs that share a base
     model (LoRA runs) share its one load."""
-    parser = argparse.ArgumentParser(prog="python -m ck_dagster.evaluation.job",
-                                     description="Evaluate runs as their eval_spec.json say.")
+    parser = argparse.ArgumentParser(
+        prog="python -m ck_dagster.evaluation.job",
+        description="Evaluate runs as their eval_spec.json say.",
+    )
     parser.add_argument("spec", type=Path, nargs="+", help="a run's eval/eval_spec.json")
     args = parser.parse_args(argv)
     set_defaults(OFFLINE_ENVIRONMENT)  # offline also when run by hand
@@ -215,13 +260,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         failed = [o for o in results.evaluations if not o.ok]
         if failed:
-            print(f"error: {len(failed)} of {len(results.evaluations)} evaluations failed:\n" +
-                  "\n".join(f"  {o.task} on {o.label}: {o.status}, {o.errors} errored samples: "
-                            f"{o.error}" for o in failed), file=sys.stderr, flush=True)
+            print(
+                f"error: {len(failed)} of {len(results.evaluations)} evaluations failed:\n"
+                + "\n".join(
+                    f"  {o.task} on {o.label}: {o.status}, {o.errors} errored samples: {o.error}"
+                    for o in failed
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
             status = status or 1
             continue
-        print(f"eval {results.partition_key}: all {len(results.evaluations)} evaluations "
-              f"succeeded -> {results_path(Path(spec.run_dir))}", flush=True)
+        print(
+            f"eval {results.partition_key}: all {len(results.evaluations)} evaluations "
+            f"succeeded -> {results_path(Path(spec.run_dir))}",
+            flush=True,
+        )
     return status
 
 

@@ -98,19 +98,24 @@ class ProviderArgs:
         args.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
         args.setdefault("dtype", "bf16" if args["device"].startswith("cuda") else "fp32")
         try:
-            known = TorchtuneModel.of(get_model(name), checkpoint_dir).model_dump() if name \
-                else {}
+            known = TorchtuneModel.of(get_model(name), checkpoint_dir).model_dump() if name else {}
             model = TorchtuneModel.model_validate({**known, **args})
         except (KeyError, ValidationError) as exc:
-            raise CkError(f"torchtune provider model args: {exc}; give -M ck_model=<a "
-                          "ck_dagster model name> or builder, tokenizer, model_type") from None
+            raise CkError(
+                f"torchtune provider model args: {exc}; give -M ck_model=<a "
+                "ck_dagster model name> or builder, tokenizer, model_type"
+            ) from None
         return cls(checkpoint_dir, model, do_sample, Path(adapter) if adapter else None)
 
     def as_model_args(self) -> dict[str, Any]:
         """These args as ``get_model(**model_args)`` takes them (and the eval log records)."""
         adapter = {"adapter_dir": str(self.adapter_dir)} if self.adapter_dir else {}
-        return {"checkpoint_dir": str(self.checkpoint_dir), "do_sample": self.do_sample,
-                **adapter, **self.model.model_dump()}
+        return {
+            "checkpoint_dir": str(self.checkpoint_dir),
+            "do_sample": self.do_sample,
+            **adapter,
+            **self.model.model_dump(),
+        }
 
 
 @dataclass
@@ -166,16 +171,22 @@ def apply_adapter(checkpoint: Checkpoint, folder: Path | None) -> None:
         for module in sorted(modules):
             key = f"{module}.weight"
             if key not in parameters:
-                raise CkError(f"{folder}: the adapter has `{module}`, which the model lacks: "
-                              "was it trained on another model?")
+                raise CkError(
+                    f"{folder}: the adapter has `{module}`, which the model lacks: "
+                    "was it trained on another model?"
+                )
             if key not in checkpoint.replaced:
                 checkpoint.replaced[key] = parameters[key].detach().cpu().clone()
             base = checkpoint.replaced[key]
             if f"{module}.magnitude" in adapter:  # DoRA: torchtune's merge, on a copy
                 merged = get_merged_lora_ckpt(
-                    {key: base.clone(), **{k: v for k, v in adapter.items()
-                                           if k.startswith(module + ".")}},
-                    rank=rank, alpha=alpha)[key]
+                    {
+                        key: base.clone(),
+                        **{k: v for k, v in adapter.items() if k.startswith(module + ".")},
+                    },
+                    rank=rank,
+                    alpha=alpha,
+                )[key]
                 parameters[key].copy_(merged)
                 continue
             a, b = adapter[f"{module}.lora_a.weight"], adapter[f"{module}.lora_b.weight"]
@@ -198,8 +209,10 @@ def read_adapter(folder: Path) -> tuple[dict[str, torch.Tensor], int, float]:
             settings = json.loads(config.read_text())
             state = torch.load(weights, map_location="cpu", weights_only=True)
             return state, int(settings["r"]), float(settings["lora_alpha"])
-    raise CkError(f"{folder} holds no LoRA adapter (adapter_model.pt and adapter_config.json): "
-                  "has its training finished?")
+    raise CkError(
+        f"{folder} holds no LoRA adapter (adapter_model.pt and adapter_config.json): "
+        "has its training finished?"
+    )
 
 
 def load_checkpoint(model: TorchtuneModel, folder: Path) -> Checkpoint:
@@ -207,16 +220,23 @@ def load_checkpoint(model: TorchtuneModel, folder: Path) -> Checkpoint:
     through torchtune's FullModelHFCheckpointer (its own HF-to-torchtune conversion)."""
     device = torch.device(model.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CkError(f"evaluating {folder} asks for device {model.device}, but torch sees no "
-                      "GPU here: run it where one is, or set device cpu")
+        raise CkError(
+            f"evaluating {folder} asks for device {model.device}, but torch sees no "
+            "GPU here: run it where one is, or set device cpu"
+        )
     if not (folder / "config.json").is_file():
-        raise CkError(f"{folder} is not an HF-format model folder (no config.json): has its "
-                      "training finished?")
+        raise CkError(
+            f"{folder} is not an HF-format model folder (no config.json): has its "
+            "training finished?"
+        )
     dtype = training.get_dtype(model.dtype, device)
     with tempfile.TemporaryDirectory(prefix="ck_dagster_eval_") as scratch:
         checkpointer = training.FullModelHFCheckpointer(
-            checkpoint_dir=str(folder), checkpoint_files=_weight_files(folder, model),
-            model_type=model.model_type, output_dir=scratch)
+            checkpoint_dir=str(folder),
+            checkpoint_files=_weight_files(folder, model),
+            model_type=model.model_type,
+            output_dir=scratch,
+        )
         state = checkpointer.load_checkpoint()[training.MODEL_KEY]
     with training.set_default_dtype(dtype), device:
         decoder = tune_config.instantiate(OmegaConf.create({"_component_": model.builder}))
@@ -264,8 +284,13 @@ class Generation:
 
 
 @torch.inference_mode()
-def generate(checkpoint: Checkpoint, prompts: list[list[int]], decoding: Decoding, *,
-             rng: torch.Generator | None = None) -> list[Generation]:
+def generate(
+    checkpoint: Checkpoint,
+    prompts: list[list[int]],
+    decoding: Decoding,
+    *,
+    rng: torch.Generator | None = None,
+) -> list[Generation]:
     """Generate for a batch of prompts, left-padded, with a KV cache; each row stops at the
     tokenizer's stop tokens. No logits are kept (a long answer from a large vocabulary would
     not fit), which is why this is not ``torchtune.generation.generate``."""
@@ -276,14 +301,15 @@ def generate(checkpoint: Checkpoint, prompts: list[list[int]], decoding: Decodin
     tokens = torch.full((rows, longest), pad_id, dtype=torch.long, device=device)
     not_padding = torch.ones((rows, total), dtype=torch.bool, device=device)
     for row, prompt in enumerate(prompts):
-        tokens[row, longest - len(prompt):] = torch.tensor(prompt, device=device)
-        not_padding[row, :longest - len(prompt)] = False
+        tokens[row, longest - len(prompt) :] = torch.tensor(prompt, device=device)
+        not_padding[row, : longest - len(prompt)] = False
     masks = get_causal_mask_from_padding_mask(not_padding, target_seq_len=total)
     positions = get_position_ids_from_padding_mask(not_padding)
     answers: list[list[int]] = [[] for _ in prompts]
     stopped = torch.zeros(rows, dtype=torch.bool, device=device)
-    with local_kv_cache(model, batch_size=rows, device=device, dtype=checkpoint.dtype,
-                        decoder_max_seq_len=total):
+    with local_kv_cache(
+        model, batch_size=rows, device=device, dtype=checkpoint.dtype, decoder_max_seq_len=total
+    ):
         logits = model(tokens, input_pos=positions[:, :longest], mask=masks[:, :longest])
         for step in range(decoding.max_new_tokens):
             next_ids = _pick(logits[:, -1].float(), decoding, rng)
@@ -293,10 +319,13 @@ def generate(checkpoint: Checkpoint, prompts: list[list[int]], decoding: Decodin
             if stopped.all() or step + 1 == decoding.max_new_tokens:
                 break
             at = longest + step
-            logits = model(next_ids[:, None], input_pos=positions[:, at, None],
-                           mask=masks[:, at, None, :])
-    return [Generation(answer[:-1], True) if done else Generation(answer, False)
-            for answer, done in zip(answers, stopped.tolist())]
+            logits = model(
+                next_ids[:, None], input_pos=positions[:, at, None], mask=masks[:, at, None, :]
+            )
+    return [
+        Generation(answer[:-1], True) if done else Generation(answer, False)
+        for answer, done in zip(answers, stopped.tolist())
+    ]
 
 
 def _pick(logits: torch.Tensor, decoding: Decoding, rng: torch.Generator | None) -> torch.Tensor:
@@ -304,8 +333,7 @@ def _pick(logits: torch.Tensor, decoding: Decoding, rng: torch.Generator | None)
     if decoding.temperature is None:
         return logits.argmax(dim=-1)
     noise = torch.empty_like(logits).exponential_(1, generator=rng)
-    return sample(logits, temperature=decoding.temperature, top_k=decoding.top_k,
-                  q=noise).flatten()
+    return sample(logits, temperature=decoding.temperature, top_k=decoding.top_k, q=noise).flatten()
 
 
 @dataclass
@@ -347,8 +375,7 @@ class _Batcher:
         batch = [r for r in self.waiting if r.decoding == decoding][:max_size]
         self.waiting = [r for r in self.waiting if r not in batch]
         try:
-            results = await anyio.to_thread.run_sync(
-                self.run, [r.prompt for r in batch], decoding)
+            results = await anyio.to_thread.run_sync(self.run, [r.prompt for r in batch], decoding)
         except Exception as exc:  # every request of the batch fails with it
             results = [None] * len(batch)
             for request in batch:
@@ -360,11 +387,21 @@ class _Batcher:
 class TorchtuneAPI(ModelAPI):
     """inspect-ai's model API over a torchtune checkpoint; see the module docstring."""
 
-    def __init__(self, model_name: str, base_url: str | None = None,
-                 api_key: str | None = None, config: GenerateConfig = GenerateConfig(),
-                 **model_args: Any) -> None:
-        super().__init__(model_name=model_name, base_url=base_url, api_key=api_key,
-                         api_key_vars=[], config=config)
+    def __init__(
+        self,
+        model_name: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        config: GenerateConfig = GenerateConfig(),
+        **model_args: Any,
+    ) -> None:
+        super().__init__(
+            model_name=model_name,
+            base_url=base_url,
+            api_key=api_key,
+            api_key_vars=[],
+            config=config,
+        )
         self.args = ProviderArgs.parse(model_args)
         self.checkpoint = shared_checkpoint(self.args.model, self.args.checkpoint_dir)
         if self.args.adapter_dir is not None:  # fail here, not on the first sample
@@ -373,35 +410,53 @@ class TorchtuneAPI(ModelAPI):
         self._rng: torch.Generator | None = None
         self._batcher = _Batcher(self._generate)
 
-    async def generate(self, input: list[ChatMessage], tools: list[ToolInfo],
-                       tool_choice: ToolChoice, config: GenerateConfig
-                       ) -> tuple[ModelOutput, ModelCall]:
+    async def generate(
+        self,
+        input: list[ChatMessage],
+        tools: list[ToolInfo],
+        tool_choice: ToolChoice,
+        config: GenerateConfig,
+    ) -> tuple[ModelOutput, ModelCall]:
         if tools:
             raise CkError("the torchtune provider does not support tool calling")
         started = time.monotonic()
         prompt = prompt_tokens(self.checkpoint.tokenizer, [_torchtune_message(m) for m in input])
         decoding = self._decoding(config, len(prompt))
-        generation = await self._batcher.submit(_Request(prompt, decoding),
-                                                config.max_connections or self.max_connections())
+        generation = await self._batcher.submit(
+            _Request(prompt, decoding), config.max_connections or self.max_connections()
+        )
         text = self.checkpoint.tokenizer.decode(generation.tokens)
         stopped = generation.stopped
         for stop in config.stop_seqs or []:
             if stop in text:
-                text, stopped = text[:text.index(stop)], True
+                text, stopped = text[: text.index(stop)], True
         output = ModelOutput(
             model=self.model_name,
-            choices=[ChatCompletionChoice(
-                message=ChatMessageAssistant(content=text, model=self.model_name,
-                                             source="generate"),
-                stop_reason="stop" if stopped else "max_tokens")],
-            usage=ModelUsage(input_tokens=len(prompt), output_tokens=len(generation.tokens),
-                             total_tokens=len(prompt) + len(generation.tokens)),
-            time=time.monotonic() - started)
+            choices=[
+                ChatCompletionChoice(
+                    message=ChatMessageAssistant(
+                        content=text, model=self.model_name, source="generate"
+                    ),
+                    stop_reason="stop" if stopped else "max_tokens",
+                )
+            ],
+            usage=ModelUsage(
+                input_tokens=len(prompt),
+                output_tokens=len(generation.tokens),
+                total_tokens=len(prompt) + len(generation.tokens),
+            ),
+            time=time.monotonic() - started,
+        )
         call = ModelCall.create(
-            request={"prompt_tokens": prompt, "max_new_tokens": decoding.max_new_tokens,
-                     "temperature": decoding.temperature, "top_k": decoding.top_k,
-                     "seed": config.seed},
-            response={"tokens": generation.tokens, "text": text, "stopped": stopped})
+            request={
+                "prompt_tokens": prompt,
+                "max_new_tokens": decoding.max_new_tokens,
+                "temperature": decoding.temperature,
+                "top_k": decoding.top_k,
+                "seed": config.seed,
+            },
+            response={"tokens": generation.tokens, "text": text, "stopped": stopped},
+        )
         return output, call
 
     def _decoding(self, config: GenerateConfig, prompt_length: int) -> Decoding:
@@ -409,8 +464,10 @@ class TorchtuneAPI(ModelAPI):
         in the model's context."""
         room = self.checkpoint.model.max_seq_len - prompt_length
         if room <= 0:
-            raise CkError(f"a prompt of {prompt_length} tokens leaves no room in the model's "
-                          f"context of {self.checkpoint.model.max_seq_len} tokens")
+            raise CkError(
+                f"a prompt of {prompt_length} tokens leaves no room in the model's "
+                f"context of {self.checkpoint.model.max_seq_len} tokens"
+            )
         max_new = min(config.max_tokens or self.max_tokens(), room)
         if not self.args.do_sample or config.temperature == 0:
             return Decoding(max_new)
@@ -420,8 +477,9 @@ class TorchtuneAPI(ModelAPI):
                 self._rng.seed()
             else:
                 self._rng.manual_seed(config.seed)
-        return Decoding(max_new, config.temperature if config.temperature is not None else 1.0,
-                        config.top_k)
+        return Decoding(
+            max_new, config.temperature if config.temperature is not None else 1.0, config.top_k
+        )
 
     def _generate(self, prompts: list[list[int]], decoding: Decoding) -> list[Generation]:
         with self.checkpoint.lock:  # the weights are this provider's adapter's while it runs
@@ -449,9 +507,14 @@ def _torchtune_message(message: ChatMessage) -> Message:
     """An inspect message as the torchtune message training tokenized (text only)."""
     if message.role == "tool":
         raise CkError("the torchtune provider does not support tool calling")
-    other = set() if isinstance(message.content, str) else \
-        {content.type for content in message.content} - {"text"}
+    other = (
+        set()
+        if isinstance(message.content, str)
+        else {content.type for content in message.content} - {"text"}
+    )
     if other:
-        raise CkError(f"the torchtune provider takes text only, not {', '.join(sorted(other))} "
-                      f"(in a {message.role} message)")
+        raise CkError(
+            f"the torchtune provider takes text only, not {', '.join(sorted(other))} "
+            f"(in a {message.role} message)"
+        )
     return Message(role=message.role, content=message.text)

@@ -92,8 +92,10 @@ def read_results(run_dir: Path) -> EvalResults | None:
     except FileNotFoundError:
         return None
     except (OSError, ValidationError) as exc:
-        raise CkError(f"{path}: not readable as evaluation results ({exc}); delete it and "
-                      "materialize eval_log again") from None
+        raise CkError(
+            f"{path}: not readable as evaluation results ({exc}); delete it and "
+            "materialize eval_log again"
+        ) from None
 
 
 def checkpoint_fingerprint(folder: Path) -> str:
@@ -112,8 +114,9 @@ def checkpoint_fingerprint(folder: Path) -> str:
 
 def checkpoint_fingerprints(spec: EvalSpec) -> dict[str, str]:
     """Every target's fingerprint, by label."""
-    return {target.label: checkpoint_fingerprint(Path(target.checkpoint))
-            for target in spec.targets}
+    return {
+        target.label: checkpoint_fingerprint(Path(target.checkpoint)) for target in spec.targets
+    }
 
 
 def is_current(run_dir: Path, spec: EvalSpec) -> bool:
@@ -123,13 +126,20 @@ def is_current(run_dir: Path, spec: EvalSpec) -> bool:
         results = read_results(run_dir)
     except CkError:
         return False
-    if results is None or results.spec_version != spec.version or \
-            results.checkpoints != checkpoint_fingerprints(spec):
+    if (
+        results is None
+        or results.spec_version != spec.version
+        or results.checkpoints != checkpoint_fingerprints(spec)
+    ):
         return False
     for task, label in spec.expected_logs():
         outcome = results.outcome(task, label)
-        if outcome is None or not outcome.ok or outcome.log is None or \
-                not (Path(run_dir) / outcome.log).is_file():
+        if (
+            outcome is None
+            or not outcome.ok
+            or outcome.log is None
+            or not (Path(run_dir) / outcome.log).is_file()
+        ):
             return False
     return True
 
@@ -167,11 +177,18 @@ def result_problems(results: EvalResults, spec: EvalSpec) -> list[str]:
             problems.append(f"{where}: evaluation {outcome.status}: {outcome.error}")
             continue
         if outcome.errors:
-            problems.append(f"{where}: {outcome.errors} of {outcome.samples} samples errored "
-                            f"(first: {outcome.error})")
+            problems.append(
+                f"{where}: {outcome.errors} of {outcome.samples} samples errored "
+                f"(first: {outcome.error})"
+            )
         expected = spec.data.rows if spec.task(task).is_builtin else outcome.samples
         if outcome.completed != expected:
-            problems.append(f"{where}: {outcome.completed} samples scored, but "
-                            + (f"the {spec.data.split} split has {expected} rows"
-                               if spec.task(task).is_builtin else f"the task has {expected}"))
+            problems.append(
+                f"{where}: {outcome.completed} samples scored, but "
+                + (
+                    f"the {spec.data.split} split has {expected} rows"
+                    if spec.task(task).is_builtin
+                    else f"the task has {expected}"
+                )
+            )
     return problems

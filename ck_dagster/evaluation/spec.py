@@ -74,16 +74,25 @@ class TorchtuneModel(_Frozen):
     dtype: str = "fp32"
 
     @classmethod
-    def of(cls, model: KnownModel, model_dir: Path, *, device: str = "cpu",
-           dtype: str = "fp32") -> TorchtuneModel:
+    def of(
+        cls, model: KnownModel, model_dir: Path, *, device: str = "cpu", dtype: str = "fp32"
+    ) -> TorchtuneModel:
         """The registry's settings for ``model``, with its tokenizer files in ``model_dir``."""
-        tokenizer: dict[str, Any] = {"_component_": model.tokenizer, **{
-            arg: str(model_dir / rel) for arg, rel in model.tokenizer_files.items()}}
+        tokenizer: dict[str, Any] = {
+            "_component_": model.tokenizer,
+            **{arg: str(model_dir / rel) for arg, rel in model.tokenizer_files.items()},
+        }
         max_seq_len = model.config_overrides.get("tokenizer.max_seq_len")
         if max_seq_len is not None:
             tokenizer["max_seq_len"] = max_seq_len
-        return cls(builder=model.builder, tokenizer=tokenizer, model_type=model.model_type,
-                   checkpoint_files=model.checkpoint_files, device=device, dtype=dtype)
+        return cls(
+            builder=model.builder,
+            tokenizer=tokenizer,
+            model_type=model.model_type,
+            checkpoint_files=model.checkpoint_files,
+            device=device,
+            dtype=dtype,
+        )
 
 
 class EvalTarget(_Frozen):
@@ -157,8 +166,12 @@ class EvalSettings(_Frozen):
 
     def generate_args(self) -> dict[str, Any]:
         """The settings inspect's ``eval()`` takes as generate config (unset ones left out)."""
-        values = {"temperature": self.temperature, "max_tokens": self.max_tokens,
-                  "seed": self.seed, "max_connections": self.max_connections}
+        values = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "max_connections": self.max_connections,
+        }
         return {name: value for name, value in values.items() if value is not None}
 
 
@@ -199,8 +212,11 @@ class EvalSpec(_Frozen):
     def changed_inputs(self) -> list[Path]:
         """Input files whose content is no longer what this spec recorded: the evaluation
         changed on disk and registering the experiment again records it."""
-        return [Path(path) for path, digest in sorted(self.input_digests().items())
-                if _digest_or_missing(Path(path)) != digest]
+        return [
+            Path(path)
+            for path, digest in sorted(self.input_digests().items())
+            if _digest_or_missing(Path(path)) != digest
+        ]
 
     @property
     def eval_dir(self) -> Path:
@@ -239,8 +255,10 @@ class EvalSpec(_Frozen):
             document.pop("version", None)
             return cls.model_validate(document)
         except (OSError, ValueError, ValidationError) as exc:
-            raise CkError(f"{path}: not a readable eval spec ({exc}); materialize eval_log "
-                          "again to rewrite it") from None
+            raise CkError(
+                f"{path}: not a readable eval spec ({exc}); materialize eval_log "
+                "again to rewrite it"
+            ) from None
 
 
 def eval_spec_for(plan: RunPlan) -> EvalSpec:
@@ -252,30 +270,48 @@ def eval_spec_for(plan: RunPlan) -> EvalSpec:
     """
     evaluation = plan.experiment.spec.evaluation
     if evaluation is None:
-        raise _problem(plan, ("evaluation",), "the experiment has no `evaluation:` section",
-                       "add one with at least `tasks: [{name: ...}]`")
+        raise _problem(
+            plan,
+            ("evaluation",),
+            "the experiment has no `evaluation:` section",
+            "add one with at least `tasks: [{name: ...}]`",
+        )
     targets = _targets(plan, evaluation)
     if not targets:
         source = plan.config.sources.get("epochs_to_save") if plan.config else None
-        raise _problem(plan, source.field if source and source.field else ("runs", plan.index),
-                       "epochs_to_save keeps no epoch, so there is nothing to evaluate",
-                       "name the epochs to keep, or leave this run out of `evaluation.matrix`")
+        raise _problem(
+            plan,
+            source.field if source and source.field else ("runs", plan.index),
+            "epochs_to_save keeps no epoch, so there is nothing to evaluate",
+            "name the epochs to keep, or leave this run out of `evaluation.matrix`",
+        )
     used = {name for target in targets for name in target.tasks}
     run_prompts = _run_prompts(plan)
-    tasks = tuple(_task_spec(plan, index, task, run_prompts)
-                  for index, task in enumerate(evaluation.tasks) if task.name in used)
+    tasks = tuple(
+        _task_spec(plan, index, task, run_prompts)
+        for index, task in enumerate(evaluation.tasks)
+        if task.name in used
+    )
     data = _test_data(plan, needed=any(t.is_builtin for t in tasks))
     model = _torchtune_model(plan)
-    return EvalSpec(partition_key=plan.partition_key, run_dir=str(plan.run_dir),
-                    model=model, targets=tuple(targets), tasks=tasks, data=data,
-                    settings=_settings(evaluation),
-                    tokenizer_files=_tokenizer_files(plan, model))
+    return EvalSpec(
+        partition_key=plan.partition_key,
+        run_dir=str(plan.run_dir),
+        model=model,
+        targets=tuple(targets),
+        tasks=tasks,
+        data=data,
+        settings=_settings(evaluation),
+        tokenizer_files=_tokenizer_files(plan, model),
+    )
 
 
 def _problem(plan: RunPlan, field: FieldPath, message: str, fix: str) -> ExperimentFileError:
     experiment = plan.experiment
-    return ExperimentFileError(experiment.file, [Problem(
-        field, f"run `{plan.run.name}`: {message}", fix, experiment.line_of(field))])
+    return ExperimentFileError(
+        experiment.file,
+        [Problem(field, f"run `{plan.run.name}`: {message}", fix, experiment.line_of(field))],
+    )
 
 
 def _targets(plan: RunPlan, evaluation: Evaluation) -> list[EvalTarget]:
@@ -285,12 +321,14 @@ def _targets(plan: RunPlan, evaluation: Evaluation) -> list[EvalTarget]:
     epoch 1 evaluates exactly those two pairs).
     """
     all_tasks = [task.name for task in evaluation.tasks]
-    entries = [e for e in evaluation.matrix or [] if e.run == plan.run.name] or \
-        [MatrixEntry(run=plan.run.name)]
+    entries = [e for e in evaluation.matrix or [] if e.run == plan.run.name] or [
+        MatrixEntry(run=plan.run.name)
+    ]
     selected: dict[int | None, set[str]] = {}
     for entry in entries:
-        epochs: list[int | None] = [None] if plan.is_control else \
-            list(entry.epochs or plan.saved_epochs)
+        epochs: list[int | None] = (
+            [None] if plan.is_control else list(entry.epochs or plan.saved_epochs)
+        )
         for epoch in epochs:
             selected.setdefault(epoch, set()).update(entry.tasks or all_tasks)
     targets = []
@@ -301,37 +339,53 @@ def _targets(plan: RunPlan, evaluation: Evaluation) -> list[EvalTarget]:
             continue
         folder = str(plan.artifacts_dir / f"epoch_{epoch}")
         # a LoRA epoch is its adapter on the base model, loaded once for every epoch
-        targets.append(EvalTarget(label=f"epoch_{epoch}", path=str(plan.model_path),
-                                  adapter=folder, tasks=tasks) if plan.is_lora else
-                       EvalTarget(label=f"epoch_{epoch}", path=folder, tasks=tasks))
+        targets.append(
+            EvalTarget(
+                label=f"epoch_{epoch}", path=str(plan.model_path), adapter=folder, tasks=tasks
+            )
+            if plan.is_lora
+            else EvalTarget(label=f"epoch_{epoch}", path=folder, tasks=tasks)
+        )
     return targets
 
 
-def _task_spec(plan: RunPlan, index: int, task: EvalTask,
-               run_prompts: tuple[str, str]) -> TaskSpec:
+def _task_spec(plan: RunPlan, index: int, task: EvalTask, run_prompts: tuple[str, str]) -> TaskSpec:
     """One task, prompted as the task says or else as the run trained."""
     script = plan.experiment.resolve(task.script) if task.script else None
     prompt = task.prompt if task.prompt is not None else run_prompts[0]
     system_prompt = task.system_prompt if task.system_prompt is not None else run_prompts[1]
     if script is None and INPUT_PLACEHOLDER not in prompt:
-        field = ("evaluation", "tasks", index, "prompt") if task.prompt is not None else \
-            ("runs", plan.index)
-        raise _problem(plan, field, f"prompt {prompt!r} of task `{task.name}` has no "
-                       f"{INPUT_PLACEHOLDER}", f"put {INPUT_PLACEHOLDER} where each row's input "
-                       "goes")
-    imports = local_imports(script, [script.parent, plan.experiment.file.parent]) \
-        if script else []
-    return TaskSpec(name=task.name, script=str(script) if script else None,
-                    script_sha256=file_digest(script) if script else None,
-                    imports={str(path): file_digest(path) for path in imports}, args=task.args,
-                    prompt=prompt, system_prompt=system_prompt)
+        field = (
+            ("evaluation", "tasks", index, "prompt")
+            if task.prompt is not None
+            else ("runs", plan.index)
+        )
+        raise _problem(
+            plan,
+            field,
+            f"prompt {prompt!r} of task `{task.name}` has no {INPUT_PLACEHOLDER}",
+            f"put {INPUT_PLACEHOLDER} where each row's input goes",
+        )
+    imports = local_imports(script, [script.parent, plan.experiment.file.parent]) if script else []
+    return TaskSpec(
+        name=task.name,
+        script=str(script) if script else None,
+        script_sha256=file_digest(script) if script else None,
+        imports={str(path): file_digest(path) for path in imports},
+        args=task.args,
+        prompt=prompt,
+        system_prompt=system_prompt,
+    )
 
 
 def _tokenizer_files(plan: RunPlan, model: TorchtuneModel) -> dict[str, str]:
     """The content hash of every tokenizer file the evaluated model loads (the run's tokenizer
     node; the base model's for a control run), so a changed tokenizer makes scores stale."""
-    paths = [Path(str(model.tokenizer[arg])) for arg in plan.model.tokenizer_files
-             if model.tokenizer.get(arg)]
+    paths = [
+        Path(str(model.tokenizer[arg]))
+        for arg in plan.model.tokenizer_files
+        if model.tokenizer.get(arg)
+    ]
     return {str(path): _digest_or_missing(path) for path in paths}
 
 
@@ -343,10 +397,14 @@ def _run_prompts(plan: RunPlan) -> tuple[str, str]:
     """The run's prompt and system prompt: its config's for fine-tuned runs; for control runs
     the same precedence training would use (run parameter > controls > default)."""
     if plan.config is not None:
-        return (plan.config.get("dataset.prompt", INPUT_PLACEHOLDER),
-                plan.config.get("dataset.system_prompt", ""))
-    return (_control_run_value(plan, "dataset.prompt", INPUT_PLACEHOLDER),
-            _control_run_value(plan, "dataset.system_prompt", ""))
+        return (
+            plan.config.get("dataset.prompt", INPUT_PLACEHOLDER),
+            plan.config.get("dataset.system_prompt", ""),
+        )
+    return (
+        _control_run_value(plan, "dataset.prompt", INPUT_PLACEHOLDER),
+        _control_run_value(plan, "dataset.system_prompt", ""),
+    )
 
 
 def _control_run_value(plan: RunPlan, path: str, default: str) -> str:
@@ -362,13 +420,17 @@ def _torchtune_model(plan: RunPlan) -> TorchtuneModel:
     """How the job loads targets: as the run's config tokenizes, on the device it asks for."""
     device = "cuda" if eval_gpus(plan) else "cpu"
     if plan.config is None:
-        return TorchtuneModel.of(plan.model, plan.model_path, device=device,
-                                 dtype="bf16" if device == "cuda" else "fp32")
+        return TorchtuneModel.of(
+            plan.model, plan.model_path, device=device, dtype="bf16" if device == "cuda" else "fp32"
+        )
     return TorchtuneModel(
-        builder=plan.model.builder, tokenizer=dict(plan.config.get("tokenizer")),
+        builder=plan.model.builder,
+        tokenizer=dict(plan.config.get("tokenizer")),
         model_type=plan.config.get("checkpointer.model_type", plan.model.model_type),
-        checkpoint_files=plan.model.checkpoint_files, device=device,
-        dtype=plan.config.get("dtype", "bf16" if device == "cuda" else "fp32"))
+        checkpoint_files=plan.model.checkpoint_files,
+        device=device,
+        dtype=plan.config.get("dtype", "bf16" if device == "cuda" else "fp32"),
+    )
 
 
 def eval_gpus(plan: RunPlan) -> int:
@@ -388,27 +450,47 @@ def _test_data(plan: RunPlan, *, needed: bool) -> EvalData:
         input_key = plan.config.get("dataset.input_key", input_key)
         output_key = plan.config.get("dataset.output_key", output_key)
     if not path.exists():
-        raise _problem(plan, ("data", "training", "path"), f"data file {path} not found",
-                       "point it at the JSON file with train/validation/test splits")
+        raise _problem(
+            plan,
+            ("data", "training", "path"),
+            f"data file {path} not found",
+            "point it at the JSON file with train/validation/test splits",
+        )
     rows = split_sizes(path).get(TEST_SPLIT, 0)
     if needed and not rows:
-        raise _problem(plan, ("data", "training", "path"),
-                       f"{path} has no rows in a `{TEST_SPLIT}` split, which the built-in "
-                       "evaluation task scores", f"add a `{TEST_SPLIT}` split of rows, or give "
-                       "the task a `script`")
-    return EvalData(path=str(path), sha256=data_digest(path), input_key=input_key,
-                    output_key=output_key, rows=rows)
+        raise _problem(
+            plan,
+            ("data", "training", "path"),
+            f"{path} has no rows in a `{TEST_SPLIT}` split, which the built-in "
+            "evaluation task scores",
+            f"add a `{TEST_SPLIT}` split of rows, or give the task a `script`",
+        )
+    return EvalData(
+        path=str(path),
+        sha256=data_digest(path),
+        input_key=input_key,
+        output_key=output_key,
+        rows=rows,
+    )
 
 
 def _settings(evaluation: Evaluation) -> EvalSettings:
     """``evaluation:``'s settings; sampling only when asked for (or implied by temperature > 0)."""
-    do_sample = evaluation.do_sample if evaluation.do_sample is not None else \
-        bool(evaluation.temperature)
-    scorers = tuple(s if isinstance(s, Scorer) else Scorer(name=s)
-                    for s in evaluation.scorers or ()) or DEFAULT_SCORERS
-    return EvalSettings(temperature=evaluation.temperature, max_tokens=evaluation.max_tokens,
-                        seed=evaluation.seed, do_sample=do_sample,
-                        max_connections=evaluation.max_connections, scorers=scorers)
+    do_sample = (
+        evaluation.do_sample if evaluation.do_sample is not None else bool(evaluation.temperature)
+    )
+    scorers = (
+        tuple(s if isinstance(s, Scorer) else Scorer(name=s) for s in evaluation.scorers or ())
+        or DEFAULT_SCORERS
+    )
+    return EvalSettings(
+        temperature=evaluation.temperature,
+        max_tokens=evaluation.max_tokens,
+        seed=evaluation.seed,
+        do_sample=do_sample,
+        max_connections=evaluation.max_connections,
+        scorers=scorers,
+    )
 
 
 def eval_specs_for(plan: ExperimentPlan) -> dict[str, EvalSpec]:

@@ -32,8 +32,10 @@ def eval_job_script(spec: EvalSpec, plan: RunPlan, environment: JobEnvironment) 
         resources=replace(plan.resources, gpus=eval_gpus(plan)),
         command=JOB_COMMAND,
         environment=environment,
-        description=(f"Evaluation job for run {plan.partition_key}, written by ck_dagster.\n"
-                     f"Submit by hand from this folder with: sbatch {EVAL_SCRIPT}"),
+        description=(
+            f"Evaluation job for run {plan.partition_key}, written by ck_dagster.\n"
+            f"Submit by hand from this folder with: sbatch {EVAL_SCRIPT}"
+        ),
     )
 
 
@@ -44,14 +46,26 @@ def eval_request(spec: EvalSpec, script: JobScript, *, force: bool = False) -> J
     run_dir = Path(spec.run_dir)
 
     def before_submit() -> None:
-        missing = [folder for target in spec.targets for folder in (target.path, target.checkpoint)
-                   if not Path(folder).is_dir()]
+        missing = [
+            folder
+            for target in spec.targets
+            for folder in (target.path, target.checkpoint)
+            if not Path(folder).is_dir()
+        ]
         if missing:
-            raise CkError(f"{spec.partition_key}: nothing to evaluate at {', '.join(missing)}: "
-                          "materialize its checkpoint first")
+            raise CkError(
+                f"{spec.partition_key}: nothing to evaluate at {', '.join(missing)}: "
+                "materialize its checkpoint first"
+            )
         spec.write()
         atomic_write_text(run_dir / EVAL_SCRIPT, script.render())
 
-    return JobRequest(key=spec.partition_key, script=run_dir / EVAL_SCRIPT,
-                      job_name=script.job_name, is_done=lambda: is_current(run_dir, spec),
-                      before_submit=before_submit, force=force, verb="evaluated")
+    return JobRequest(
+        key=spec.partition_key,
+        script=run_dir / EVAL_SCRIPT,
+        job_name=script.job_name,
+        is_done=lambda: is_current(run_dir, spec),
+        before_submit=before_submit,
+        force=force,
+        verb="evaluated",
+    )

@@ -76,10 +76,13 @@ def _split_sizes(path: Path, stamp: Stamp) -> tuple[tuple[str, int], ...]:
     if is_parquet(path):
         import pyarrow.parquet as pq
 
-        return tuple((split, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
-                     for split, files in parquet_splits(path).items())
-    return tuple((split, len(rows)) for split, rows in _json(path).items()
-                 if isinstance(rows, list))
+        return tuple(
+            (split, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
+            for split, files in parquet_splits(path).items()
+        )
+    return tuple(
+        (split, len(rows)) for split, rows in _json(path).items() if isinstance(rows, list)
+    )
 
 
 @lru_cache(maxsize=64)
@@ -96,8 +99,7 @@ def _json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CkError(f"{path}: not a JSON object of train/validation/test lists ({exc})") \
-            from None
+        raise CkError(f"{path}: not a JSON object of train/validation/test lists ({exc})") from None
     if not isinstance(data, dict):
         raise CkError(f"{path}: not a JSON object of train/validation/test lists")
     return data

@@ -30,8 +30,9 @@ def data_file_problems(path: Path, input_key: str, output_key: str) -> list[tupl
 
 
 @lru_cache(maxsize=16)
-def _problems(path: Path, size: int, mtime_ns: int, input_key: str,
-              output_key: str) -> tuple[tuple[str, str], ...]:
+def _problems(
+    path: Path, size: int, mtime_ns: int, input_key: str, output_key: str
+) -> tuple[tuple[str, str], ...]:
     """Cached while the file keeps its size and mtime: registering re-reads only what changed."""
     try:
         data = json.loads(read_bounded(path, MAX_DATA_BYTES).decode("utf-8"))
@@ -41,13 +42,18 @@ def _problems(path: Path, size: int, mtime_ns: int, input_key: str,
         line = exc.object.count(b"\n", 0, exc.start) + 1
         return ((f"data file {path}:{line}: not UTF-8 text", "save it as UTF-8"),)
     except json.JSONDecodeError as exc:
-        return ((f"data file {path}:{exc.lineno}: not valid JSON: {exc.msg}",
-                 "fix the JSON at that line"),)
+        return (
+            (
+                f"data file {path}:{exc.lineno}: not valid JSON: {exc.msg}",
+                "fix the JSON at that line",
+            ),
+        )
     except RecursionError:
         return ((f"data file {path}: nested too deeply to read", _FIX),)
     if not isinstance(data, dict):
-        return ((f"data file {path} holds a JSON {type(data).__name__}, not an object of splits",
-                 _FIX),)
+        return (
+            (f"data file {path} holds a JSON {type(data).__name__}, not an object of splits", _FIX),
+        )
     found = []
     if not data.get("train"):
         found.append((f"data file {path} has no rows in a `train` list", _FIX))
@@ -68,6 +74,8 @@ def _split_problem(rows: Any, split: str, input_key: str, output_key: str) -> st
             value = row.get(key)
             if value is None or isinstance(value, (dict, list)):
                 what = "has no" if value is None else "has a nested value in"
-                return f"`{split}[{index}]` {what} `{key}` (rows need `{input_key}` and " \
-                       f"`{output_key}` text)"
+                return (
+                    f"`{split}[{index}]` {what} `{key}` (rows need `{input_key}` and "
+                    f"`{output_key}` text)"
+                )
     return None

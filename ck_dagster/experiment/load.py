@@ -75,41 +75,65 @@ def read_experiment(path: str | Path) -> ExperimentReading:
     except (RuntimeError, OSError):
         pass  # a symlink loop: reading it says so
     if control_characters(str(file)):
-        return ExperimentReading(file, None, [Problem(
-            (), "the file's path contains control characters "
-            f"({', '.join(control_characters(str(file)))})", "rename the file")])
+        return ExperimentReading(
+            file,
+            None,
+            [
+                Problem(
+                    (),
+                    "the file's path contains control characters "
+                    f"({', '.join(control_characters(str(file)))})",
+                    "rename the file",
+                )
+            ],
+        )
     try:
         text = read_bounded(file, MAX_FILE_BYTES).decode("utf-8")
     except UnreadableFile as exc:
-        fix = "check the path" if str(exc).startswith("not found") else \
-            "give the path of an experiment file (YAML)"
+        fix = (
+            "check the path"
+            if str(exc).startswith("not found")
+            else "give the path of an experiment file (YAML)"
+        )
         return ExperimentReading(file, None, [Problem((), str(exc), fix)])
     except UnicodeDecodeError as exc:
         line = exc.object.count(b"\n", 0, exc.start) + 1
-        return ExperimentReading(file, None, [Problem(
-            (), f"is not UTF-8 text (byte {exc.object[exc.start]:#04x})",
-            "save the file as UTF-8", line)])
+        return ExperimentReading(
+            file,
+            None,
+            [
+                Problem(
+                    (),
+                    f"is not UTF-8 text (byte {exc.object[exc.start]:#04x})",
+                    "save the file as UTF-8",
+                    line,
+                )
+            ],
+        )
     loaded = load_yaml(text)
     problems = list(loaded.problems)
     if loaded.data is None and not problems:
         problems.append(Problem((), "the file is empty", "start from examples/ in ck_dagster"))
     elif loaded.data is not None and not isinstance(loaded.data, dict):
-        problems.append(Problem((), "the top level must be a mapping (experiment:, runs:, ...)",
-                                line=1))
+        problems.append(
+            Problem((), "the top level must be a mapping (experiment:, runs:, ...)", line=1)
+        )
     if problems:
         return ExperimentReading(file, None, problems)
     value_problems = [_with_line(p, loaded) for p in values.value_problems(loaded.data)]
     try:
         experiment: Experiment | None = Experiment(
-            ExperimentFile.model_validate(loaded.data), file, loaded)
+            ExperimentFile.model_validate(loaded.data), file, loaded
+        )
     except ValidationError as exc:
         problems = _schema_problems(exc, loaded)
         experiment = _valid_part(exc, loaded, file)
     if value_problems:
         # a value no field may hold is never checked further; one problem per field
         fields = {p.path for p in value_problems}
-        return ExperimentReading(file, None, value_problems +
-                                 [p for p in problems if p.path not in fields])
+        return ExperimentReading(
+            file, None, value_problems + [p for p in problems if p.path not in fields]
+        )
     if experiment is not None:
         problems += [_with_line(p, loaded) for p in _cross_reference_problems(experiment)]
     return ExperimentReading(file, experiment, problems)
@@ -207,18 +231,27 @@ def _describe(error: dict[str, Any], path: FieldPath) -> Problem:
         allowed = _allowed_keys(path[:-1])
         if key in allowed:  # one field given by two of its names
             others = [n for n in _names_of_field(path[:-1], key) if n != key]
-            return Problem(path, f"`{key}` is another name of `{'`, `'.join(others)}`, "
-                           "which is also given", "keep one of them")
-        fix = did_you_mean(key, allowed) or _belongs_elsewhere(key, path[:-1]) or (
-            "remove it; allowed here: " + ", ".join(sorted(allowed)) if allowed else "remove it")
+            return Problem(
+                path,
+                f"`{key}` is another name of `{'`, `'.join(others)}`, which is also given",
+                "keep one of them",
+            )
+        fix = (
+            did_you_mean(key, allowed)
+            or _belongs_elsewhere(key, path[:-1])
+            or (
+                "remove it; allowed here: " + ", ".join(sorted(allowed)) if allowed else "remove it"
+            )
+        )
         return Problem(path, f"unknown key `{key}`", fix)
     if kind == "missing":
         return Problem(path, "required field is missing", f"add `{path[-1]}:`")
     message = error["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
-        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",")
-                   if c.strip()]
+        choices = [
+            c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()
+        ]
         fix = did_you_mean(str(value), choices) or f"use one of: {expected}"
         return Problem(path, f"`{value}` is not allowed", fix)
     return Problem(path, f"{message} (got {value!r})" if _is_scalar(value) else message)
@@ -248,16 +281,20 @@ def _allowed_keys(path: FieldPath) -> list[str]:
     """The field names the schema allows at ``path`` (for "did you mean"), aliases included."""
     model = _model_at(path)
     if isinstance(model, type) and issubclass(model, BaseModel):
-        return [name for field_name in model.model_fields
-                for name in _field_names(model, field_name)]
+        return [
+            name for field_name in model.model_fields for name in _field_names(model, field_name)
+        ]
     return []
 
 
 def _field_names(model: type[BaseModel], field_name: str) -> list[str]:
     """A field's names in a file: its v1 name and the names accepted before (aliases)."""
     alias = model.model_fields[field_name].validation_alias
-    return [str(choice) for choice in alias.choices] if isinstance(alias, AliasChoices) \
+    return (
+        [str(choice) for choice in alias.choices]
+        if isinstance(alias, AliasChoices)
         else [field_name]
+    )
 
 
 def _names_of_field(path: FieldPath, key: str) -> list[str]:
@@ -273,8 +310,11 @@ def _belongs_elsewhere(key: str, parent: FieldPath) -> str | None:
     if key in PARAMETERS or key in CONTROL_KEYS:
         if len(parent) == 2 and parent[0] == "runs":
             return f"training parameters go under `{format_path(parent)}.parameters:`"
-        return "it belongs under `controls:` (or a run's `parameters:`)" \
-            if key in PARAMETERS else "it belongs under `controls:`"
+        return (
+            "it belongs under `controls:` (or a run's `parameters:`)"
+            if key in PARAMETERS
+            else "it belongs under `controls:`"
+        )
     here = re.sub(r"\[\d+\]", "[]", format_path(parent)) if parent else ""
     homes = _field_homes().get(key, [])
     if here in homes:
@@ -282,7 +322,7 @@ def _belongs_elsewhere(key: str, parent: FieldPath) -> str | None:
     # a home under the key's parent (runs[].compute for a run's `time`), else the shallowest
     home = next((h for h in homes if here and h.startswith(here + ".")), None)
     if home is not None:
-        home = format_path(parent) + home[len(here):]
+        home = format_path(parent) + home[len(here) :]
     elif homes:
         home = homes[0]
     else:
@@ -322,31 +362,43 @@ def _cross_reference_problems(experiment: Experiment) -> list[Problem]:
     problems: list[Problem] = []
     runs = experiment.indexed_runs()
     problems += _duplicates(_run_names_in_file(experiment), ("runs",), "run name")
-    problems += _duplicates(list(enumerate(m.name for m in spec.models.base)), ("models", "base"),
-                            "model name")
+    problems += _duplicates(
+        list(enumerate(m.name for m in spec.models.base)), ("models", "base"), "model name"
+    )
 
     for index, model in enumerate(spec.models.base):
         if model.name not in MODELS:
             fix = did_you_mean(model.name, MODELS) or (
                 "known models: " + ", ".join(MODELS) + " (adding one is one entry in "
-                "ck_dagster/catalog/models.py)")
-            problems.append(Problem(("models", "base", index, "name"),
-                                    f"unknown model `{model.name}`", fix))
+                "ck_dagster/catalog/models.py)"
+            )
+            problems.append(
+                Problem(("models", "base", index, "name"), f"unknown model `{model.name}`", fix)
+            )
 
     base_names = [m.name for m in spec.models.base]
     for index, run in runs:
         if run.model not in base_names:
             fix = did_you_mean(run.model, base_names) or (
-                f"add it to models.base, or use one of: {', '.join(base_names)}")
-            problems.append(Problem(("runs", index, "model"),
-                                    f"run `{run.name}` names unknown model `{run.model}`", fix))
+                f"add it to models.base, or use one of: {', '.join(base_names)}"
+            )
+            problems.append(
+                Problem(
+                    ("runs", index, "model"),
+                    f"run `{run.name}` names unknown model `{run.model}`",
+                    fix,
+                )
+            )
         if run.is_control:
             for key in run.parameters:
                 if key not in CONTROL_RUN_PARAMETERS:
-                    problems.append(Problem(
-                        ("runs", index, "parameters", key),
-                        f"control run `{run.name}` is never trained, so `{key}` has no effect",
-                        "remove it, or make the run `type: fine-tuned`"))
+                    problems.append(
+                        Problem(
+                            ("runs", index, "parameters", key),
+                            f"control run `{run.name}` is never trained, so `{key}` has no effect",
+                            "remove it, or make the run `type: fine-tuned`",
+                        )
+                    )
 
     problems += _path_problems(experiment)
     problems += _data_problems(experiment)
@@ -360,36 +412,56 @@ def _path_problems(experiment: Experiment) -> list[Problem]:
     is a file or that SLURM's #SBATCH lines cannot hold, a data file that is not one."""
     spec = experiment.spec
     folder = _given_name(experiment, ("experiment",), "directory", "dir")
-    fields: list[tuple[FieldPath, str]] = [(folder, spec.experiment.directory),
-                                           (("data", "training", "path"), spec.data.training.path)]
+    fields: list[tuple[FieldPath, str]] = [
+        (folder, spec.experiment.directory),
+        (("data", "training", "path"), spec.data.training.path),
+    ]
     if spec.output.base_directory is not None:
         fields.append((("output", "base_directory"), spec.output.base_directory))
     fields += [(("models", "base", i, "path"), m.path) for i, m in enumerate(spec.models.base)]
-    fields += [(("evaluation", "tasks", i, "script"), t.script) for i, t in
-               enumerate(spec.evaluation.tasks if spec.evaluation else []) if t.script]
+    fields += [
+        (("evaluation", "tasks", i, "script"), t.script)
+        for i, t in enumerate(spec.evaluation.tasks if spec.evaluation else [])
+        if t.script
+    ]
     problems = []
     for field, text in fields:
         reason = path_reason(text)
         if reason:
-            problems.append(Problem(field, f"`{text}` {reason}", "give a path that exists "
-                                    "or can be made"))
+            problems.append(
+                Problem(field, f"`{text}` {reason}", "give a path that exists or can be made")
+            )
     if problems:
         return problems
     for field, directory, resolved in (
-            (folder, spec.experiment.directory, experiment.dir),
-            (("output", "base_directory"), spec.output.base_directory,
-             experiment.resolve(spec.output.base_directory or "."))):
+        (folder, spec.experiment.directory, experiment.dir),
+        (
+            ("output", "base_directory"),
+            spec.output.base_directory,
+            experiment.resolve(spec.output.base_directory or "."),
+        ),
+    ):
         if directory is None:
             continue
         if any(c in directory for c in "%\\") or "${" in directory:
-            problems.append(Problem(field, "contains `%`, `\\` or `${`, which SLURM reads as a "
-                                    "log-name pattern or an escape in #SBATCH lines, or "
-                                    "torchtune as an interpolation",
-                                    "choose a directory without them"))
+            problems.append(
+                Problem(
+                    field,
+                    "contains `%`, `\\` or `${`, which SLURM reads as a "
+                    "log-name pattern or an escape in #SBATCH lines, or "
+                    "torchtune as an interpolation",
+                    "choose a directory without them",
+                )
+            )
         blocker = file_in_the_way(resolved)
         if blocker is not None:
-            problems.append(Problem(field, f"{blocker} is a file, so {resolved} cannot be a "
-                                    "folder", "choose another folder"))
+            problems.append(
+                Problem(
+                    field,
+                    f"{blocker} is a file, so {resolved} cannot be a folder",
+                    "choose another folder",
+                )
+            )
     return problems
 
 
@@ -413,37 +485,58 @@ def _data_problems(experiment: Experiment) -> list[Problem]:
     data, path = spec.data.training, experiment.resolve(spec.data.training.path)
     where = ("data", "training", "path")
     if data.format == "json" and path.is_dir():
-        return [Problem(where, f"data file {path} is a folder, not a file",
-                        "point it at the JSON file with train/validation/test splits, or set "
-                        "`format: parquet` for a folder of parquet files")]
+        return [
+            Problem(
+                where,
+                f"data file {path} is a folder, not a file",
+                "point it at the JSON file with train/validation/test splits, or set "
+                "`format: parquet` for a folder of parquet files",
+            )
+        ]
     if data.format == "json":
         found = data_file_problems(path, data.input_key, data.output_key)
         if found:
             return [Problem(where, message, fix) for message, fix in found]
     if data.format == "parquet" and not (path.is_dir() and parquet_splits(path)):
-        return [Problem(where, f"{path} is not a folder of parquet files", "point it at a folder "
-                        "of train.parquet, validation.parquet and test.parquet")]
+        return [
+            Problem(
+                where,
+                f"{path} is not a folder of parquet files",
+                "point it at a folder of train.parquet, validation.parquet and test.parquet",
+            )
+        ]
     try:
         sizes = split_sizes(path)
     except CkError as exc:
         return [Problem(where, str(exc))]
     problems = []
-    needed = {"train": "fine-tuned runs train on it"} if any(
-        not r.is_control for r in spec.runs) else {}
+    needed = (
+        {"train": "fine-tuned runs train on it"} if any(not r.is_control for r in spec.runs) else {}
+    )
     if spec.evaluation and any(t.script is None for t in spec.evaluation.tasks):
         needed["test"] = "the built-in evaluation task scores it"
     for split, why in needed.items():
         if not sizes.get(split):
             kind = "list" if data.format == "json" else "split"
-            problems.append(Problem(where, f"{path} has no rows in a `{split}` {kind}, and {why}",
-                                    f"add a `{split}` {kind} to the data"))
-    for split, expected in (data.splits.model_dump(exclude_none=True) if data.splits else
-                            {}).items():
+            problems.append(
+                Problem(
+                    where,
+                    f"{path} has no rows in a `{split}` {kind}, and {why}",
+                    f"add a `{split}` {kind} to the data",
+                )
+            )
+    for split, expected in (
+        data.splits.model_dump(exclude_none=True) if data.splits else {}
+    ).items():
         if sizes.get(split, 0) != expected:
-            problems.append(Problem(("data", "training", "splits", split),
-                                    f"says {expected} rows, but the `{split}` split of {path} "
-                                    f"has {sizes.get(split, 0)}",
-                                    "correct the count (or remove `splits`)"))
+            problems.append(
+                Problem(
+                    ("data", "training", "splits", split),
+                    f"says {expected} rows, but the `{split}` split of {path} "
+                    f"has {sizes.get(split, 0)}",
+                    "correct the count (or remove `splits`)",
+                )
+            )
     return problems
 
 
@@ -460,20 +553,32 @@ def _variables_problems(experiment: Experiment) -> list[Problem]:
         for index, run in trained:
             value = used[run.name]
             if value is None:
-                problems.append(Problem(("runs", index, "parameters"),
-                                        f"run `{run.name}` does not set `{name}`, which "
-                                        "`variables` says the runs vary",
-                                        f"set `{name}` in its parameters"))
+                problems.append(
+                    Problem(
+                        ("runs", index, "parameters"),
+                        f"run `{run.name}` does not set `{name}`, which "
+                        "`variables` says the runs vary",
+                        f"set `{name}` in its parameters",
+                    )
+                )
             elif not any(value == v for v in listed):
-                problems.append(Problem(("runs", index, "parameters"),
-                                        f"run `{run.name}` uses {name} = {value!r}, which "
-                                        f"`variables.{name}` does not list",
-                                        f"add it to variables.{name}"))
+                problems.append(
+                    Problem(
+                        ("runs", index, "parameters"),
+                        f"run `{run.name}` uses {name} = {value!r}, which "
+                        f"`variables.{name}` does not list",
+                        f"add it to variables.{name}",
+                    )
+                )
         for v_index, value in enumerate(listed):
             if not any(value == u for u in used.values()):
-                problems.append(Problem(("variables", name, v_index),
-                                        f"no run uses {name} = {value!r}",
-                                        "remove it, or add a run that uses it"))
+                problems.append(
+                    Problem(
+                        ("variables", name, v_index),
+                        f"no run uses {name} = {value!r}",
+                        "remove it, or add a run that uses it",
+                    )
+                )
     covered = {config_path(name) for name in variables}
     varied: dict[str, str] = {}
     for _, run in trained:
@@ -483,10 +588,14 @@ def _variables_problems(experiment: Experiment) -> list[Problem]:
     for name in varied.values():
         values = {repr(experiment.run_value(run, name)) for _, run in trained}
         if len(values) > 1:
-            problems.append(Problem(("variables",),
-                                    f"the runs vary `{name}` ({', '.join(sorted(values))}), "
-                                    "which `variables` does not list",
-                                    f"add `{name}: [...]` to variables"))
+            problems.append(
+                Problem(
+                    ("variables",),
+                    f"the runs vary `{name}` ({', '.join(sorted(values))}), "
+                    "which `variables` does not list",
+                    f"add `{name}: [...]` to variables",
+                )
+            )
     return problems
 
 
@@ -494,38 +603,59 @@ def _evaluation_problems(experiment: Experiment) -> list[Problem]:
     evaluation = experiment.spec.evaluation
     if evaluation is None:
         return []
-    problems = _duplicates(list(enumerate(t.name for t in evaluation.tasks)),
-                           ("evaluation", "tasks"), "task name")
+    problems = _duplicates(
+        list(enumerate(t.name for t in evaluation.tasks)), ("evaluation", "tasks"), "task name"
+    )
     trained_with = experiment.spec.controls.get("system_prompt", "")
     if evaluation.system_prompt is not None and evaluation.system_prompt != trained_with:
-        problems.append(Problem(("evaluation", "system_prompt"),
-                                f"differs from the system prompt the runs train with "
-                                f"({trained_with!r}); evaluation always uses the run's own",
-                                "make it the same as `controls.system_prompt`, or remove it"))
+        problems.append(
+            Problem(
+                ("evaluation", "system_prompt"),
+                f"differs from the system prompt the runs train with "
+                f"({trained_with!r}); evaluation always uses the run's own",
+                "make it the same as `controls.system_prompt`, or remove it",
+            )
+        )
     for index, task in enumerate(evaluation.tasks):
         script = experiment.resolve(task.script) if task.script is not None else None
         reason = regular_file_reason(script) if script else None
         if reason:
-            problems.append(Problem(("evaluation", "tasks", index, "script"),
-                                    f"task script {script} {reason}",
-                                    "fix the path, or leave `script` out for the built-in task"))
+            problems.append(
+                Problem(
+                    ("evaluation", "tasks", index, "script"),
+                    f"task script {script} {reason}",
+                    "fix the path, or leave `script` out for the built-in task",
+                )
+            )
     run_names = [name for _, name in _run_names_in_file(experiment)]
     task_names = [t.name for t in evaluation.tasks]
     for index, entry in enumerate(evaluation.matrix or []):
         if entry.run not in run_names:
-            problems.append(Problem(("evaluation", "matrix", index, "run"),
-                                    f"unknown run `{entry.run}`",
-                                    did_you_mean(entry.run, run_names) or "use a name from runs[]"))
+            problems.append(
+                Problem(
+                    ("evaluation", "matrix", index, "run"),
+                    f"unknown run `{entry.run}`",
+                    did_you_mean(entry.run, run_names) or "use a name from runs[]",
+                )
+            )
         for t_index, task in enumerate(entry.tasks or []):
             if task not in task_names:
-                problems.append(Problem(("evaluation", "matrix", index, "tasks", t_index),
-                                        f"unknown task `{task}`",
-                                        did_you_mean(task, task_names) or
-                                        "use a name from evaluation.tasks[]"))
+                problems.append(
+                    Problem(
+                        ("evaluation", "matrix", index, "tasks", t_index),
+                        f"unknown task `{task}`",
+                        did_you_mean(task, task_names) or "use a name from evaluation.tasks[]",
+                    )
+                )
         for e_index, epoch in enumerate(entry.epochs or []):
             if epoch < 0:
-                problems.append(Problem(("evaluation", "matrix", index, "epochs", e_index),
-                                        f"epoch {epoch} is negative", "epochs count from 0"))
+                problems.append(
+                    Problem(
+                        ("evaluation", "matrix", index, "epochs", e_index),
+                        f"epoch {epoch} is negative",
+                        "epochs count from 0",
+                    )
+                )
     return problems
 
 
@@ -537,8 +667,11 @@ def _given_name(experiment: Experiment, parent: FieldPath, *names: str) -> Field
 
 def _run_names_in_file(experiment: Experiment) -> list[tuple[int, str]]:
     """(index, name) of every run in the file, also of runs refused for another reason."""
-    return [(index, run["name"]) for index, run in enumerate(experiment.source.data["runs"])
-            if isinstance(run, dict) and isinstance(run.get("name"), str)]
+    return [
+        (index, run["name"])
+        for index, run in enumerate(experiment.source.data["runs"])
+        if isinstance(run, dict) and isinstance(run.get("name"), str)
+    ]
 
 
 def _duplicates(names: list[tuple[int, str]], path: FieldPath, what: str) -> list[Problem]:
@@ -547,7 +680,12 @@ def _duplicates(names: list[tuple[int, str]], path: FieldPath, what: str) -> lis
     problems = []
     for index, name in names:
         if name in seen:
-            problems.append(Problem((*path, index, "name"), f"duplicate {what} `{name}`",
-                                    f"{what}s must be unique; rename one"))
+            problems.append(
+                Problem(
+                    (*path, index, "name"),
+                    f"duplicate {what} `{name}`",
+                    f"{what}s must be unique; rename one",
+                )
+            )
         seen.add(name)
     return problems

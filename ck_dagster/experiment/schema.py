@@ -44,8 +44,9 @@ def _safe_name(value: str) -> str:
 
 def _slurm_value(value: str) -> str:
     if not _SLURM_VALUE.fullmatch(value) or len(value) > 200:
-        raise ValueError("is not a valid SLURM value (letters, digits and . _ : , | & * [ ] -, "
-                         "at most 200)")
+        raise ValueError(
+            "is not a valid SLURM value (letters, digits and . _ : , | & * [ ] -, at most 200)"
+        )
     return value
 
 
@@ -93,8 +94,10 @@ class ExperimentInfo(_Strict):
 
     name: SafeName
     directory: Folder = _aliased(
-        "directory", "dir",
-        description="where run directories go; relative paths are relative to the file")
+        "directory",
+        "dir",
+        description="where run directories go; relative paths are relative to the file",
+    )
     project: str | None = None
     question: str | None = None
     hypothesis: str | None = None
@@ -158,18 +161,25 @@ class Output(_Strict):
     @classmethod
     def _project(cls, value: str | None) -> str | None:
         if value is not None and not _WANDB_PROJECT.match(value):
-            raise ValueError("is not a W&B project name (1 to 128 characters, none of "
-                             "/ \\ # ? % : or spaces)")
+            raise ValueError(
+                "is not a W&B project name (1 to 128 characters, none of / \\ # ? % : or spaces)"
+            )
         return value
 
     @field_validator("checkpoint_pattern")
     @classmethod
     def _pattern(cls, value: str) -> str:
         head, sep, tail = value.rpartition("/")
-        if sep != "/" or tail != "epoch_{N}" or "{run_name}" not in head or \
-                "{" in head.replace("{run_name}", ""):
-            raise ValueError("must be a folder with {run_name}, then /epoch_{N} "
-                             "(e.g. \"ck-out-{run_name}/epoch_{N}\")")
+        if (
+            sep != "/"
+            or tail != "epoch_{N}"
+            or "{run_name}" not in head
+            or "{" in head.replace("{run_name}", "")
+        ):
+            raise ValueError(
+                "must be a folder with {run_name}, then /epoch_{N} "
+                '(e.g. "ck-out-{run_name}/epoch_{N}")'
+            )
         return value
 
 
@@ -192,10 +202,9 @@ class Compute(_Strict):
         if value is None:
             return value
         if not _TIME.fullmatch(value):
-            raise ValueError(
-                "is not a SLURM time limit such as \"1:00:00\", \"90\" or \"1-12:00:00\"")
+            raise ValueError('is not a SLURM time limit such as "1:00:00", "90" or "1-12:00:00"')
         if not any(int(n) for n in re.findall(r"[0-9]+", value)):
-            raise ValueError("is zero: give the job some time, e.g. \"1:00:00\"")
+            raise ValueError('is zero: give the job some time, e.g. "1:00:00"')
         if len(value) > 20:
             raise ValueError("is too long for a SLURM time limit")
         return value
@@ -207,9 +216,9 @@ class Compute(_Strict):
             return value
         match = _MEMORY.fullmatch(value)
         if not match or len(match.group(1)) > 12:
-            raise ValueError("is not a SLURM memory size such as \"40G\" or \"16000M\"")
+            raise ValueError('is not a SLURM memory size such as "40G" or "16000M"')
         if int(match.group(1)) == 0:
-            raise ValueError("is zero: ask for some memory, e.g. \"40G\"")
+            raise ValueError('is zero: ask for some memory, e.g. "40G"')
         return value
 
 
@@ -290,8 +299,13 @@ class ExperimentFile(_Strict):
 class Experiment:
     """A validated experiment file, with paths resolved against the file's folder."""
 
-    def __init__(self, spec: ExperimentFile, file: Path, source: LoadedYaml,
-                 run_positions: list[int] | None = None):
+    def __init__(
+        self,
+        spec: ExperimentFile,
+        file: Path,
+        source: LoadedYaml,
+        run_positions: list[int] | None = None,
+    ):
         """``run_positions``: where each of ``spec.runs`` stands in the file's ``runs:`` list,
         when some runs were left out because they are invalid (see ``read_experiment``)."""
         self.spec = spec
@@ -372,11 +386,16 @@ class Experiment:
         spec = self.spec
         data, model = spec.data.training, self.model_entry(run)
         values: dict[str, Any] = {
-            **{f"experiment.{k}": str(v) for k, v in spec.experiment.model_dump(
-                include={"project", "question", "hypothesis", "purpose", "date",
-                         "description"}, exclude_none=True).items()},
+            **{
+                f"experiment.{k}": str(v)
+                for k, v in spec.experiment.model_dump(
+                    include={"project", "question", "hypothesis", "purpose", "date", "description"},
+                    exclude_none=True,
+                ).items()
+            },
             "dataset": data.label or Path(data.path).stem,
-            "data.size_kb": data.size_kb, "model.size_gb": model.size_gb,
+            "data.size_kb": data.size_kb,
+            "model.size_gb": model.size_gb,
             "data_generation": data.data_generation,
         }
         return {k: v for k, v in values.items() if v is not None}

@@ -19,7 +19,8 @@ import yaml
 from ck_dagster.experiment.problems import FieldPath, Problem
 
 _INT = re.compile(
-    r"^(?:[-+]?0b[01_]+|[-+]?0o?[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+    r"^(?:[-+]?0b[01_]+|[-+]?0o?[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
+)
 _FLOAT = re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
@@ -56,8 +57,12 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
             tag = node.tag.rsplit(":", 1)[-1]
             why = f" ({exc})" if isinstance(exc, ValueError) else ""
             raise yaml.constructor.ConstructorError(
-                None, None, f"`{shown}` cannot be read as {tag}{why}; quote it to keep it "
-                "as text, or correct the value", node.start_mark) from None
+                None,
+                None,
+                f"`{shown}` cannot be read as {tag}{why}; quote it to keep it "
+                "as text, or correct the value",
+                node.start_mark,
+            ) from None
 
 
 class _Bounded(yaml.composer.ComposerError):
@@ -68,8 +73,11 @@ class _Bounded(yaml.composer.ComposerError):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers
-            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
     for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
 }
 
@@ -113,12 +121,22 @@ def load_yaml(text: str) -> LoadedYaml:
         _check_expansion(node)
         result = LoadedYaml(data=loader.construct_document(node))
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, ESC, ...)
-        shown = chr(exc.character).encode("unicode_escape").decode("ascii") \
-            if isinstance(exc.character, int) else repr(exc.character)
-        return LoadedYaml(data=None, problems=[Problem(
-            (), f"contains the character {shown}, which YAML does not allow",
-            "remove it (write it as an escape inside double quotes if it is meant)",
-            text.count("\n", 0, exc.position) + 1)])
+        shown = (
+            chr(exc.character).encode("unicode_escape").decode("ascii")
+            if isinstance(exc.character, int)
+            else repr(exc.character)
+        )
+        return LoadedYaml(
+            data=None,
+            problems=[
+                Problem(
+                    (),
+                    f"contains the character {shown}, which YAML does not allow",
+                    "remove it (write it as an escape inside double quotes if it is meant)",
+                    text.count("\n", 0, exc.position) + 1,
+                )
+            ],
+        )
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -126,10 +144,14 @@ def load_yaml(text: str) -> LoadedYaml:
         bounded = isinstance(exc, _Bounded) or "maximum nesting depth" in problem  # libyaml's
         if bounded and not isinstance(exc, _Bounded):
             problem = f"nested more than {MAX_DEPTH} levels deep"
-        fix = "write the values out: experiment files are small" if bounded \
+        fix = (
+            "write the values out: experiment files are small"
+            if bounded
             else "fix the syntax at that line"
-        return LoadedYaml(data=None, problems=[Problem(
-            (), f"not valid YAML: {problem}", fix, line)])
+        )
+        return LoadedYaml(
+            data=None, problems=[Problem((), f"not valid YAML: {problem}", fix, line)]
+        )
     finally:
         loader.dispose()
     _index(node, (), result)
@@ -168,8 +190,9 @@ def _check_expansion(root: yaml.Node) -> None:
             for child in _children(node):
                 total += size(child)
                 if total > MAX_VALUES:
-                    raise _Bounded(f"its aliases expand to more than {MAX_VALUES} values",
-                                   node.start_mark)
+                    raise _Bounded(
+                        f"its aliases expand to more than {MAX_VALUES} values", node.start_mark
+                    )
             sizes[id(node)] = known = total
         return known
 
@@ -192,9 +215,14 @@ def _index(node: yaml.Node, path: FieldPath, result: LoadedYaml) -> None:
             key = key_node.value
             line = key_node.start_mark.line + 1
             if key in seen:
-                result.problems.append(Problem(
-                    (*path, key), f"duplicate key (first at line {seen[key]})",
-                    "keep one; YAML would silently use the last", line))
+                result.problems.append(
+                    Problem(
+                        (*path, key),
+                        f"duplicate key (first at line {seen[key]})",
+                        "keep one; YAML would silently use the last",
+                        line,
+                    )
+                )
             seen[key] = line
             result.lines[(*path, key)] = line
             _index(value_node, (*path, key), result)

@@ -48,11 +48,14 @@ class RecipeCatalog:
         for recipe in recipe_registry().get_all_recipes():
             self.recipes[recipe.name] = [config.name for config in recipe.configs]
             for config in recipe.configs:
-                self.configs.setdefault(config.name, RecipeConfig(
-                    name=config.name,
-                    recipe=recipe.name,
-                    file=RECIPES_ROOT / "configs" / config.file_path,
-                ))
+                self.configs.setdefault(
+                    config.name,
+                    RecipeConfig(
+                        name=config.name,
+                        recipe=recipe.name,
+                        file=RECIPES_ROOT / "configs" / config.file_path,
+                    ),
+                )
 
     def get(self, name: str) -> RecipeConfig:
         """The config called ``name``; ``KeyError`` carries the "did you mean" hint."""

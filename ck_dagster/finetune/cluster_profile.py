@@ -58,9 +58,11 @@ def load_profile(choice: str) -> ClusterProfile:
         return PRESETS[choice]
     path = Path(choice).expanduser().resolve()
     if not path.is_file():
-        raise CkError(f"cluster profile `{choice}` is neither a preset "
-                      f"({', '.join(PRESETS)}) nor a file: set CK_CLUSTER_PROFILE (or the "
-                      "job_environment resource's cluster_profile) to one of them")
+        raise CkError(
+            f"cluster profile `{choice}` is neither a preset "
+            f"({', '.join(PRESETS)}) nor a file: set CK_CLUSTER_PROFILE (or the "
+            "job_environment resource's cluster_profile) to one of them"
+        )
     stat = path.stat()
     return _load_file(path, stat.st_size, stat.st_mtime_ns)
 
@@ -77,22 +79,32 @@ def _load_file(path: Path, size: int, mtime_ns: int) -> ClusterProfile:
         error = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in error["loc"])
         line = loaded.line_of(tuple(error["loc"])) or 1
-        raise CkError(f"{path}:{line}: {where}: {error['msg']} (see the profile format in "
-                      "ck_dagster/finetune/cluster_profile.py)") from None
+        raise CkError(
+            f"{path}:{line}: {where}: {error['msg']} (see the profile format in "
+            "ck_dagster/finetune/cluster_profile.py)"
+        ) from None
     base = PRESETS[spec.base]
     unknown = sorted(set(spec.sizes) - set(dict(base.sizes)))
     if unknown:
-        raise CkError(f"{path}: sizes.{unknown[0]}: unknown model size (sizes: "
-                      f"{', '.join(size for size, _ in base.sizes)})")
+        raise CkError(
+            f"{path}: sizes.{unknown[0]}: unknown model size (sizes: "
+            f"{', '.join(size for size, _ in base.sizes)})"
+        )
     defaults = _set(spec.defaults)
-    sizes = tuple((size, base.request(size, defaults, _set(spec.sizes.get(size))))
-                  for size, _ in base.sizes)
+    sizes = tuple(
+        (size, base.request(size, defaults, _set(spec.sizes.get(size)))) for size, _ in base.sizes
+    )
     mig = dict(base.mig)
     if spec.mig is not None:
         mig.update(spec.mig.model_dump(exclude_unset=True, exclude={"mig"}))
-    return ClusterProfile(spec.name or path.stem, sizes, tuple(mig.items()),
-                          tuple(spec.environment.modules), spec.environment.conda_env,
-                          spec.environment.venv)
+    return ClusterProfile(
+        spec.name or path.stem,
+        sizes,
+        tuple(mig.items()),
+        tuple(spec.environment.modules),
+        spec.environment.conda_env,
+        spec.environment.venv,
+    )
 
 
 def _set(compute: Compute | None) -> dict[str, Any]:
@@ -100,8 +112,9 @@ def _set(compute: Compute | None) -> dict[str, Any]:
     return compute.model_dump(exclude_unset=True, exclude={"mig"}) if compute else {}
 
 
-def deployment_environment(environ: Mapping[str, str] | None = None,
-                           profile: str | None = None) -> JobEnvironment:
+def deployment_environment(
+    environ: Mapping[str, str] | None = None, profile: str | None = None
+) -> JobEnvironment:
     """This deployment's job environment and cluster profile (``profile``, else
     ``CK_CLUSTER_PROFILE``, else della), as ``environ`` (default: this process's) gives them."""
     chosen = profile or Settings.from_env(environ).cluster_profile

@@ -20,27 +20,42 @@ from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
 from ck_dagster.errors import CkError
 
 
-def prompt_messages(input_text: str, *, prompt: str, system_prompt: str,
-                    train_on_input: bool = False) -> list[Message]:
+def prompt_messages(
+    input_text: str, *, prompt: str, system_prompt: str, train_on_input: bool = False
+) -> list[Message]:
     """The system (when ``system_prompt`` is non-empty) and user messages for one input.
 
     The user message is ``prompt`` with every ``{input}`` replaced by ``input_text``; other
     braces stay literal. The prompt is masked from the loss unless ``train_on_input``.
     """
     if INPUT_PLACEHOLDER not in prompt:
-        raise CkError(f"prompt {prompt!r} has no {INPUT_PLACEHOLDER} placeholder: "
-                      "the model would never see the input")
+        raise CkError(
+            f"prompt {prompt!r} has no {INPUT_PLACEHOLDER} placeholder: "
+            "the model would never see the input"
+        )
     messages = [Message(role="system", content=system_prompt, masked=True)] if system_prompt else []
-    messages.append(Message(role="user", content=prompt.replace(INPUT_PLACEHOLDER, input_text),
-                            masked=not train_on_input))
+    messages.append(
+        Message(
+            role="user",
+            content=prompt.replace(INPUT_PLACEHOLDER, input_text),
+            masked=not train_on_input,
+        )
+    )
     return messages
 
 
 class PromptToMessages(Transform):
     """A row ``{input_key: ..., output_key: ...}`` as ``prompt_messages`` + the assistant answer."""
 
-    def __init__(self, *, prompt: str, system_prompt: str, input_key: str, output_key: str,
-                 train_on_input: bool) -> None:
+    def __init__(
+        self,
+        *,
+        prompt: str,
+        system_prompt: str,
+        input_key: str,
+        output_key: str,
+        train_on_input: bool,
+    ) -> None:
         self.prompt = prompt
         self.system_prompt = system_prompt
         self.input_key = input_key
@@ -48,9 +63,12 @@ class PromptToMessages(Transform):
         self.train_on_input = train_on_input
 
     def __call__(self, sample: Mapping[str, Any]) -> Mapping[str, Any]:
-        messages = prompt_messages(str(sample[self.input_key]), prompt=self.prompt,
-                                   system_prompt=self.system_prompt,
-                                   train_on_input=self.train_on_input)
+        messages = prompt_messages(
+            str(sample[self.input_key]),
+            prompt=self.prompt,
+            system_prompt=self.system_prompt,
+            train_on_input=self.train_on_input,
+        )
         messages.append(Message(role="assistant", content=str(sample[self.output_key])))
         return {"messages": messages}
 
@@ -76,12 +94,22 @@ def prompt_dataset(
     Used as ``dataset._component_: ck_dagster.finetune.dataset.prompt_dataset``; the files are
     read locally by the datasets ``json``/``parquet`` loaders, so nothing is fetched from the Hub.
     """
-    message_transform = PromptToMessages(prompt=prompt, system_prompt=system_prompt,
-                                         input_key=input_key, output_key=output_key,
-                                         train_on_input=train_on_input)
-    ds = SFTDataset(source=source, message_transform=message_transform, model_transform=tokenizer,
-                    data_files=data_files, split=split,
-                    **({"field": field} if source == "json" else {}), **load_dataset_kwargs)
+    message_transform = PromptToMessages(
+        prompt=prompt,
+        system_prompt=system_prompt,
+        input_key=input_key,
+        output_key=output_key,
+        train_on_input=train_on_input,
+    )
+    ds = SFTDataset(
+        source=source,
+        message_transform=message_transform,
+        model_transform=tokenizer,
+        data_files=data_files,
+        split=split,
+        **({"field": field} if source == "json" else {}),
+        **load_dataset_kwargs,
+    )
     if packed:
         if tokenizer.max_seq_len is None:
             raise CkError("dataset.packed needs tokenizer.max_seq_len to be set")

@@ -53,14 +53,20 @@ DATASET_COMPONENT = "ck_dagster.finetune.dataset.prompt_dataset"
 WANDB_LOGGER = "ck_dagster.training.metric_logging.DiskAndWandBLogger"
 #: ck_dagster's recipes (validation loss, which epochs to keep), by the torchtune recipe each
 #: extends, as ``tune run`` takes them (it runs a ``.py`` path as the module it names).
-CK_RECIPES = {"lora_finetune_single_device": "ck_dagster/training/lora_recipe.py",
-              "full_finetune_single_device": "ck_dagster/training/full_recipe.py"}
+CK_RECIPES = {
+    "lora_finetune_single_device": "ck_dagster/training/lora_recipe.py",
+    "full_finetune_single_device": "ck_dagster/training/full_recipe.py",
+}
 #: config paths that hold where a run's outputs go: ck_dagster's to set, never a parameter.
 OUTPUT_PATHS = frozenset({"output_dir", "checkpointer.output_dir"})
 _INTERPOLATION_START = re.compile(r"(\\*)\$\{")
 #: settings a job without a GPU needs (bf16, fused AdamW and activation offloading need CUDA).
-CPU_SETTINGS = {"device": "cpu", "dtype": "fp32", "optimizer.fused": False,
-                "enable_activation_offloading": False}
+CPU_SETTINGS = {
+    "device": "cpu",
+    "dtype": "fp32",
+    "optimizer.fused": False,
+    "enable_activation_offloading": False,
+}
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,14 @@ class RunPlan:
         """The run's ``finetune.yaml`` text (None for control runs)."""
         if self.config is None:
             return None
-        header = "".join(printable(line) + "\n" for line in (
-            f"# torchtune config for run {self.partition_key}, written by ck_dagster from",
-            f"# {self.experiment.file} (base: {self.base_recipe or 'built-in defaults'}).",
-            f"# Train by hand: tune run {self.recipe} --config finetune.yaml"))
+        header = "".join(
+            printable(line) + "\n"
+            for line in (
+                f"# torchtune config for run {self.partition_key}, written by ck_dagster from",
+                f"# {self.experiment.file} (base: {self.base_recipe or 'built-in defaults'}).",
+                f"# Train by hand: tune run {self.recipe} --config finetune.yaml",
+            )
+        )
         written = written_config(self.config)
         text = header + yaml.dump(written, Dumper=_ConfigDumper, sort_keys=False, width=100)
         return check_reads_back(text, written)
@@ -127,12 +137,20 @@ class RunPlan:
         else:
             assert self.job is not None
             json_file = self.config is not None and self.config.get("dataset.source") == "json"
-            data = Path(self.config.get("dataset.data_files")) if json_file else \
-                self.experiment.resolve(self.experiment.spec.data.training.path)
-            parts = [self.finetune_yaml or "", repr(self.resources), " ".join(self.job.command),
-                     data_digest(data)]
-            parts += [file_digest(Path(folder) / self.job.command[-3])
-                      for folder in self.job.python_path]  # a custom recipe file's content
+            data = (
+                Path(self.config.get("dataset.data_files"))
+                if json_file
+                else self.experiment.resolve(self.experiment.spec.data.training.path)
+            )
+            parts = [
+                self.finetune_yaml or "",
+                repr(self.resources),
+                " ".join(self.job.command),
+                data_digest(data),
+            ]
+            parts += [
+                file_digest(Path(folder) / self.job.command[-3]) for folder in self.job.python_path
+            ]  # a custom recipe file's content
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     @property
@@ -151,8 +169,10 @@ class RunPlan:
     @property
     def is_lora(self) -> bool:
         """Whether the run trains LoRA adapters (its epochs hold an adapter to apply)."""
-        return self.config is not None and \
-            self.config.get("model._component_") == self.model.lora_builder
+        return (
+            self.config is not None
+            and self.config.get("model._component_") == self.model.lora_builder
+        )
 
     def provenance(self) -> list[tuple[str, Any, Source]]:
         """Every set value with its source, in config order."""
@@ -174,12 +194,18 @@ class ExperimentPlan:
 def preflight_runs(runs: Iterable[RunPlan]) -> list[Refusal] | None:
     """Training jobs of ``runs`` the SLURM cluster could never run, with what it lacks; None
     when no SLURM controller answers (then nothing was asked)."""
-    return preflight((run.partition_key, run.resources, run.slurm_script or "")
-                     for run in runs if not run.is_control)
+    return preflight(
+        (run.partition_key, run.resources, run.slurm_script or "")
+        for run in runs
+        if not run.is_control
+    )
 
 
-def plan_experiment(experiment: Experiment, environment: JobEnvironment | None = None,
-                    only: Iterable[str] | None = None) -> ExperimentPlan:
+def plan_experiment(
+    experiment: Experiment,
+    environment: JobEnvironment | None = None,
+    only: Iterable[str] | None = None,
+) -> ExperimentPlan:
     """Plan every run of a loaded experiment (or the runs named in ``only``).
 
     Raises :class:`ExperimentFileError` listing every run's problems when any config is refused.
@@ -190,8 +216,9 @@ def plan_experiment(experiment: Experiment, environment: JobEnvironment | None =
     return ExperimentPlan(experiment, runs)
 
 
-def plan_experiment_file(path: str | Path,
-                         environment: JobEnvironment | None = None) -> ExperimentPlan:
+def plan_experiment_file(
+    path: str | Path, environment: JobEnvironment | None = None
+) -> ExperimentPlan:
     """Read and plan an experiment file, reporting the problems of every stage in one pass:
     the file's structure, its cross-references and every valid run's merged config."""
     reading = read_experiment(path)
@@ -205,8 +232,9 @@ def plan_experiment_file(path: str | Path,
     return ExperimentPlan(reading.experiment, runs)
 
 
-def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
-               only: Iterable[str] | None = None) -> tuple[dict[str, RunPlan], list[Problem]]:
+def _plan_runs(
+    experiment: Experiment, environment: JobEnvironment | None, only: Iterable[str] | None = None
+) -> tuple[dict[str, RunPlan], list[Problem]]:
     """The plans of the runs that are valid, and the problems of the others (with lines)."""
     environment = environment or deployment_environment()
     wanted = set(only) if only is not None else None
@@ -226,28 +254,33 @@ def _plan_runs(experiment: Experiment, environment: JobEnvironment | None,
         if plan is not None:
             runs[run.name] = plan
     problems += _matrix_problems(experiment, runs)
-    return runs, [Problem(p.path, p.message, p.fix, p.line or experiment.line_of(p.path))
-                  for p in problems]
+    return runs, [
+        Problem(p.path, p.message, p.fix, p.line or experiment.line_of(p.path)) for p in problems
+    ]
 
 
 def _value_problems(experiment: Experiment, run: Run, index: int) -> list[Problem]:
     """The friendly parameters of controls and ``run`` whose values are wrong, checked without
     a recipe (for runs that cannot be planned), so that no problem waits for the next pass."""
-    given = [(name, value, ("controls", name)) for name, value in experiment.spec.controls.items()
-             if name not in parameters.CONTROL_KEYS]
-    given += [(name, value, ("runs", index, "parameters", name))
-              for name, value in run.parameters.items()]
-    return [Problem(field, f"`{name}: {value!r}` {reason}")
-            for name, value, field in given
-            if name in parameters.PARAMETERS
-            and (reason := parameters.check_value(name, value))]
+    given = [
+        (name, value, ("controls", name))
+        for name, value in experiment.spec.controls.items()
+        if name not in parameters.CONTROL_KEYS
+    ]
+    given += [
+        (name, value, ("runs", index, "parameters", name)) for name, value in run.parameters.items()
+    ]
+    return [
+        Problem(field, f"`{name}: {value!r}` {reason}")
+        for name, value, field in given
+        if name in parameters.PARAMETERS and (reason := parameters.check_value(name, value))
+    ]
 
 
 class _RunPlanner:
     """Builds one run's plan; problems accumulate instead of raising."""
 
-    def __init__(self, experiment: Experiment, run: Run, index: int,
-                 environment: JobEnvironment):
+    def __init__(self, experiment: Experiment, run: Run, index: int, environment: JobEnvironment):
         self.experiment = experiment
         self.run = run
         self.index = index
@@ -259,19 +292,34 @@ class _RunPlanner:
 
     def plan(self) -> RunPlan | None:
         resources = self.environment.profile.request(
-            self.model.size, *compute_layers(self.experiment, self.run))
+            self.model.size, *compute_layers(self.experiment, self.run)
+        )
         base_recipe = self.controls.get("base_recipe")
         if self.run.is_control:
-            return RunPlan(self.experiment, self.run, self.index, self.model, self.model_path,
-                           base_recipe, None, 0, resources, None, None)
+            return RunPlan(
+                self.experiment,
+                self.run,
+                self.index,
+                self.model,
+                self.model_path,
+                base_recipe,
+                None,
+                0,
+                resources,
+                None,
+                None,
+            )
         recipe, base = self._base(base_recipe)
         if base is None:
             self.problems += _value_problems(self.experiment, self.run, self.index)
             return None
         recipe, nproc = self._recipe_for_gpus(recipe, resources.gpus)
         config = ProvenancedConfig()
-        recipe_source = Source("recipe", base_recipe or "built-in defaults",
-                               ("controls", "base_recipe") if base_recipe else None)
+        recipe_source = Source(
+            "recipe",
+            base_recipe or "built-in defaults",
+            ("controls", "base_recipe") if base_recipe else None,
+        )
         config.merge(base, recipe_source)
         self._derive(config, recipe, resources, recipe_source)
         self._apply_controls(config)
@@ -284,8 +332,19 @@ class _RunPlanner:
         if self.problems:
             return None
         job = self._job(recipe, nproc, resources, python_path)
-        return RunPlan(self.experiment, self.run, self.index, self.model, self.model_path,
-                       base_recipe, recipe, nproc, resources, config, job)
+        return RunPlan(
+            self.experiment,
+            self.run,
+            self.index,
+            self.model,
+            self.model_path,
+            base_recipe,
+            recipe,
+            nproc,
+            resources,
+            config,
+            job,
+        )
 
     # -- layers -------------------------------------------------------------------------------
 
@@ -295,15 +354,21 @@ class _RunPlanner:
             return BUILTIN_RECIPE, catalog.builtin_defaults()
         field = ("controls", "base_recipe")
         if not isinstance(base_recipe, str) or base_recipe not in catalog.configs:
-            fix = (did_you_mean(str(base_recipe), catalog.configs)
-                   or "run `ck-dagster recipes` for the configs torchtune has")
+            fix = (
+                did_you_mean(str(base_recipe), catalog.configs)
+                or "run `ck-dagster recipes` for the configs torchtune has"
+            )
             self.problems.append(Problem(field, f"unknown base recipe `{base_recipe}`", fix))
             return "", None
         recipe = catalog.get(base_recipe).recipe
         if recipe not in TRAINING_RECIPES:
-            self.problems.append(Problem(
-                field, f"`{base_recipe}` is a config of `{recipe}`, not of a fine-tuning recipe",
-                "use a *_lora_* or *_full* config (see `ck-dagster recipes`)"))
+            self.problems.append(
+                Problem(
+                    field,
+                    f"`{base_recipe}` is a config of `{recipe}`, not of a fine-tuning recipe",
+                    "use a *_lora_* or *_full* config (see `ck-dagster recipes`)",
+                )
+            )
             return "", None
         return recipe, catalog.load(base_recipe)
 
@@ -312,42 +377,60 @@ class _RunPlanner:
         distributed recipe needs a GPU (on one, ``tune run --nproc_per_node 1`` runs it)."""
         if recipe.endswith("_distributed") and gpus == 0:
             single = recipe.replace("_distributed", "_single_device")
-            self.problems.append(Problem(
-                ("controls", "base_recipe"), f"`{recipe}` is a distributed recipe, which "
-                "needs GPUs, but this run asks for none", f"use a config of `{single}`, or "
-                "set `compute.gpus`"))
+            self.problems.append(
+                Problem(
+                    ("controls", "base_recipe"),
+                    f"`{recipe}` is a distributed recipe, which "
+                    "needs GPUs, but this run asks for none",
+                    f"use a config of `{single}`, or set `compute.gpus`",
+                )
+            )
             return recipe, 1
         if gpus <= 1:
             return recipe, 1
         twin = recipe.replace("_single_device", "_distributed")
         if twin not in recipe_catalog().recipes:
-            self.problems.append(Problem(("runs", self.index, "compute", "gpus"),
-                                         f"{gpus} GPUs need a distributed recipe, but `{recipe}` "
-                                         "has no distributed twin", "ask for 1 GPU"))
+            self.problems.append(
+                Problem(
+                    ("runs", self.index, "compute", "gpus"),
+                    f"{gpus} GPUs need a distributed recipe, but `{recipe}` "
+                    "has no distributed twin",
+                    "ask for 1 GPU",
+                )
+            )
         return twin, gpus
 
-    def _derive(self, config: ProvenancedConfig, recipe: str, resources: Resources,
-                recipe_source: Source) -> None:
+    def _derive(
+        self, config: ProvenancedConfig, recipe: str, resources: Resources, recipe_source: Source
+    ) -> None:
         """What the experiment implies: model files, dataset, prompt, output_dir, device."""
         model, data = self.model, self.experiment.spec.data.training
         model_field = ("models", "base", self._model_index())
         derived = Source("derived", f"model {model.name}", model_field)
         if self.experiment.spec.output.base_directory is None:
-            output_source = Source("derived", "<experiment.directory>/<run>/artifacts",
-                                   ("experiment",))
+            output_source = Source(
+                "derived", "<experiment.directory>/<run>/artifacts", ("experiment",)
+            )
         else:
-            output_source = Source("derived", "output.base_directory + checkpoint_pattern",
-                                   ("output", "base_directory"))
+            output_source = Source(
+                "derived",
+                "output.base_directory + checkpoint_pattern",
+                ("output", "base_directory"),
+            )
         config.set("output_dir", str(self.experiment.output_dir(self.run)), output_source)
         if recipe.startswith("lora_"):
             config.set("model._component_", model.lora_builder, derived)
         else:
             config.set("model", {"_component_": model.builder}, derived)
         max_seq_len = config.get("tokenizer.max_seq_len")
-        config.set("tokenizer", {
-            "_component_": model.tokenizer,
-            **{arg: str(self.model_path / rel) for arg, rel in model.tokenizer_files.items()},
-        }, derived)
+        config.set(
+            "tokenizer",
+            {
+                "_component_": model.tokenizer,
+                **{arg: str(self.model_path / rel) for arg, rel in model.tokenizer_files.items()},
+            },
+            derived,
+        )
         config.set("tokenizer.max_seq_len", max_seq_len, recipe_source)
         config.set("checkpointer.checkpoint_dir", str(self.model_path), derived)
         config.set("checkpointer.checkpoint_files", model.checkpoint_files, derived)
@@ -355,25 +438,35 @@ class _RunPlanner:
         config.set("checkpointer.recipe_checkpoint", None, derived)
         data_source = Source("derived", "data.training", ("data", "training"))
         data_path = self.experiment.resolve(data.path)
-        files = {"source": "json", "data_files": str(data_path), "field": "train"} \
-            if data.format == "json" else \
-            {"source": "parquet", "data_files": [str(f) for f in parquet_splits(data_path)
-                                                  .get("train", [])]}
-        config.set("dataset", {
-            "_component_": DATASET_COMPONENT,
-            **files,
-            "input_key": data.input_key,
-            "output_key": data.output_key,
-            "prompt": "{input}",
-            "system_prompt": "",
-            "packed": False,
-        }, data_source)
+        files = (
+            {"source": "json", "data_files": str(data_path), "field": "train"}
+            if data.format == "json"
+            else {
+                "source": "parquet",
+                "data_files": [str(f) for f in parquet_splits(data_path).get("train", [])],
+            }
+        )
+        config.set(
+            "dataset",
+            {
+                "_component_": DATASET_COMPONENT,
+                **files,
+                "input_key": data.input_key,
+                "output_key": data.output_key,
+                "prompt": "{input}",
+                "system_prompt": "",
+                "packed": False,
+            },
+            data_source,
+        )
         project = self.experiment.spec.output.wandb_project
         if project is not None:
             self._wandb_logger(config, project)
         if resources.gpus == 0:
-            config.merge(CPU_SETTINGS, Source("derived", "no GPU requested",
-                                              ("runs", self.index, "compute", "gpus")))
+            config.merge(
+                CPU_SETTINGS,
+                Source("derived", "no GPU requested", ("runs", self.index, "compute", "gpus")),
+            )
         config.merge(model.config_overrides, derived)
 
     def _same_setting_twice(self, names: Iterable[str], where: tuple[str | int, ...]) -> None:
@@ -382,47 +475,74 @@ class _RunPlanner:
         for name in names:
             path = parameters.config_path(name)
             if path in seen:
-                self.problems.append(Problem(
-                    (*where, name), f"`{name}` and `{seen[path]}` both set `{path}`",
-                    "keep one of them"))
+                self.problems.append(
+                    Problem(
+                        (*where, name),
+                        f"`{name}` and `{seen[path]}` both set `{path}`",
+                        "keep one of them",
+                    )
+                )
             seen.setdefault(path, name)
 
     def _wandb_logger(self, config: ProvenancedConfig, project: str) -> None:
         """``output.wandb_project``: W&B beside the DiskLogger, run named after the run."""
         field = ("output", "wandb_project")
         if importlib.util.find_spec("wandb") is None:
-            self.problems.append(Problem(field, "wandb is not installed here", "pip install "
-                                         "'ck-dagster[wandb]' (in the jobs' environment too), "
-                                         "or remove `wandb_project`"))
+            self.problems.append(
+                Problem(
+                    field,
+                    "wandb is not installed here",
+                    "pip install "
+                    "'ck-dagster[wandb]' (in the jobs' environment too), "
+                    "or remove `wandb_project`",
+                )
+            )
             return
         outputs = self.experiment.output_dir(self.run)
-        config.set("metric_logger", {
-            "_component_": WANDB_LOGGER, "log_dir": str(outputs / "logs"), "project": project,
-            "name": self.run.name, "wandb_dir": str(outputs),
-        }, Source("derived", "output.wandb_project", field))
+        config.set(
+            "metric_logger",
+            {
+                "_component_": WANDB_LOGGER,
+                "log_dir": str(outputs / "logs"),
+                "project": project,
+                "name": self.run.name,
+                "wandb_dir": str(outputs),
+            },
+            Source("derived", "output.wandb_project", field),
+        )
 
     def _apply_controls(self, config: ProvenancedConfig) -> None:
         self._same_setting_twice(self.controls, ("controls",))
         for name, value in self.controls.items():
             if name in parameters.CONTROL_KEYS:
                 continue
-            self._apply(config, name, value, Source("controls", f"controls.{name}",
-                                                    ("controls", name)))
+            self._apply(
+                config, name, value, Source("controls", f"controls.{name}", ("controls", name))
+            )
 
     def _apply_run_parameters(self, config: ProvenancedConfig) -> None:
         self._same_setting_twice(self.run.parameters, ("runs", self.index, "parameters"))
         for name, value in self.run.parameters.items():
-            self._apply(config, name, value, Source(
-                "run", f"runs[{self.run.name}].parameters.{name}",
-                ("runs", self.index, "parameters", name)))
+            self._apply(
+                config,
+                name,
+                value,
+                Source(
+                    "run",
+                    f"runs[{self.run.name}].parameters.{name}",
+                    ("runs", self.index, "parameters", name),
+                ),
+            )
 
     def _apply(self, config: ProvenancedConfig, name: str, value: Any, source: Source) -> None:
         assert source.field is not None
         if not parameters.is_known_name(name, config.config):
             known = [*parameters.PARAMETERS, *config.config]
             fix = did_you_mean(name, known) or (
-                "use a friendly name (" + ", ".join(sorted(parameters.PARAMETERS)[:6]) +
-                ", ...), a top-level config key, or a dotted torchtune path like optimizer.lr")
+                "use a friendly name ("
+                + ", ".join(sorted(parameters.PARAMETERS)[:6])
+                + ", ...), a top-level config key, or a dotted torchtune path like optimizer.lr"
+            )
             self.problems.append(Problem(source.field, f"unknown parameter `{name}`", fix))
             return
         reason = parameters.check_value(name, value)
@@ -431,11 +551,15 @@ class _RunPlanner:
             return
         path = parameters.config_path(name)
         if path in OUTPUT_PATHS:
-            self.problems.append(Problem(
-                source.field, f"`{path}` is where ck_dagster keeps the run's checkpoints and "
-                "logs (<base_directory>/<run>/, or <directory>/<run>/artifacts), which "
-                "training, evaluation and the report find there", "remove it; to keep outputs "
-                "on other storage, set `output.base_directory`"))
+            self.problems.append(
+                Problem(
+                    source.field,
+                    f"`{path}` is where ck_dagster keeps the run's checkpoints and "
+                    "logs (<base_directory>/<run>/, or <directory>/<run>/artifacts), which "
+                    "training, evaluation and the report find there",
+                    "remove it; to keep outputs on other storage, set `output.base_directory`",
+                )
+            )
             return
         if path == "dataset.data_files":
             value = self._data_files(value, source)
@@ -443,19 +567,29 @@ class _RunPlanner:
                 return
         current = config.get(path)
         if isinstance(current, dict) and current and not isinstance(value, dict):
-            self.problems.append(Problem(
-                source.field, f"`{name}: {value!r}` would replace the whole `{path}` section "
-                "of the config",
-                f"set one of its fields instead, e.g. `{path}.{next(iter(current))}`"))
+            self.problems.append(
+                Problem(
+                    source.field,
+                    f"`{name}: {value!r}` would replace the whole `{path}` section of the config",
+                    f"set one of its fields instead, e.g. `{path}.{next(iter(current))}`",
+                )
+            )
             return
         section = path.split(".", 1)[0]
         given = [*self.controls, *self.run.parameters]
-        if "." in path and not isinstance(config.config.get(section), dict) and \
-                f"{section}._component_" not in map(parameters.config_path, given):
+        if (
+            "." in path
+            and not isinstance(config.config.get(section), dict)
+            and f"{section}._component_" not in map(parameters.config_path, given)
+        ):
             recipe = self.controls.get("base_recipe") or "the built-in defaults"
-            self.problems.append(Problem(
-                source.field, f"`{name}` sets `{path}`, but {recipe} has no `{section}` section",
-                f"remove it, or set `{section}._component_` too"))
+            self.problems.append(
+                Problem(
+                    source.field,
+                    f"`{name}` sets `{path}`, but {recipe} has no `{section}` section",
+                    f"remove it, or set `{section}._component_` too",
+                )
+            )
             return
         config.set(path, value, source)
 
@@ -463,14 +597,20 @@ class _RunPlanner:
         """A ``dataset.data_files`` override, checked like ``data.training.path``."""
         assert source.field is not None
         if not isinstance(value, str):
-            self.problems.append(Problem(source.field, "`dataset.data_files` must be the path "
-                                         "of one JSON file", "give a path, or leave it out to "
-                                         "use data.training.path"))
+            self.problems.append(
+                Problem(
+                    source.field,
+                    "`dataset.data_files` must be the path of one JSON file",
+                    "give a path, or leave it out to use data.training.path",
+                )
+            )
             return None
         data = self.experiment.resolve(value)
         training = self.experiment.spec.data.training
-        found = [Problem(source.field, message, fix) for message, fix in
-                 data_file_problems(data, training.input_key, training.output_key)]
+        found = [
+            Problem(source.field, message, fix)
+            for message, fix in data_file_problems(data, training.input_key, training.output_key)
+        ]
         self.problems += found
         return None if found else str(data)
 
@@ -482,12 +622,16 @@ class _RunPlanner:
             config.set("model.lora_alpha", 2 * rank, Source("derived", "2 x model.lora_rank"))
         if config.get("validation_during_training"):
             source = config.sources["validation_during_training"]
-            config.set("dataset_val", {**config.get("dataset"), "field": "validation"},
-                       Source("derived", "the validation split of data.training", source.field))
+            config.set(
+                "dataset_val",
+                {**config.get("dataset"), "field": "validation"},
+                Source("derived", "the validation split of data.training", source.field),
+            )
         self._check_checkpoint_options(config)
 
     def _check_checkpoint_options(self, config: ProvenancedConfig) -> None:
         """Refuse checkpoint and validation options that would change nothing or contradict."""
+
         def problem(key: str, message: str, fix: str) -> None:
             source = config.sources[key]
             assert source.field is not None
@@ -496,26 +640,43 @@ class _RunPlanner:
         lora = config.get("model._component_") == self.model.lora_builder
         for key in ("save_adapter_weights_only", "stash_adapter_weights"):
             if config.get(key) and not lora:
-                problem(key, f"`{key}` is for LoRA runs, and this run is a full fine-tune",
-                        "remove it, or use a *_lora_* base recipe")
+                problem(
+                    key,
+                    f"`{key}` is for LoRA runs, and this run is a full fine-tune",
+                    "remove it, or use a *_lora_* base recipe",
+                )
         if config.get("stash_adapter_weights") and config.get("save_adapter_weights_only"):
-            problem("stash_adapter_weights", "with save_adapter_weights_only the epoch folders "
-                    "hold only the adapter: there are no merged weights to stash it away from",
-                    "remove stash_adapter_weights")
+            problem(
+                "stash_adapter_weights",
+                "with save_adapter_weights_only the epoch folders "
+                "hold only the adapter: there are no merged weights to stash it away from",
+                "remove stash_adapter_weights",
+            )
         if config.get("run_val_every_n_steps") and not config.get("validation_during_training"):
-            problem("run_val_every_n_steps", "validation runs only with "
-                    "validation_during_training: true", "set validation_during_training: true")
+            problem(
+                "run_val_every_n_steps",
+                "validation runs only with validation_during_training: true",
+                "set validation_during_training: true",
+            )
         epochs = int(config.get("epochs", 1))
         listed = parameters.parse_epochs(config.get("epochs_to_save", "all"))
         if listed and max(listed) >= epochs:
-            problem("epochs_to_save", f"the run trains {epochs} epoch(s), numbered from 0, so "
-                    f"there is no epoch {max(listed)}", f"use epochs 0 to {epochs - 1}")
+            problem(
+                "epochs_to_save",
+                f"the run trains {epochs} epoch(s), numbered from 0, so "
+                f"there is no epoch {max(listed)}",
+                f"use epochs 0 to {epochs - 1}",
+            )
         if config.get("save_last_epoch_only") and listed is not None and listed != (epochs - 1,):
-            problem("save_last_epoch_only", "save_last_epoch_only keeps only the last epoch, "
-                    "but epochs_to_save names others", "set one of them")
+            problem(
+                "save_last_epoch_only",
+                "save_last_epoch_only keeps only the last epoch, but epochs_to_save names others",
+                "set one of them",
+            )
 
-    def _recipe_to_run(self, recipe: str, nproc: int,
-                       config: ProvenancedConfig) -> tuple[str, tuple[str, ...]]:
+    def _recipe_to_run(
+        self, recipe: str, nproc: int, config: ProvenancedConfig
+    ) -> tuple[str, tuple[str, ...]]:
         """What ``tune run`` runs, and folders the job puts on PYTHONPATH for it: the user's
         ``controls.custom_recipe``, ck_dagster's own recipe when the config asks for what
         only that does (validation, which epochs to keep), else torchtune's recipe."""
@@ -530,9 +691,14 @@ class _RunPlanner:
                 return custom.replace(".", "/") + ".py", ()
             file = self.experiment.resolve(custom)
             if not file.is_file():
-                self.problems.append(Problem(field, f"recipe file {file} not found",
-                                             "give a .py file (relative to the experiment "
-                                             "file) or a module path like my_pkg.my_recipe"))
+                self.problems.append(
+                    Problem(
+                        field,
+                        f"recipe file {file} not found",
+                        "give a .py file (relative to the experiment "
+                        "file) or a module path like my_pkg.my_recipe",
+                    )
+                )
             return file.name, (str(file.parent),)
         wanted = [key for key in parameters.CK_RECIPE_KEYS if key in config.config]
         if not wanted:
@@ -540,9 +706,14 @@ class _RunPlanner:
         if recipe not in CK_RECIPES:
             source = config.sources[wanted[0]]
             assert source.field is not None
-            self.problems.append(Problem(
-                source.field, f"`{wanted[0]}` needs ck_dagster's single-device recipe, and "
-                f"this run uses {nproc} GPUs (`{recipe}`)", "ask for 1 GPU, or remove it"))
+            self.problems.append(
+                Problem(
+                    source.field,
+                    f"`{wanted[0]}` needs ck_dagster's single-device recipe, and "
+                    f"this run uses {nproc} GPUs (`{recipe}`)",
+                    "ask for 1 GPU, or remove it",
+                )
+            )
             return recipe, ()
         return CK_RECIPES[recipe], ()
 
@@ -551,15 +722,21 @@ class _RunPlanner:
     def _validate(self, config: ProvenancedConfig) -> None:
         """torchtune's own check: components import, arguments match their signatures."""
         for node, argument, message in component_errors(written_config(config)):
-            source = (config.sources.get(f"{node}.{argument}") if argument else None) or \
-                _most_specific_source(config, node)
+            source = (
+                config.sources.get(f"{node}.{argument}") if argument else None
+            ) or _most_specific_source(config, node)
             field = source.field if source and source.field else ("runs", self.index)
-            self.problems.append(Problem(
-                field, f"torchtune refuses `{node}` for run `{self.run.name}`: {message}",
-                f"set by {source.origin}" if source else None))
+            self.problems.append(
+                Problem(
+                    field,
+                    f"torchtune refuses `{node}` for run `{self.run.name}`: {message}",
+                    f"set by {source.origin}" if source else None,
+                )
+            )
 
-    def _job(self, recipe: str, nproc: int, resources: Resources,
-             python_path: tuple[str, ...]) -> JobScript:
+    def _job(
+        self, recipe: str, nproc: int, resources: Resources, python_path: tuple[str, ...]
+    ) -> JobScript:
         run_dir = self.experiment.run_dir(self.run)
         outputs = self.experiment.output_dir(self.run)
         command = ["tune", "run"]
@@ -574,9 +751,11 @@ class _RunPlanner:
             command=command,
             environment=self.environment,
             python_path=python_path,
-            description=(f"Training job for run {self.experiment.partition_key(self.run)}, "
-                         "written by ck_dagster.\nSubmit by hand from this folder with: "
-                         f"mkdir -p {shlex.quote(str(outputs))} && sbatch finetune.slurm"),
+            description=(
+                f"Training job for run {self.experiment.partition_key(self.run)}, "
+                "written by ck_dagster.\nSubmit by hand from this folder with: "
+                f"mkdir -p {shlex.quote(str(outputs))} && sbatch finetune.slurm"
+            ),
         )
 
     def _model_index(self) -> int:
@@ -587,8 +766,11 @@ class _RunPlanner:
 def compute_layers(experiment: Experiment, run: Run) -> list[dict[str, Any]]:
     """A run's SLURM overrides of its profile, in order: the experiment's ``compute:``, then
     the run's own (with v1's ``runs[].mig``)."""
-    layers = [block.model_dump(exclude_unset=True, exclude_none=True)
-              for block in (experiment.spec.compute, run.compute) if block is not None]
+    layers = [
+        block.model_dump(exclude_unset=True, exclude_none=True)
+        for block in (experiment.spec.compute, run.compute)
+        if block is not None
+    ]
     if run.mig is not None:
         layers.append({"mig": run.mig})
     return layers
@@ -599,8 +781,12 @@ class _ConfigDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ign
     OmegaConf would read as a number (``1e-4``)."""
 
 
-_ConfigDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+_ConfigDumper.add_representer(
+    str,
+    lambda dumper, value: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
+    ),
+)
 add_yaml12_numbers(_ConfigDumper)
 
 
@@ -649,8 +835,10 @@ def check_reads_back(text: str, meant: dict[str, Any]) -> str:
     except Exception as exc:  # noqa: BLE001 - any failure to read it back is the same refusal
         read = f"unreadable ({exc})"
     if read != meant:
-        raise CkError("the torchtune config would not read back as written; nothing was "
-                      "written. Please report this with the experiment file")
+        raise CkError(
+            "the torchtune config would not read back as written; nothing was "
+            "written. Please report this with the experiment file"
+        )
     return text
 
 
@@ -668,8 +856,9 @@ def _digest(path: Path, size: int, mtime_ns: int) -> str:
 def _most_specific_source(config: ProvenancedConfig, node: str) -> Source | None:
     """The most user-facing source among a config node's leaves (run > controls > ...)."""
     rank = {"run": 0, "controls": 1, "derived": 2, "recipe": 3}
-    candidates = [s for path, s in config.sources.items() if path == node or
-                  path.startswith(node + ".")]
+    candidates = [
+        s for path, s in config.sources.items() if path == node or path.startswith(node + ".")
+    ]
     return min(candidates, key=lambda s: rank[s.kind], default=None)
 
 
@@ -681,22 +870,32 @@ def _matrix_problems(experiment: Experiment, runs: dict[str, RunPlan]) -> list[P
         if plan is None or not entry.epochs:
             continue
         if plan.is_control:
-            problems.append(Problem(("evaluation", "matrix", index, "epochs"),
-                                    f"control run `{entry.run}` has no epochs: its base model "
-                                    "is evaluated once", "remove `epochs` from this entry"))
+            problems.append(
+                Problem(
+                    ("evaluation", "matrix", index, "epochs"),
+                    f"control run `{entry.run}` has no epochs: its base model is evaluated once",
+                    "remove `epochs` from this entry",
+                )
+            )
             continue
         for e_index, epoch in enumerate(entry.epochs):
             if epoch >= plan.epochs:
-                problems.append(Problem(
-                    ("evaluation", "matrix", index, "epochs", e_index),
-                    f"run `{entry.run}` trains {plan.epochs} epoch(s), numbered from 0, "
-                    f"so there is no epoch {epoch}", f"use 0 to {plan.epochs - 1}"))
+                problems.append(
+                    Problem(
+                        ("evaluation", "matrix", index, "epochs", e_index),
+                        f"run `{entry.run}` trains {plan.epochs} epoch(s), numbered from 0, "
+                        f"so there is no epoch {epoch}",
+                        f"use 0 to {plan.epochs - 1}",
+                    )
+                )
             elif epoch not in plan.saved_epochs:
                 kept = ", ".join(map(str, plan.saved_epochs)) or "none"
-                problems.append(Problem(
-                    ("evaluation", "matrix", index, "epochs", e_index),
-                    f"run `{entry.run}` keeps the checkpoints of epochs {kept} "
-                    f"(epochs_to_save), not of epoch {epoch}",
-                    "evaluate a kept epoch, or keep this one"))
+                problems.append(
+                    Problem(
+                        ("evaluation", "matrix", index, "epochs", e_index),
+                        f"run `{entry.run}` keeps the checkpoints of epochs {kept} "
+                        f"(epochs_to_save), not of epoch {epoch}",
+                        "evaluate a kept epoch, or keep this one",
+                    )
+                )
     return problems
-

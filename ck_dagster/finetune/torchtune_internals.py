@@ -29,7 +29,8 @@ _CFG_KEY = re.compile(r"""\bcfg(?:\.get\(\s*["'](\w+)["']|\.(\w+)\b|\[\s*["'](\w
 _DICTCONFIG_METHODS = {"get", "items", "keys", "values", "pop", "copy"}
 #: recipe modules a recipe builds on, whose keys it reads too.
 _RECIPE_IMPORT = re.compile(
-    r"^from (ck_dagster\.training\.\w+) import|torchtune_recipe\(\"(\w+)\"\)", re.M)
+    r"^from (ck_dagster\.training\.\w+) import|torchtune_recipe\(\"(\w+)\"\)", re.M
+)
 
 
 def recipe_registry() -> ModuleType:
@@ -38,8 +39,9 @@ def recipe_registry() -> ModuleType:
     loaded = sys.modules.get("torchtune._recipe_registry")
     if loaded is not None:
         return loaded
-    spec = importlib.util.spec_from_file_location("ck_dagster_torchtune_recipe_registry",
-                                                  TORCHTUNE_DIR / "_recipe_registry.py")
+    spec = importlib.util.spec_from_file_location(
+        "ck_dagster_torchtune_recipe_registry", TORCHTUNE_DIR / "_recipe_registry.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while being built

@@ -38,8 +38,11 @@ def component_errors(config: Mapping[str, Any]) -> list[Error]:
             # share a component share one validation.
             text = json.dumps(value, sort_keys=True)
             used = {key: config[key] for key in _INTERPOLATION.findall(text) if key in config}
-            errors += _node_errors(node, json.dumps({**used, node: value}, sort_keys=True),
-                                   str(value["_component_"]).startswith(_KEEPABLE))
+            errors += _node_errors(
+                node,
+                json.dumps({**used, node: value}, sort_keys=True),
+                str(value["_component_"]).startswith(_KEEPABLE),
+            )
     return errors
 
 
@@ -108,8 +111,9 @@ def _results_file() -> Path:
     for package in _PACKAGES:
         digest.update(f"{package}={importlib.metadata.version(package)}".encode())
     root = Path(__file__).resolve().parents[1]
-    for source in sorted([*root.joinpath("finetune").glob("*.py"),
-                          *root.joinpath("tiny").glob("*.py")]):
+    for source in sorted(
+        [*root.joinpath("finetune").glob("*.py"), *root.joinpath("tiny").glob("*.py")]
+    ):
         digest.update(source.read_bytes())
     return cache_dir() / f"torchtune-validation-{digest.hexdigest()[:16]}.json"
 

@@ -12,8 +12,9 @@ from ck_dagster.errors import CkError
 from ck_dagster.slurm.states import parse_duration
 
 
-def expand_log_pattern(pattern: str, *, job_id: str | None, job_name: str, user: str,
-                       node: str = "") -> str:
+def expand_log_pattern(
+    pattern: str, *, job_id: str | None, job_name: str, user: str, node: str = ""
+) -> str:
     """Fill in SLURM's filename patterns (``%j %J %A %x %u %N %%``), as sbatch does for logs.
 
     With ``job_id=None`` the job-id patterns stay as they are (used before submission to find
@@ -69,7 +70,7 @@ class BatchHeader:
         for line in Path(script).read_text(errors="replace").splitlines():
             stripped = line.strip()
             if stripped.startswith("#SBATCH"):
-                options.update(_parse_directive(stripped[len("#SBATCH"):], script))
+                options.update(_parse_directive(stripped[len("#SBATCH") :], script))
             elif stripped and not stripped.startswith("#"):
                 break
         folder = Path(script).resolve().parent
@@ -77,25 +78,35 @@ class BatchHeader:
         try:
             time_limit = parse_duration(options.get("time", ""))
         except ValueError as exc:
-            raise CkError(f"{script}: #SBATCH --time={options['time']!r} is not a SLURM time "
-                          "(use minutes, H:MM:SS or D-HH:MM:SS)") from exc
-        return cls(script=Path(script), job_name=options.get("job-name"), workdir=workdir,
-                   output=options.get("output", "slurm-%j.out"), error=options.get("error"),
-                   time_limit_s=time_limit, append=options.get("open-mode") == "append")
+            raise CkError(
+                f"{script}: #SBATCH --time={options['time']!r} is not a SLURM time "
+                "(use minutes, H:MM:SS or D-HH:MM:SS)"
+            ) from exc
+        return cls(
+            script=Path(script),
+            job_name=options.get("job-name"),
+            workdir=workdir,
+            output=options.get("output", "slurm-%j.out"),
+            error=options.get("error"),
+            time_limit_s=time_limit,
+            append=options.get("open-mode") == "append",
+        )
 
-    def log_file(self, pattern: str, *, job_id: str, job_name: str, user: str,
-                 node: str = "") -> Path:
+    def log_file(
+        self, pattern: str, *, job_id: str, job_name: str, user: str, node: str = ""
+    ) -> Path:
         """The file a log pattern names for one job, resolved against the working directory."""
-        name = expand_log_pattern(pattern, job_id=job_id, job_name=job_name, user=user,
-                                  node=node)
+        name = expand_log_pattern(pattern, job_id=job_id, job_name=job_name, user=user, node=node)
         return self.workdir / name
 
     def make_log_dirs(self, *, job_name: str, user: str) -> None:
         """Create the folders the logs go to: SLURM fails a job with no log at all (0:53)
         when its ``--output`` folder is missing."""
         for pattern in filter(None, (self.output, self.error)):
-            folder = (self.workdir / expand_log_pattern(
-                pattern, job_id=None, job_name=job_name, user=user)).parent
+            folder = (
+                self.workdir
+                / expand_log_pattern(pattern, job_id=None, job_name=job_name, user=user)
+            ).parent
             if "%" not in str(folder):
                 folder.mkdir(parents=True, exist_ok=True)
 

@@ -15,16 +15,22 @@ from ck_dagster.slurm.local import LocalLauncher
 _log = logging.getLogger(__name__)
 
 
-def choose_launcher(env: Mapping[str, str] | None = None,
-                    log: Callable[[str], None] = _log.info, *, kind: str | None = None) -> Launcher:
+def choose_launcher(
+    env: Mapping[str, str] | None = None,
+    log: Callable[[str], None] = _log.info,
+    *,
+    kind: str | None = None,
+) -> Launcher:
     """The launcher for this machine: ``kind``, else ``CK_LAUNCHER=slurm|local``, else SLURM
     when ``sbatch`` is on PATH, else local (``env``: the environment to read, default this
     process's). Says which one and why through ``log``."""
     settings = Settings.from_env(env)
     choice = (kind or settings.launcher).strip().lower()
     if choice not in ("", "slurm", "local"):
-        raise CkError(f"CK_LAUNCHER={choice!r} is not a launcher: set it to 'slurm' "
-                      "or 'local', or unset it to use SLURM when sbatch is on PATH")
+        raise CkError(
+            f"CK_LAUNCHER={choice!r} is not a launcher: set it to 'slurm' "
+            "or 'local', or unset it to use SLURM when sbatch is on PATH"
+        )
     if choice:
         why = f"launcher resource kind={choice}" if kind else f"CK_LAUNCHER={choice}"
     else:

@@ -47,8 +47,9 @@ _CONTROLLER_DOWN = (
 _MAYBE_SUBMITTED = ("socket timed out", "zero bytes were transmitted or received")
 
 # One squeue row per job; the name goes last because only it may contain the separator.
-_SQUEUE_FORMAT = ("JobID:|,State:|,Reason:|,exit_code:|,TimeUsed:|,NodeList:|,UserName:|,"
-                  "STDOUT:|,Name:")
+_SQUEUE_FORMAT = (
+    "JobID:|,State:|,Reason:|,exit_code:|,TimeUsed:|,NodeList:|,UserName:|,STDOUT:|,Name:"
+)
 _SQUEUE_FIELDS = 9
 _SACCT_STATUS_FIELDS = "JobIDRaw,State,Reason,ExitCode,ElapsedRaw,NodeList,JobName"
 _SACCT_ACCOUNTING_FIELDS = "JobIDRaw,Start,End,MaxRSS"
@@ -63,12 +64,18 @@ class SlurmLauncher:
 
     name = "slurm"
 
-    def __init__(self, *, retry_total_s: float = 300.0, retry_initial_s: float = 1.0,
-                 retry_max_s: float = 30.0, command_timeout_s: float = 120.0,
-                 find_window_days: int = 30,
-                 sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic,
-                 run: CommandRunner = subprocess.run) -> None:
+    def __init__(
+        self,
+        *,
+        retry_total_s: float = 300.0,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 30.0,
+        command_timeout_s: float = 120.0,
+        find_window_days: int = 30,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        run: CommandRunner = subprocess.run,
+    ) -> None:
         """``retry_*`` bound how long an unanswering controller is retried (total, first and
         longest pause); ``find_window_days`` is how far back ``find`` asks accounting;
         ``run`` runs each SLURM command (``subprocess.run``)."""
@@ -85,8 +92,14 @@ class SlurmLauncher:
 
     # -- the Launcher interface ----------------------------------------------------------------
 
-    def submit(self, script: Path, *, job_name: str, args: Sequence[str] = (),
-               env: Mapping[str, str] | None = None) -> str:
+    def submit(
+        self,
+        script: Path,
+        *,
+        job_name: str,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> str:
         """``sbatch --job-name=NAME script ARG...`` from the script's folder; the job id.
 
         The log folders named by ``#SBATCH --output/--error`` are created first. When a
@@ -95,23 +108,28 @@ class SlurmLauncher:
         """
         script = Path(script).resolve()
         if not script.is_file():
-            raise CkError(f"cannot submit {script}: no such file (materialize its run_config "
-                          "first)")
+            raise CkError(
+                f"cannot submit {script}: no such file (materialize its run_config first)"
+            )
         BatchHeader.read(script).make_log_dirs(job_name=job_name, user=self._user)
         argv = ["sbatch", "--parsable", f"--job-name={job_name}", str(script), *map(str, args)]
         run_env = None if env is None else child_environment(env)
         try:
-            result = self._run(argv, cwd=script.parent, env=run_env,
-                               adopt=lambda: self._live_job_named(job_name))
+            result = self._run(
+                argv, cwd=script.parent, env=run_env, adopt=lambda: self._live_job_named(job_name)
+            )
         except _AlreadySubmitted as done:
-            _log.warning("sbatch timed out but job %s (%s) is queued: using it", done.job_id,
-                         job_name)
+            _log.warning(
+                "sbatch timed out but job %s (%s) is queued: using it", done.job_id, job_name
+            )
             return done.job_id
         if result.returncode != 0:
             message = _clean(result.stderr) or f"sbatch exited {result.returncode}"
-            raise SubmissionRefused(f"SLURM refused {script.name} (job {job_name}): {message}. "
-                                    "Fix the #SBATCH request (partition, gres, constraint, "
-                                    "memory, time) or the run's compute settings.")
+            raise SubmissionRefused(
+                f"SLURM refused {script.name} (job {job_name}): {message}. "
+                "Fix the #SBATCH request (partition, gres, constraint, "
+                "memory, time) or the run's compute settings."
+            )
         job_id = result.stdout.strip().split(";", 1)[0]
         if not job_id.isdigit():
             raise CkError(f"sbatch accepted {script} but printed no job id: {result.stdout!r}")
@@ -128,15 +146,14 @@ class SlurmLauncher:
         if missing:
             found.update({s.job_id: s for s in self._sacct_statuses(["-j", ",".join(missing)])})
         return {
-            j: found.get(j) or JobStatus(j, "", JobState.UNKNOWN,
-                                         reason="neither squeue nor sacct knows this job")
+            j: found.get(j)
+            or JobStatus(j, "", JobState.UNKNOWN, reason="neither squeue nor sacct knows this job")
             for j in wanted
         }
 
     def find(self, job_name: str) -> list[JobStatus]:
         """This user's jobs named ``job_name``: squeue first, then accounting for older ones."""
-        found = {s.job_id: s for s in self._squeue(["--user", self._user])
-                 if s.name == job_name}
+        found = {s.job_id: s for s in self._squeue(["--user", self._user]) if s.name == job_name}
         if not any(not s.state.is_final for s in found.values()):
             sacct_args = ["--user", self._user, "--starttime", f"now-{self.find_window_days}days"]
             if "," not in job_name:  # sacct splits --name on commas; filter here instead
@@ -156,11 +173,19 @@ class SlurmLauncher:
         rss = [b for b in (_bytes(r[3]) for r in rows) if b is not None]
         status, signal = split_exit_code(live.exit_code)
         return JobAccounting(
-            job_id=job_id, name=live.name, state=live.state, reason=live.reason,
-            exit_code=live.exit_code, exit_status=status, exit_signal=signal,
-            elapsed_s=live.elapsed_s, node=live.node, max_rss_bytes=max(rss) if rss else None,
+            job_id=job_id,
+            name=live.name,
+            state=live.state,
+            reason=live.reason,
+            exit_code=live.exit_code,
+            exit_status=status,
+            exit_signal=signal,
+            elapsed_s=live.elapsed_s,
+            node=live.node,
+            max_rss_bytes=max(rss) if rss else None,
             start_time=_time_or_none(main[1]) if main else None,
-            end_time=_time_or_none(main[2]) if main else None)
+            end_time=_time_or_none(main[2]) if main else None,
+        )
 
     def cancel(self, job_id: str) -> None:
         """``scancel JOB``; a job that already ended is left as it is."""
@@ -177,8 +202,9 @@ class SlurmLauncher:
 
     def _squeue(self, selection: list[str]) -> list[JobStatus]:
         """squeue rows (all states) for a selection such as ``-j 1,2`` or ``--user me``."""
-        result = self._run(["squeue", "--states=all", "--noheader", *selection,
-                            f"--Format={_SQUEUE_FORMAT}"])
+        result = self._run(
+            ["squeue", "--states=all", "--noheader", *selection, f"--Format={_SQUEUE_FORMAT}"]
+        )
         if result.returncode != 0:
             if "invalid job id" in result.stderr.lower():  # one job asked for, long gone
                 return []
@@ -189,10 +215,19 @@ class SlurmLauncher:
         """Statuses of jobs squeue no longer knows, from accounting (no log path there)."""
         statuses = []
         for job_id, state, reason, exit_code, elapsed, node, name in self._sacct(
-                selection, _SACCT_STATUS_FIELDS, steps=False):
-            statuses.append(JobStatus(job_id, name, JobState.parse(state),
-                                      reason=_none_is_empty(reason), exit_code=exit_code,
-                                      elapsed_s=int(elapsed or 0), node=_none_is_empty(node)))
+            selection, _SACCT_STATUS_FIELDS, steps=False
+        ):
+            statuses.append(
+                JobStatus(
+                    job_id,
+                    name,
+                    JobState.parse(state),
+                    reason=_none_is_empty(reason),
+                    exit_code=exit_code,
+                    elapsed_s=int(elapsed or 0),
+                    node=_none_is_empty(node),
+                )
+            )
         return statuses
 
     def _sacct(self, selection: list[str], fields: str, *, steps: bool) -> list[list[str]]:
@@ -207,17 +242,25 @@ class SlurmLauncher:
                 return []
             raise CkError(f"sacct failed: {_clean(result.stderr)}")
         count = fields.count(",") + 1
-        return [line.split("|", count - 1) for line in result.stdout.splitlines()
-                if line.count("|") >= count - 1]
+        return [
+            line.split("|", count - 1)
+            for line in result.stdout.splitlines()
+            if line.count("|") >= count - 1
+        ]
 
     def _live_job_named(self, job_name: str) -> str | None:
         """The id of a pending/running job of this user with this name, if there is one."""
         alive = [s for s in self.find(job_name) if not s.state.is_final]
         return alive[0].job_id if alive else None
 
-    def _run(self, argv: list[str], *, cwd: Path | None = None,
-             env: Mapping[str, str] | None = None,
-             adopt: Callable[[], str | None] | None = None) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        adopt: Callable[[], str | None] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run one SLURM command, retrying with backoff while the controller does not answer.
 
         ``adopt`` (for sbatch) is asked before a retry after a failure that may have gone
@@ -228,11 +271,19 @@ class SlurmLauncher:
         while True:
             self.calls[argv[0]] += 1
             try:
-                result = self._run_command(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                                        timeout=self.command_timeout_s, stdin=subprocess.DEVNULL)
+                result = self._run_command(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=self.command_timeout_s,
+                    stdin=subprocess.DEVNULL,
+                )
             except FileNotFoundError as exc:
-                raise CkError(f"{argv[0]} is not on PATH: install the SLURM client or set "
-                              "CK_LAUNCHER=local") from exc
+                raise CkError(
+                    f"{argv[0]} is not on PATH: install the SLURM client or set CK_LAUNCHER=local"
+                ) from exc
             except subprocess.TimeoutExpired:
                 problem = f"no answer within {self.command_timeout_s:g}s"
                 maybe_done = True
@@ -247,9 +298,14 @@ class SlurmLauncher:
                 raise ControllerUnavailable(
                     f"the SLURM controller did not answer `{argv[0]}` for "
                     f"{self.retry_total_s:g}s: {problem}. Check `scontrol ping` and "
-                    "`sinfo`, or ask the cluster's administrators.")
-            _log.warning("%s: controller not answering (%s); retrying in %.1fs",
-                         argv[0], problem, min(pause, remaining))
+                    "`sinfo`, or ask the cluster's administrators."
+                )
+            _log.warning(
+                "%s: controller not answering (%s); retrying in %.1fs",
+                argv[0],
+                problem,
+                min(pause, remaining),
+            )
             self._sleep(min(pause, remaining))
             pause = min(pause * 2, self.retry_max_s)
             if adopt is not None and maybe_done:
@@ -275,12 +331,19 @@ def _status_from_squeue(line: str) -> JobStatus:
     node = _none_is_empty(node)
     log_path = None
     if stdout and stdout != "(null)":
-        log_path = Path(expand_log_pattern(stdout, job_id=job_id, job_name=name, user=user,
-                                           node=node))
-    return JobStatus(job_id=job_id, name=name, state=JobState.parse(state),
-                     reason=_none_is_empty(reason),
-                     exit_code=exit_code_from_wait_status(int(raw_exit or 0)),
-                     elapsed_s=parse_duration(used) or 0, node=node, log_path=log_path)
+        log_path = Path(
+            expand_log_pattern(stdout, job_id=job_id, job_name=name, user=user, node=node)
+        )
+    return JobStatus(
+        job_id=job_id,
+        name=name,
+        state=JobState.parse(state),
+        reason=_none_is_empty(reason),
+        exit_code=exit_code_from_wait_status(int(raw_exit or 0)),
+        elapsed_s=parse_duration(used) or 0,
+        node=node,
+        log_path=log_path,
+    )
 
 
 def _none_is_empty(text: str) -> str:

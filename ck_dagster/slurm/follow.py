@@ -51,12 +51,20 @@ class JobFollower:
     jobs that have not ended are cancelled; ``stop()`` from another thread ends ``events()``.
     """
 
-    def __init__(self, launcher: Launcher, *, poll_initial: float = 2.0,
-                 poll_max: float = 30.0, backoff: float = 1.5, follow_logs: bool = True,
-                 max_log_lines: int = 200, lost_after: int = 10,
-                 cancel_on_interrupt: bool = True,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], object] | None = None) -> None:
+    def __init__(
+        self,
+        launcher: Launcher,
+        *,
+        poll_initial: float = 2.0,
+        poll_max: float = 30.0,
+        backoff: float = 1.5,
+        follow_logs: bool = True,
+        max_log_lines: int = 200,
+        lost_after: int = 10,
+        cancel_on_interrupt: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
         """``lost_after``: consecutive status calls in which the scheduler does not know a job
         before it is reported lost. ``clock``/``sleep`` are injectable for tests; the default
         sleep wakes up at once on ``stop()``."""
@@ -159,8 +167,7 @@ class JobFollower:
         """Sleep (woken at once by ``stop()`` unless a custom sleep was injected)."""
         self._sleep(seconds)
 
-    def wait(self, on_event: Callable[[JobEvent], object] | None = None
-             ) -> dict[str, JobStatus]:
+    def wait(self, on_event: Callable[[JobEvent], object] | None = None) -> dict[str, JobStatus]:
         """Follow to the end, passing each event to ``on_event``; the last status of each job."""
         for event in self.events():
             if on_event is not None:
@@ -170,8 +177,12 @@ class JobFollower:
     def __enter__(self) -> JobFollower:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.stop()
         if error is not None and not isinstance(error, Exception) and self.cancel_on_interrupt:
             cancelled = self.cancel_unfinished()
@@ -213,8 +224,13 @@ class JobFollower:
                 self._unknown_polls[job_id] = self._unknown_polls.get(job_id, 0) + 1
                 if self._unknown_polls[job_id] >= self.lost_after:
                     self._lost.add(job_id)  # ended, as far as following goes
-                    yield JobEvent("lost", job_id, status, previous.state,
-                                   message=f"job {job_id}: {status.reason}")
+                    yield JobEvent(
+                        "lost",
+                        job_id,
+                        status,
+                        previous.state,
+                        message=f"job {job_id}: {status.reason}",
+                    )
                 continue
             self._unknown_polls.pop(job_id, None)
             self.statuses[job_id] = status
@@ -250,4 +266,4 @@ class JobFollower:
             data = data[: data.rfind(b"\n") + 1]
         self._log_offsets[job_id] = start + len(data)
         text = data.decode("utf-8", errors="replace")
-        return text.splitlines()[-self.max_log_lines:]
+        return text.splitlines()[-self.max_log_lines :]

@@ -34,8 +34,14 @@ class Launcher(Protocol):
     #: control-plane calls made so far, by command (squeue, sacct, sbatch, ...; "scan" for local).
     calls: Counter[str]
 
-    def submit(self, script: Path, *, job_name: str, args: Sequence[str] = (),
-               env: Mapping[str, str] | None = None) -> str:
+    def submit(
+        self,
+        script: Path,
+        *,
+        job_name: str,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> str:
         """Submit ``script`` (run from its folder) with ``args``; return the job id."""
         ...
 
@@ -62,7 +68,9 @@ class Launcher(Protocol):
 
 def order_found(found: Iterable[JobStatus]) -> list[JobStatus]:
     """Order ``find`` results: jobs still alive first, then newest (highest id) first."""
+
     def key(status: JobStatus) -> tuple[bool, int, str]:
         number = int(status.job_id) if status.job_id.isdigit() else -1
         return status.state.is_final, -number, status.job_id
+
     return sorted(found, key=key)

@@ -54,8 +54,14 @@ class LocalLauncher:
         self.state_dir = Path(chosen).expanduser().resolve()
         self.calls: Counter[str] = Counter()
 
-    def submit(self, script: Path, *, job_name: str, args: Sequence[str] = (),
-               env: Mapping[str, str] | None = None) -> str:
+    def submit(
+        self,
+        script: Path,
+        *,
+        job_name: str,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> str:
         """Start ``script ARG...`` detached, logging where its ``#SBATCH --output`` says."""
         script = Path(script).resolve()
         if not script.is_file():
@@ -65,33 +71,53 @@ class LocalLauncher:
         job_dir = self.state_dir / job_id
         job_dir.mkdir(mode=0o700)
         user, node = getpass.getuser(), socket.gethostname()
-        logs = {stream: str(header.log_file(pattern, job_id=job_id, job_name=job_name,
-                                            user=user, node=node))
-                for stream, pattern in (("stdout", header.output), ("stderr", header.error))
-                if pattern}
+        logs = {
+            stream: str(
+                header.log_file(pattern, job_id=job_id, job_name=job_name, user=user, node=node)
+            )
+            for stream, pattern in (("stdout", header.output), ("stderr", header.error))
+            if pattern
+        }
         for log in logs.values():
             Path(log).parent.mkdir(parents=True, exist_ok=True)
         record = {
-            "job_id": job_id, "name": job_name, "command": [*_interpreter(script), str(script),
-                                                            *map(str, args)],
-            "workdir": str(header.workdir), "stdout": logs["stdout"],
-            "stderr": logs.get("stderr"), "append": header.append,
-            "time_limit_s": header.time_limit_s, "node": node, "submit_time": time.time(),
+            "job_id": job_id,
+            "name": job_name,
+            "command": [*_interpreter(script), str(script), *map(str, args)],
+            "workdir": str(header.workdir),
+            "stdout": logs["stdout"],
+            "stderr": logs.get("stderr"),
+            "append": header.append,
+            "time_limit_s": header.time_limit_s,
+            "node": node,
+            "submit_time": time.time(),
         }
         atomic_write_text(job_dir / "job.json", json.dumps(record, indent=1), mode=0o600)
-        job_env = {**child_environment(env), "SLURM_JOB_ID": job_id, "SLURM_JOBID": job_id,
-                   "SLURM_JOB_NAME": job_name, "SLURM_SUBMIT_DIR": str(script.parent),
-                   "SLURM_JOB_NODELIST": node}
+        job_env = {
+            **child_environment(env),
+            "SLURM_JOB_ID": job_id,
+            "SLURM_JOBID": job_id,
+            "SLURM_JOB_NAME": job_name,
+            "SLURM_SUBMIT_DIR": str(script.parent),
+            "SLURM_JOB_NODELIST": node,
+        }
         self.calls["spawn"] += 1
         # The first process forks the wrapper, records its pid and exits: nothing to reap later.
         with open(job_dir / "wrapper.err", "ab") as errors:
             starter = subprocess.run(
                 [sys.executable, "-m", "ck_dagster.slurm.local", str(job_dir)],
-                cwd=_PACKAGE_PARENT, env=job_env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True, check=False)
+                cwd=_PACKAGE_PARENT,
+                env=job_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                start_new_session=True,
+                check=False,
+            )
         if starter.returncode != 0 or not (job_dir / "wrapper.pid").exists():
-            raise CkError(f"could not start local job {job_id} ({job_name}); see "
-                          f"{job_dir / 'wrapper.err'}")
+            raise CkError(
+                f"could not start local job {job_id} ({job_name}); see {job_dir / 'wrapper.err'}"
+            )
         return job_id
 
     def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
@@ -115,11 +141,19 @@ class LocalLauncher:
         result = _read_json(self.state_dir / str(job_id) / "result.json") or {}
         exit_status, exit_signal = split_exit_code(status.exit_code)
         return JobAccounting(
-            job_id=status.job_id, name=status.name, state=status.state, reason=status.reason,
-            exit_code=status.exit_code, exit_status=exit_status, exit_signal=exit_signal,
-            elapsed_s=status.elapsed_s, node=status.node,
-            max_rss_bytes=result.get("max_rss_bytes"), start_time=result.get("start_time"),
-            end_time=result.get("end_time"))
+            job_id=status.job_id,
+            name=status.name,
+            state=status.state,
+            reason=status.reason,
+            exit_code=status.exit_code,
+            exit_status=exit_status,
+            exit_signal=exit_signal,
+            elapsed_s=status.elapsed_s,
+            node=status.node,
+            max_rss_bytes=result.get("max_rss_bytes"),
+            start_time=result.get("start_time"),
+            end_time=result.get("end_time"),
+        )
 
     def cancel(self, job_id: str) -> None:
         """Ask the job's wrapper to stop it (SIGTERM, then SIGKILL after KILL_WAIT_S); kill the
@@ -148,8 +182,10 @@ class LocalLauncher:
         """The folder of a job this launcher ran; CkError for an id it does not know."""
         job_dir = self.state_dir / job_id
         if not job_id.isdigit() or not (job_dir / "job.json").exists():
-            raise CkError(f"no local job {job_id!r} in {self.state_dir} (was it run with another "
-                          "CK_LOCAL_JOBS_DIR?)")
+            raise CkError(
+                f"no local job {job_id!r} in {self.state_dir} (was it run with another "
+                "CK_LOCAL_JOBS_DIR?)"
+            )
         return job_dir
 
     def _next_id(self) -> str:
@@ -167,15 +203,21 @@ class LocalLauncher:
         job_dir = self.state_dir / job_id
         record = _read_json(job_dir / "job.json") if job_id.isdigit() else None
         if record is None:
-            return JobStatus(job_id, "", JobState.UNKNOWN,
-                             reason=f"no local job {job_id} in {self.state_dir}")
-        common = {"job_id": job_id, "name": record["name"], "node": record["node"],
-                  "log_path": Path(record["stdout"])}
+            return JobStatus(
+                job_id, "", JobState.UNKNOWN, reason=f"no local job {job_id} in {self.state_dir}"
+            )
+        common = {
+            "job_id": job_id,
+            "name": record["name"],
+            "node": record["node"],
+            "log_path": Path(record["stdout"]),
+        }
         result = _read_json(job_dir / "result.json")
         wrapper = _read_int(job_dir / "wrapper.pid")
         if result is None and wrapper is not None and _alive(wrapper, job_dir):
-            return JobStatus(state=JobState.RUNNING,
-                             elapsed_s=int(time.time() - record["submit_time"]), **common)
+            return JobStatus(
+                state=JobState.RUNNING, elapsed_s=int(time.time() - record["submit_time"]), **common
+            )
         # Read again: the wrapper may have recorded the end and exited since the first read.
         result = result or _read_json(job_dir / "result.json")
         if result is None:
@@ -183,10 +225,18 @@ class LocalLauncher:
             return JobStatus(
                 state=JobState.CANCELLED if cancelled else JobState.FAILED,
                 reason=f"the local job wrapper (pid {wrapper}) ended without recording an exit "
-                       "code (killed, or the machine restarted)",
-                elapsed_s=0, exit_code="0:9", **common)
-        return JobStatus(state=JobState(result["state"]), reason=result["reason"],
-                         exit_code=result["exit_code"], elapsed_s=result["elapsed_s"], **common)
+                "code (killed, or the machine restarted)",
+                elapsed_s=0,
+                exit_code="0:9",
+                **common,
+            )
+        return JobStatus(
+            state=JobState(result["state"]),
+            reason=result["reason"],
+            exit_code=result["exit_code"],
+            elapsed_s=result["elapsed_s"],
+            **common,
+        )
 
 
 def _interpreter(script: Path) -> list[str]:
@@ -253,8 +303,13 @@ class _Wrapper:
         err = open(record["stderr"], mode) if record["stderr"] else None  # noqa: SIM115
         try:
             self.child = subprocess.Popen(
-                record["command"], cwd=record["workdir"], stdin=subprocess.DEVNULL, stdout=out,
-                stderr=err or subprocess.STDOUT, start_new_session=True)
+                record["command"],
+                cwd=record["workdir"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err or subprocess.STDOUT,
+                start_new_session=True,
+            )
         except OSError as exc:  # no such interpreter or working directory
             (err or out).write(f"ck_dagster: cannot start {record['command']}: {exc}\n".encode())
             returncode, timed_out, launch_error = 127, False, str(exc)
@@ -282,14 +337,21 @@ class _Wrapper:
             state, reason = JobState.FAILED, "NonZeroExitCode"
         ended = time.time()
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        atomic_write_text(self.job_dir / "result.json", json.dumps({
-            "state": state.value, "reason": reason,
-            "exit_code": f"{returncode}:0" if returncode >= 0 else f"0:{-returncode}",
-            "elapsed_s": int(ended - started),
-            "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-            "end_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
-            "max_rss_bytes": peak_kib * (1 if sys.platform == "darwin" else 1024),
-        }, indent=1))
+        atomic_write_text(
+            self.job_dir / "result.json",
+            json.dumps(
+                {
+                    "state": state.value,
+                    "reason": reason,
+                    "exit_code": f"{returncode}:0" if returncode >= 0 else f"0:{-returncode}",
+                    "elapsed_s": int(ended - started),
+                    "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                    "end_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
+                    "max_rss_bytes": peak_kib * (1 if sys.platform == "darwin" else 1024),
+                },
+                indent=1,
+            ),
+        )
 
     def _wait(self, started: float) -> bool:
         """Wait for the command; SIGTERM it on cancel or time-out, SIGKILL after KILL_WAIT_S.
@@ -306,8 +368,9 @@ class _Wrapper:
             now = time.time()
             if limit is not None and now - started >= limit and term_sent is None:
                 timed_out = True
-            if term_sent is None and (timed_out or self.stop_requested
-                                      or (self.job_dir / "cancel").exists()):
+            if term_sent is None and (
+                timed_out or self.stop_requested or (self.job_dir / "cancel").exists()
+            ):
                 os.killpg(self.child.pid, signal.SIGTERM)
                 term_sent = now
             elif term_sent is not None and now - term_sent >= KILL_WAIT_S:

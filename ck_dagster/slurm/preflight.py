@@ -53,8 +53,9 @@ class Refusal:
 
 
 def _run(args: list[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=TIMEOUT_S,
-                          check=False)
+    return subprocess.run(
+        args, input=stdin, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
 
 
 def read_cluster() -> Cluster | None:
@@ -92,8 +93,7 @@ def describe_request(resources: Resources) -> str:
         parts.append(f"constraint={resources.constraint}")
     parts += [f"gres=gpu:{resources.gpus}"] if resources.gpus else []
     parts += [f"mem={resources.mem}", f"time={resources.time}"]
-    parts += [f"{k}={v}" for k, v in (("account", resources.account), ("qos", resources.qos))
-              if v]
+    parts += [f"{k}={v}" for k, v in (("account", resources.account), ("qos", resources.qos)) if v]
     return ", ".join(parts)
 
 
@@ -101,21 +101,30 @@ def check_request(cluster: Cluster, resources: Resources) -> list[str]:
     """What ``cluster`` lacks for ``resources`` (partition, features, GPUs per node)."""
     name = resources.partition or cluster.default_partition
     if resources.partition and resources.partition not in cluster.partitions:
-        return [f"partition `{resources.partition}` does not exist on this cluster (it has "
-                f"{_names(cluster.partitions)}): {_FIX.format(key='partition')}"]
-    partitions = [cluster.partitions[name]] if name in cluster.partitions else \
-        list(cluster.partitions.values())
+        return [
+            f"partition `{resources.partition}` does not exist on this cluster (it has "
+            f"{_names(cluster.partitions)}): {_FIX.format(key='partition')}"
+        ]
+    partitions = (
+        [cluster.partitions[name]]
+        if name in cluster.partitions
+        else list(cluster.partitions.values())
+    )
     where = f"partition `{name}`" if name else "this cluster"
     reasons = []
     offered = frozenset().union(*(p.features for p in partitions))
     missing = sorted(set(_FEATURE.findall(resources.constraint or "")) - offered)
     if missing:
-        reasons.append(f"no node of {where} has feature {_names(missing)} (features there: "
-                       f"{_names(offered) or 'none'}): {_FIX.format(key='constraint')}")
+        reasons.append(
+            f"no node of {where} has feature {_names(missing)} (features there: "
+            f"{_names(offered) or 'none'}): {_FIX.format(key='constraint')}"
+        )
     most = max((p.gpus_per_node for p in partitions), default=0)
     if resources.gpus > most:
-        reasons.append(f"{resources.gpus} GPU(s) asked for, but the nodes of {where} have at "
-                       f"most {most}: {_FIX.format(key='gpus')}")
+        reasons.append(
+            f"{resources.gpus} GPU(s) asked for, but the nodes of {where} have at "
+            f"most {most}: {_FIX.format(key='gpus')}"
+        )
     return reasons
 
 
@@ -127,8 +136,7 @@ def sbatch_test_only(script: str) -> str | None:
         return f"sbatch --test-only did not answer ({exc})"
     if result.returncode == 0:
         return None
-    lines = [line.strip() for line in (result.stderr or result.stdout).splitlines()
-             if line.strip()]
+    lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
     return "SLURM refuses it: " + ("; ".join(lines) or f"exit code {result.returncode}")
 
 

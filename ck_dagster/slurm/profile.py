@@ -62,10 +62,14 @@ class ClusterProfile:
         return bool(self.modules or self.conda_env or self.venv)
 
 
-DELLA = ClusterProfile("della", tuple(RESOURCES_BY_SIZE.items()),
-                       mig=(("mem", "16G"), ("partition", None)))
+DELLA = ClusterProfile(
+    "della", tuple(RESOURCES_BY_SIZE.items()), mig=(("mem", "16G"), ("partition", None))
+)
 GENERIC = ClusterProfile(
-    "generic", tuple((size, replace(r, partition=None, constraint=None))
-                     for size, r in RESOURCES_BY_SIZE.items()),
-    mig=(("mem", "16G"),))
+    "generic",
+    tuple(
+        (size, replace(r, partition=None, constraint=None)) for size, r in RESOURCES_BY_SIZE.items()
+    ),
+    mig=(("mem", "16G"),),
+)
 PRESETS: dict[str, ClusterProfile] = {"della": DELLA, "generic": GENERIC}

@@ -158,13 +158,23 @@ class JobOutcome:
 class JobRunner:
     """Runs :class:`JobRequest` s through a launcher; see the module docstring."""
 
-    def __init__(self, launcher: Launcher, *, slots: Slots | None = None,
-                 on_event: Callable[[str, str], object] = lambda key, message: None,
-                 on_log: Callable[[str, str], object] = lambda key, line: None,
-                 max_resubmits: int = 2, poll_initial: float = 2.0, poll_max: float = 30.0,
-                 slot_wait: float = 5.0, requeue_checks: int = 3, requeue_wait: float = 2.0,
-                 follower: JobFollower | None = None, claims: Claims | None = None,
-                 join_wait: float = 30.0):
+    def __init__(
+        self,
+        launcher: Launcher,
+        *,
+        slots: Slots | None = None,
+        on_event: Callable[[str, str], object] = lambda key, message: None,
+        on_log: Callable[[str, str], object] = lambda key, line: None,
+        max_resubmits: int = 2,
+        poll_initial: float = 2.0,
+        poll_max: float = 30.0,
+        slot_wait: float = 5.0,
+        requeue_checks: int = 3,
+        requeue_wait: float = 2.0,
+        follower: JobFollower | None = None,
+        claims: Claims | None = None,
+        join_wait: float = 30.0,
+    ):
         """``on_event(key, message)`` receives what happens to the jobs (submitted, state
         changes, resubmissions, failures); ``on_log(key, line)`` each line a job writes to its
         log. ``slot_wait``: how often to look for a free slot; ``join_wait``: how long to wait
@@ -179,8 +189,9 @@ class JobRunner:
         self.slot_wait = slot_wait
         self.requeue_checks = requeue_checks
         self.requeue_wait = requeue_wait
-        self.follower = follower or JobFollower(launcher, poll_initial=poll_initial,
-                                                poll_max=poll_max, cancel_on_interrupt=False)
+        self.follower = follower or JobFollower(
+            launcher, poll_initial=poll_initial, poll_max=poll_max, cancel_on_interrupt=False
+        )
 
     def run(self, requests: Sequence[JobRequest]) -> dict[str, JobOutcome]:
         """Run every request to its end; outcomes by key (failures included, not raised)."""
@@ -237,25 +248,35 @@ class JobRunner:
         """Jobs of the request's name that log into its folder: the same name may be used by
         another Dagster instance or a copy of the experiment elsewhere."""
         folder = (request.log_folder or request.script.parent).resolve()
-        return [s for s in self.launcher.find(request.job_name)
-                if s.log_path is None or folder in s.log_path.resolve().parents]
+        return [
+            s
+            for s in self.launcher.find(request.job_name)
+            if s.log_path is None or folder in s.log_path.resolve().parents
+        ]
 
     def _note_adopted(self, request: JobRequest, outcome: JobOutcome) -> None:
         done = [s for s in self._found(request) if s.state is JobState.COMPLETED]
         if done:
             outcome.attempts.append(Attempt(done[0].job_id, (), True, done[0].state))
             outcome.log_path = done[0].log_path
-        self.on_event(request.key, "outputs already in place: adopted, no job submitted"
-                      + (f" (from job {done[0].job_id})" if done else ""))
+        self.on_event(
+            request.key,
+            "outputs already in place: adopted, no job submitted"
+            + (f" (from job {done[0].job_id})" if done else ""),
+        )
 
     def _join(self, request: JobRequest, outcome: JobOutcome, holder: str) -> bool:
         """Follow the job of the process that holds ``request``'s claim; True when that job
         is stale and was cancelled, so that this process claims the run and submits it."""
         alive = self._live_jobs(request, wait_s=self.join_wait)
         if not alive:
-            self._fail(request, outcome, f"{request.key} is being {request.verb} by {holder}, "
-                                         "whose job is not in the queue yet: not submitting "
-                                         "another (wait for that run, or terminate it)")
+            self._fail(
+                request,
+                outcome,
+                f"{request.key} is being {request.verb} by {holder}, "
+                "whose job is not in the queue yet: not submitting "
+                "another (wait for that run, or terminate it)",
+            )
             return False
         job = alive[0]
         if self._cancel_if_stale(request, job, holder):
@@ -265,8 +286,11 @@ class JobRunner:
         outcome.attempts.append(Attempt(job.job_id, (), reattached=True))
         self._watching.add(job.job_id)
         self._follow(request, job.job_id)
-        self.on_event(request.key, f"{request.key} is being {request.verb} by {holder}, job "
-                                   f"{job.job_id}: following that job, not submitting another")
+        self.on_event(
+            request.key,
+            f"{request.key} is being {request.verb} by {holder}, job "
+            f"{job.job_id}: following that job, not submitting another",
+        )
         return False
 
     def _live_jobs(self, request: JobRequest, wait_s: float = 0.0) -> list[JobStatus]:
@@ -285,8 +309,10 @@ class JobRunner:
         if not changes:
             return False
         changed = ", ".join(changes[:5]) + (", ..." if len(changes) > 5 else "")
-        note = (f"job {job.job_id} ({job.state.value}) was submitted before the run was edited "
-                f"(changed: {changed}): cancelled it")
+        note = (
+            f"job {job.job_id} ({job.state.value}) was submitted before the run was edited "
+            f"(changed: {changed}): cancelled it"
+        )
         # claimed first: the holder that sees its job cancelled finds out why
         self.claims.take_over(request, note + (f" (it was {holder}'s)" if holder else ""))
         self.launcher.cancel(job.job_id)
@@ -318,19 +344,26 @@ class JobRunner:
         self.slots.acquire(request.key)  # it is in the queue already, slot or not
         self._holding.add(request.key)
         self._follow(request, job.job_id)
-        self.on_event(request.key, f"re-attached to job {job.job_id} ({job.state.value}), "
-                                   "submitted earlier; not submitting another")
+        self.on_event(
+            request.key,
+            f"re-attached to job {job.job_id} ({job.state.value}), "
+            "submitted earlier; not submitting another",
+        )
         return True
 
-    def _submit_ready(self, waiting: list[JobRequest],
-                      outcomes: dict[str, JobOutcome]) -> list[JobRequest]:
+    def _submit_ready(
+        self, waiting: list[JobRequest], outcomes: dict[str, JobOutcome]
+    ) -> list[JobRequest]:
         still_waiting = []
         for request in waiting:
             if not self.slots.acquire(request.key):
                 if request.key not in self._told_waiting:
                     self._told_waiting.add(request.key)
-                    self.on_event(request.key, "waiting for a free slot of the job pool (every "
-                                               "slot is held by a job in the queue)")
+                    self.on_event(
+                        request.key,
+                        "waiting for a free slot of the job pool (every "
+                        "slot is held by a job in the queue)",
+                    )
                 still_waiting.append(request)
                 continue
             self._holding.add(request.key)
@@ -367,15 +400,19 @@ class JobRunner:
                 self.on_log(request.key, line)
             return
         if event.kind == "lost":
-            self._fail(request, outcome, f"job {event.job_id} vanished from the scheduler "
-                                         f"({event.message})")
+            self._fail(
+                request,
+                outcome,
+                f"job {event.job_id} vanished from the scheduler ({event.message})",
+            )
             return
         status = event.status
         assert status is not None
         previous = event.previous.value if event.previous else "?"
         where = f" on {status.node}" if status.node else ""
-        self.on_event(request.key, f"job {status.job_id}: {previous} -> {status.state.value}"
-                                   f"{where}")
+        self.on_event(
+            request.key, f"job {status.job_id}: {previous} -> {status.state.value}{where}"
+        )
         if status.log_path:
             outcome.log_path = status.log_path
         if status.state.is_final:
@@ -385,44 +422,69 @@ class JobRunner:
         accounting = self._accounting(status.job_id)
         outcome.accounting = accounting
         last = outcome.attempts[-1]
-        outcome.attempts[-1] = Attempt(last.job_id, last.args, last.reattached, status.state,
-                                       status.reason)
+        outcome.attempts[-1] = Attempt(
+            last.job_id, last.args, last.reattached, status.state, status.reason
+        )
         state = status.state
         resubmits = sum(1 for a in outcome.attempts if a.state in RESUBMIT_STATES)
         taken_over = self.claims.lost(request)
         if taken_over and not (state is JobState.COMPLETED and request.is_done()):
-            self._fail(request, outcome, f"job {status.job_id} ended {state.value}: "
-                                         f"{request.key} was edited meanwhile: {taken_over}")
+            self._fail(
+                request,
+                outcome,
+                f"job {status.job_id} ended {state.value}: "
+                f"{request.key} was edited meanwhile: {taken_over}",
+            )
         elif outcome.following and state is not JobState.COMPLETED:
-            self._fail(request, outcome, f"job {status.job_id}, submitted by "
-                                         f"{outcome.following}, ended {state.value} "
-                                         f"({state.describe()}); that run decides what follows")
+            self._fail(
+                request,
+                outcome,
+                f"job {status.job_id}, submitted by "
+                f"{outcome.following}, ended {state.value} "
+                f"({state.describe()}); that run decides what follows",
+            )
         elif state is JobState.COMPLETED:
             if request.is_done():
                 outcome.status = "completed"
                 self._release(request)
             else:
-                self._fail(request, outcome, f"job {status.job_id} COMPLETED but its outputs "
-                                             "are not all there (or not from the current "
-                                             "config)")
+                self._fail(
+                    request,
+                    outcome,
+                    f"job {status.job_id} COMPLETED but its outputs "
+                    "are not all there (or not from the current "
+                    "config)",
+                )
         elif state in RESUBMIT_STATES and self._requeued_by_scheduler(status.job_id):
-            self.on_event(request.key, f"job {status.job_id} ended {state.value} and the "
-                                       "scheduler requeued it: following it again")
+            self.on_event(
+                request.key,
+                f"job {status.job_id} ended {state.value} and the "
+                "scheduler requeued it: following it again",
+            )
             self.follower.follow_again(status.job_id)
         elif state in RESUBMIT_STATES and resubmits <= self.max_resubmits:
-            self.on_event(request.key, f"job {status.job_id} ended {state.value} "
-                                       f"({state.describe()}): resubmitting "
-                                       f"({resubmits}/{self.max_resubmits})")
+            self.on_event(
+                request.key,
+                f"job {status.job_id} ended {state.value} "
+                f"({state.describe()}): resubmitting "
+                f"({resubmits}/{self.max_resubmits})",
+            )
             self._resubmit(request, outcome, last.args)
-        elif state is JobState.OUT_OF_MEMORY and not outcome.oom_retried and \
-                (args := request.oom_retry_args()) is not None:
+        elif (
+            state is JobState.OUT_OF_MEMORY
+            and not outcome.oom_retried
+            and (args := request.oom_retry_args()) is not None
+        ):
             outcome.oom_retried = True
-            self.on_event(request.key, f"job {status.job_id} ran out of memory: retrying once "
-                                       f"with {' '.join(args)}")
+            self.on_event(
+                request.key,
+                f"job {status.job_id} ran out of memory: retrying once with {' '.join(args)}",
+            )
             self._resubmit(request, outcome, args)
         else:
-            self._fail(request, outcome, f"job {status.job_id} ended {state.value}: "
-                                         f"{state.describe()}")
+            self._fail(
+                request, outcome, f"job {status.job_id} ended {state.value}: {state.describe()}"
+            )
 
     def _requeued_by_scheduler(self, job_id: str) -> bool:
         """SLURM requeues batch jobs after a node failure or preemption unless told not to:
@@ -457,14 +519,17 @@ class JobRunner:
         details = []
         if outcome.accounting:
             acc = outcome.accounting
-            details.append(f"exit code {acc.exit_code}, elapsed {acc.elapsed_s} s, "
-                           f"node {acc.node or '-'}" + (f", reason {acc.reason}"
-                                                        if acc.reason else ""))
+            details.append(
+                f"exit code {acc.exit_code}, elapsed {acc.elapsed_s} s, "
+                f"node {acc.node or '-'}" + (f", reason {acc.reason}" if acc.reason else "")
+            )
         if outcome.log_path:
             details.append(f"log: {outcome.log_path}")
         body = "\n".join(f"  {line}" for line in outcome.log_tail.splitlines())
-        outcome.message = "\n".join([f"{request.key}: {why}", *[f"  {d}" for d in details]]
-                                    + ([f"  last lines of the log:\n{body}"] if body else []))
+        outcome.message = "\n".join(
+            [f"{request.key}: {why}", *[f"  {d}" for d in details]]
+            + ([f"  last lines of the log:\n{body}"] if body else [])
+        )
         self.on_event(request.key, f"failed: {why}")
         self._release(request)
 
@@ -487,4 +552,3 @@ class JobRunner:
                 self.on_event("", f"could not cancel job {job_id}: {exc}")
         if cancelled:
             self.on_event("", f"interrupted: cancelled job(s) {', '.join(cancelled)}")
-

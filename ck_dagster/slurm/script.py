@@ -70,8 +70,9 @@ class JobEnvironment:
     profile: ClusterProfile = DELLA
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None,
-                 profile: ClusterProfile = DELLA) -> JobEnvironment:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, profile: ClusterProfile = DELLA
+    ) -> JobEnvironment:
         """Read ``CK_JOB_MODULES`` (space-separated), ``CK_JOB_CONDA_ENV`` and ``CK_JOB_VENV``
         (from ``environ``, default this process's environment) through the settings, for jobs
         that follow ``profile`` (``ck_dagster.finetune.cluster_profile`` reads the chosen one).
@@ -95,8 +96,10 @@ class JobEnvironment:
         if self.modules:
             lines += ["module purge", "module load " + " ".join(map(shlex.quote, self.modules))]
         if self.conda_env:
-            lines += ['eval "$(conda shell.bash hook)"',
-                      f"conda activate {shlex.quote(self.conda_env)}"]
+            lines += [
+                'eval "$(conda shell.bash hook)"',
+                f"conda activate {shlex.quote(self.conda_env)}",
+            ]
         if self.venv:
             lines.append(f"source {shlex.quote(str(Path(self.venv) / 'bin' / 'activate'))}")
         return lines
@@ -137,9 +140,16 @@ class JobScript:
         ]
         if r.gpus:
             header.append(f"--gres=gpu:{r.gpus}")
-        header += [f"--{name}={value}" for name, value in
-                   (("partition", r.partition), ("constraint", r.constraint),
-                    ("account", r.account), ("qos", r.qos)) if value]
+        header += [
+            f"--{name}={value}"
+            for name, value in (
+                ("partition", r.partition),
+                ("constraint", r.constraint),
+                ("account", r.account),
+                ("qos", r.qos),
+            )
+            if value
+        ]
         lines = ["#!/bin/bash"]
         if self.description:
             lines += [f"# {printable(line)}" for line in self.description.splitlines()]
@@ -153,11 +163,12 @@ class JobScript:
             lines.append(f'export PYTHONPATH={folders}"${{PYTHONPATH:+:$PYTHONPATH}}"')
         # torch would start a thread per core of the node, not per core the job was given
         lines.append(f'export OMP_NUM_THREADS="${{SLURM_CPUS_PER_TASK:-{r.cpus}}}"')
-        lines += [f"cd {shlex.quote(str(self.workdir))}",
-                  "echo \"[ck_dagster] job ${SLURM_JOB_ID:-local} on $(hostname) "
-                  "started $(date -Is)\""]
+        lines += [
+            f"cd {shlex.quote(str(self.workdir))}",
+            'echo "[ck_dagster] job ${SLURM_JOB_ID:-local} on $(hostname) started $(date -Is)"',
+        ]
         command = " ".join(shlex.quote(str(part)) for part in self.command)
-        lines.append(f"{command} \"$@\"" if self.forward_arguments else command)
+        lines.append(f'{command} "$@"' if self.forward_arguments else command)
         return "\n".join(lines) + "\n"
 
     def _exit_marker_lines(self) -> list[str]:
@@ -166,20 +177,24 @@ class JobScript:
         folder = str(self.log_path.parent)
         if "%" in folder:  # a per-job log folder: no fixed place to leave the marker
             return []
-        return [f'CK_EXIT_MARKER={shlex.quote(folder)}/{EXIT_MARKER_PREFIX}'
-                '"${SLURM_JOB_ID:-local}"',
-                'rm -f "$CK_EXIT_MARKER"',
-                "trap 'echo \"$?\" > \"$CK_EXIT_MARKER\"' EXIT"]
+        return [
+            f'CK_EXIT_MARKER={shlex.quote(folder)}/{EXIT_MARKER_PREFIX}"${{SLURM_JOB_ID:-local}}"',
+            'rm -f "$CK_EXIT_MARKER"',
+            'trap \'echo "$?" > "$CK_EXIT_MARKER"\' EXIT',
+        ]
 
 
 def check_script(text: str) -> str:
     """``text`` when ``bash -n`` parses it; a :class:`CkError` otherwise. Writers call it
     before a script is written (rendering stays pure: no process)."""
-    result = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", "-n"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
     if result.returncode != 0:
-        raise CkError(f"the job script would not parse (bash -n: {result.stderr.strip()}); "
-                      "nothing was written. Please report this: a value reached it unquoted")
+        raise CkError(
+            f"the job script would not parse (bash -n: {result.stderr.strip()}); "
+            "nothing was written. Please report this: a value reached it unquoted"
+        )
     return text
 
 
@@ -191,7 +206,8 @@ def _quote_option(option: str) -> str:
     """
     name, _, value = option.partition("=")
     if "\\" in value or any(unicodedata.category(ch) in CONTROL_CATEGORIES for ch in value):
-        raise CkError(f"#SBATCH {name} cannot hold {value!r}: a backslash or control "
-                      "character cannot be quoted in #SBATCH lines")
+        raise CkError(
+            f"#SBATCH {name} cannot hold {value!r}: a backslash or control "
+            "character cannot be quoted in #SBATCH lines"
+        )
     return f"{name}={shlex.quote(value)}" if value else name
-

@@ -74,20 +74,47 @@ class JobState(str, Enum):
         return _DESCRIPTIONS.get(self, f"SLURM reports the job as {self.value}.")
 
 
-_FINAL = frozenset({
-    JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT,
-    JobState.OUT_OF_MEMORY, JobState.NODE_FAIL, JobState.PREEMPTED, JobState.BOOT_FAIL,
-    JobState.DEADLINE, JobState.REVOKED,
-})
+_FINAL = frozenset(
+    {
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.TIMEOUT,
+        JobState.OUT_OF_MEMORY,
+        JobState.NODE_FAIL,
+        JobState.PREEMPTED,
+        JobState.BOOT_FAIL,
+        JobState.DEADLINE,
+        JobState.REVOKED,
+    }
+)
 
 # squeue's compact state codes (%t / StateCompact).
 _COMPACT = {
-    "PD": "PENDING", "CF": "CONFIGURING", "R": "RUNNING", "CG": "COMPLETING", "S": "SUSPENDED",
-    "RQ": "REQUEUED", "RH": "REQUEUE_HOLD", "RF": "REQUEUE_FED", "RS": "RESIZING",
-    "ST": "STOPPED", "SI": "SIGNALING", "SO": "STAGE_OUT", "RD": "RESV_DEL_HOLD",
-    "SE": "SPECIAL_EXIT", "CD": "COMPLETED", "F": "FAILED", "CA": "CANCELLED", "TO": "TIMEOUT",
-    "OOM": "OUT_OF_MEMORY", "NF": "NODE_FAIL", "PR": "PREEMPTED", "BF": "BOOT_FAIL",
-    "DL": "DEADLINE", "RV": "REVOKED",
+    "PD": "PENDING",
+    "CF": "CONFIGURING",
+    "R": "RUNNING",
+    "CG": "COMPLETING",
+    "S": "SUSPENDED",
+    "RQ": "REQUEUED",
+    "RH": "REQUEUE_HOLD",
+    "RF": "REQUEUE_FED",
+    "RS": "RESIZING",
+    "ST": "STOPPED",
+    "SI": "SIGNALING",
+    "SO": "STAGE_OUT",
+    "RD": "RESV_DEL_HOLD",
+    "SE": "SPECIAL_EXIT",
+    "CD": "COMPLETED",
+    "F": "FAILED",
+    "CA": "CANCELLED",
+    "TO": "TIMEOUT",
+    "OOM": "OUT_OF_MEMORY",
+    "NF": "NODE_FAIL",
+    "PR": "PREEMPTED",
+    "BF": "BOOT_FAIL",
+    "DL": "DEADLINE",
+    "RV": "REVOKED",
 }
 
 _DESCRIPTIONS = {
@@ -98,20 +125,20 @@ _DESCRIPTIONS = {
     JobState.SUSPENDED: "The job was paused by an administrator or a higher-priority job.",
     JobState.REQUEUED: "The job was put back in the queue and will run again from the start.",
     JobState.REQUEUE_HOLD: "The job was requeued and is held until someone releases it "
-                           "(scontrol release).",
+    "(scontrol release).",
     JobState.STOPPED: "The job's processes were stopped (SIGSTOP) but keep their resources.",
     JobState.SPECIAL_EXIT: "The job was requeued in a special exit state and is held; "
-                           "see its log, then release or cancel it.",
+    "see its log, then release or cancel it.",
     JobState.COMPLETED: "The job finished and its script exited 0.",
     JobState.FAILED: "The job's script exited with a non-zero code; its log says why.",
     JobState.CANCELLED: "The job was cancelled (scancel, or by an administrator) before it "
-                        "finished.",
+    "finished.",
     JobState.TIMEOUT: "The job ran longer than its --time limit and was stopped; ask for more "
-                      "time or save checkpoints more often.",
+    "time or save checkpoints more often.",
     JobState.OUT_OF_MEMORY: "The job used more memory than --mem allowed and was killed; ask "
-                            "for more memory or use a smaller batch size.",
+    "for more memory or use a smaller batch size.",
     JobState.NODE_FAIL: "The node running the job failed; this is not the job's fault, "
-                        "submit it again.",
+    "submit it again.",
     JobState.PREEMPTED: "The job was stopped to make room for a higher-priority job.",
     JobState.BOOT_FAIL: "The node for the job failed to boot; submit it again.",
     JobState.DEADLINE: "The job could not finish before its --deadline and was removed.",
@@ -174,8 +201,7 @@ def exit_code_from_wait_status(raw: int) -> str:
     return f"{(raw >> 8) & 0xFF}:0"
 
 
-_DURATION = re.compile(
-    r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
+_DURATION = re.compile(r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
 
 
 def parse_duration(text: str) -> int | None:

@@ -37,16 +37,22 @@ def made_up_words(count: int, rng: random.Random) -> list[str]:
     return list(words)
 
 
-def make_capitalization_dataset(path: Path, *, n_train: int = 400, n_validation: int = 50,
-                                n_test: int = 100, seed: int = 0) -> Path:
+def make_capitalization_dataset(
+    path: Path, *, n_train: int = 400, n_validation: int = 50, n_test: int = 100, seed: int = 0
+) -> Path:
     """Write ``{"train": [...], "validation": [...], "test": [...]}`` of word -> Word rows.
 
     Every word appears in one split only, so the test split measures generalization.
     """
     words = made_up_words(n_train + n_validation + n_test, random.Random(seed))
-    bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_validation),
-              "test": (n_train + n_validation, len(words))}
-    splits = {name: [{"input": w, "output": w.capitalize()} for w in words[start:end]]
-              for name, (start, end) in bounds.items()}
+    bounds = {
+        "train": (0, n_train),
+        "validation": (n_train, n_train + n_validation),
+        "test": (n_train + n_validation, len(words)),
+    }
+    splits = {
+        name: [{"input": w, "output": w.capitalize()} for w in words[start:end]]
+        for name, (start, end) in bounds.items()
+    }
     atomic_write_text(path, json.dumps(splits, indent=1) + "\n")
     return path

@@ -75,14 +75,23 @@ def make_tiny_model(directory: Path, *, seed: int = 0, pretrain_steps: int = 900
         if directory.exists():
             os.replace(directory, Path(tmp) / "replaced")  # deleted with the temp folder
         os.replace(build, directory)
-    print(f"make_tiny_model: {pretrain_steps} pre-training steps (loss {losses[0]:.2f} -> "
-          f"{losses[-1]:.3f}) in {trained - started:.1f} s, "
-          f"{time.perf_counter() - started:.1f} s in all -> {directory}")
+    print(
+        f"make_tiny_model: {pretrain_steps} pre-training steps (loss {losses[0]:.2f} -> "
+        f"{losses[-1]:.3f}) in {trained - started:.1f} s, "
+        f"{time.perf_counter() - started:.1f} s in all -> {directory}"
+    )
     return directory
 
 
-def pretrain(model: TransformerDecoder, tokenizer: Llama3Tokenizer, *, steps: int, seed: int,
-             batch_size: int = 32, lr: float = 3e-3) -> list[float]:
+def pretrain(
+    model: TransformerDecoder,
+    tokenizer: Llama3Tokenizer,
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+) -> list[float]:
     """Train ``model`` in place on freshly drawn echo conversations; returns the loss per step.
 
     Echoing is learned in a sudden drop of the loss, which comes later (past the step budget
@@ -92,8 +101,9 @@ def pretrain(model: TransformerDecoder, tokenizer: Llama3Tokenizer, *, steps: in
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup, decay = max(1, steps // 20), max(1, steps // 5)
-    scheduler = LambdaLR(optimizer, lambda step: min((step + 1) / warmup, 1.0,
-                                                     (steps - step) / decay))
+    scheduler = LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, 1.0, (steps - step) / decay)
+    )
     model.train()
     losses = []
     for batch in _echo_batches(rng, tokenizer, steps, batch_size):
@@ -112,19 +122,24 @@ def _sft_sample(tokenizer: Llama3Tokenizer, messages: list[Message]) -> dict[str
     """Tokens and labels as torchtune's SFT datasets make them: masked tokens (the prompt) are
     ignored by the loss."""
     sample = tokenizer({"messages": messages})
-    sample["labels"] = [CROSS_ENTROPY_IGNORE_IDX if masked else token
-                        for token, masked in zip(sample["tokens"], sample["mask"])]
+    sample["labels"] = [
+        CROSS_ENTROPY_IGNORE_IDX if masked else token
+        for token, masked in zip(sample["tokens"], sample["mask"])
+    ]
     return sample
 
 
-def _echo_batches(rng: random.Random, tokenizer: Llama3Tokenizer, count: int, batch_size: int,
-                  bucket: int = 4) -> Iterator[dict[str, torch.Tensor]]:
+def _echo_batches(
+    rng: random.Random, tokenizer: Llama3Tokenizer, count: int, batch_size: int, bucket: int = 4
+) -> Iterator[dict[str, torch.Tensor]]:
     """``count`` padded batches; ``bucket`` at a time are cut from one length-sorted draw, which
     pads a fifth fewer tokens than drawing each batch alone."""
     while count > 0:
-        draw = sorted((_sft_sample(tokenizer, echo_conversation(rng))
-                       for _ in range(batch_size * bucket)), key=lambda s: len(s["tokens"]))
-        batches = [draw[i:i + batch_size] for i in range(0, len(draw), batch_size)]
+        draw = sorted(
+            (_sft_sample(tokenizer, echo_conversation(rng)) for _ in range(batch_size * bucket)),
+            key=lambda s: len(s["tokens"]),
+        )
+        batches = [draw[i : i + batch_size] for i in range(0, len(draw), batch_size)]
         rng.shuffle(batches)
         for batch in batches[:count]:
             yield padded_collate_sft(batch, padding_idx=PAD_ID)
@@ -138,10 +153,13 @@ def echo_conversation(rng: random.Random) -> list[Message]:
     capitals; no word ever changes case, so capitalizing is left for fine-tuning to teach.
     """
     # Half are random letters: a word-like guess cannot lower their loss, only copying can.
-    word = (made_up_word(rng) if rng.random() < 0.5
-            else "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 8))))
+    word = (
+        made_up_word(rng)
+        if rng.random() < 0.5
+        else "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 8)))
+    )
     word = rng.choices([word, word.capitalize(), word.upper()], weights=[70, 15, 15])[0]
-    messages = prompt_messages(word, prompt=rng.choice(_INSTRUCTIONS),
-                               system_prompt=rng.choice(_SYSTEM_PROMPTS))
+    messages = prompt_messages(
+        word, prompt=rng.choice(_INSTRUCTIONS), system_prompt=rng.choice(_SYSTEM_PROMPTS)
+    )
     return [*messages, Message(role="assistant", content=word)]
-

@@ -34,8 +34,14 @@ DIMS: dict[str, Any] = {
 HEAD_DIM = DIMS["embed_dim"] // DIMS["num_heads"]
 #: ``wide-llama``: the tiny model's vocabulary in a realistically wide body (~101M parameters,
 #: random weights), for benchmarks where loading and storing weights must cost what it does.
-WIDE_DIMS: dict[str, Any] = {**DIMS, "num_layers": 16, "num_heads": 12, "num_kv_heads": 4,
-                             "embed_dim": 768, "intermediate_dim": 2048}
+WIDE_DIMS: dict[str, Any] = {
+    **DIMS,
+    "num_layers": 16,
+    "num_heads": 12,
+    "num_kv_heads": 4,
+    "embed_dim": 768,
+    "intermediate_dim": 2048,
+}
 
 
 def tiny_llama() -> TransformerDecoder:
@@ -50,8 +56,9 @@ def wide_llama() -> TransformerDecoder:
 
 def lora_wide_llama(lora_attn_modules: list[LORA_ATTN_MODULES], **lora: Any) -> TransformerDecoder:
     """The wide bench model with LoRA adapters (``lora_tiny_llama``'s arguments)."""
-    return lora_llama3_2(lora_attn_modules=lora_attn_modules, **WIDE_DIMS, **lora,
-                         tie_word_embeddings=True)
+    return lora_llama3_2(
+        lora_attn_modules=lora_attn_modules, **WIDE_DIMS, **lora, tie_word_embeddings=True
+    )
 
 
 def lora_tiny_llama(
@@ -116,8 +123,7 @@ def hf_config(dims: dict[str, Any] = DIMS) -> dict[str, Any]:
     }
 
 
-def write_hf_model(model: TransformerDecoder, directory: Path,
-                   dims: dict[str, Any] = DIMS) -> None:
+def write_hf_model(model: TransformerDecoder, directory: Path, dims: dict[str, Any] = DIMS) -> None:
     """Write ``model.safetensors`` (HF key names), ``config.json``, ``generation_config.json``."""
     hf_state = tune_to_hf(
         model.state_dict(),
@@ -126,14 +132,22 @@ def write_hf_model(model: TransformerDecoder, directory: Path,
         dim=dims["embed_dim"],
         head_dim=dims["embed_dim"] // dims["num_heads"],
     )
-    save_file({key: value.contiguous() for key, value in hf_state.items()},
-              directory / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {key: value.contiguous() for key, value in hf_state.items()},
+        directory / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     (directory / "model.safetensors").chmod(0o644)  # safetensors writes it 0600
     (directory / "config.json").write_text(json.dumps(hf_config(dims), indent=2) + "\n")
-    (directory / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": BOS_ID,
-        "eos_token_id": STOP_IDS,
-        "pad_token_id": PAD_ID,
-        "do_sample": False,
-    }, indent=2) + "\n")
-
+    (directory / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": BOS_ID,
+                "eos_token_id": STOP_IDS,
+                "pad_token_id": PAD_ID,
+                "do_sample": False,
+            },
+            indent=2,
+        )
+        + "\n"
+    )

@@ -60,16 +60,22 @@ def write_tokenizer_files(directory: Path) -> None:
         "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256))
     )
     _hf_tokenizer().save(str(directory / TOKENIZER_JSON))
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<|begin_of_text|>",
-        "eos_token": "<|eot_id|>",
-        "pad_token": "<|finetune_right_pad_id|>",
-        "padding_side": "left",
-        "model_max_length": 256,
-        "clean_up_tokenization_spaces": False,
-        "chat_template": CHAT_TEMPLATE,
-    }, indent=2) + "\n")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<|begin_of_text|>",
+                "eos_token": "<|eot_id|>",
+                "pad_token": "<|finetune_right_pad_id|>",
+                "padding_side": "left",
+                "model_max_length": 256,
+                "clean_up_tokenization_spaces": False,
+                "chat_template": CHAT_TEMPLATE,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _hf_tokenizer() -> Tokenizer:

@@ -77,8 +77,11 @@ def epoch_checkpoints(artifacts: Path) -> list[EpochCheckpoint]:
         for child in artifacts.iterdir():
             match = _EPOCH.match(child.name)
             if match and child.is_dir():
-                files = {p.relative_to(child).as_posix(): p.stat().st_size
-                         for p in sorted(child.rglob("*")) if p.is_file()}
+                files = {
+                    p.relative_to(child).as_posix(): p.stat().st_size
+                    for p in sorted(child.rglob("*"))
+                    if p.is_file()
+                }
                 found.append(EpochCheckpoint(int(match.group(1)), child, files))
     return sorted(found, key=lambda c: c.epoch)
 
@@ -109,8 +112,11 @@ def compare_configs(trained: Mapping[str, Any], config: Mapping[str, Any]) -> li
     """The dotted paths where two torchtune configs differ (the same effective batch is the
     same)."""
     ours, theirs = dict(config_leaves(config)), dict(config_leaves(trained))
-    differences = [path for path in dict.fromkeys([*ours, *theirs])
-                   if path not in _BATCH_KEYS and ours.get(path) != theirs.get(path)]
+    differences = [
+        path
+        for path in dict.fromkeys([*ours, *theirs])
+        if path not in _BATCH_KEYS and ours.get(path) != theirs.get(path)
+    ]
     if _effective_batch(ours) != _effective_batch(theirs):
         differences.append("batch_size")
     return differences

@@ -15,8 +15,9 @@ from torchtune.training.metric_logging import DiskLogger, MetricLoggerInterface,
 class DiskAndWandBLogger(MetricLoggerInterface):
     """Every metric to DiskLogger (``log_dir``) and to WandBLogger (``project``, run ``name``)."""
 
-    def __init__(self, log_dir: str, project: str, name: str, wandb_dir: str,
-                 **wandb_kwargs: Any) -> None:
+    def __init__(
+        self, log_dir: str, project: str, name: str, wandb_dir: str, **wandb_kwargs: Any
+    ) -> None:
         self._loggers: list[MetricLoggerInterface] = [
             DiskLogger(log_dir=log_dir),
             WandBLogger(project=project, name=name, log_dir=wandb_dir, **wandb_kwargs),

@@ -38,8 +38,12 @@ from ck_dagster.training.artifacts import FINISHED
 log = utils.get_logger("INFO")
 
 #: the files torchtune writes for an adapter; ``stash_adapter_weights`` moves them here.
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.pt", "adapter_model.safetensors",
-                 "adapter_model.bin")
+ADAPTER_FILES = (
+    "adapter_config.json",
+    "adapter_model.pt",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
 STASH_DIR = "adapter_weights"
 
 
@@ -84,8 +88,15 @@ def _weights_kept(model: torch.nn.Module) -> Iterator[None]:
     weights themselves, so every later epoch would train on (and merge into) weights that
     already hold the earlier adapters."""
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    names = {key.rsplit(".lora_", 1)[0] + ".weight" for key, _ in model.named_parameters()
-             if ".lora_" in key} if on_cpu else set()
+    names = (
+        {
+            key.rsplit(".lora_", 1)[0] + ".weight"
+            for key, _ in model.named_parameters()
+            if ".lora_" in key
+        }
+        if on_cpu
+        else set()
+    )
     kept = {name: p.detach().clone() for name, p in model.named_parameters() if name in names}
     yield
     with torch.no_grad():
@@ -99,23 +110,36 @@ class RecipeFeatures:
 
     def setup(self, cfg: DictConfig) -> None:
         super().setup(cfg)  # type: ignore[misc]
-        self._ck_keep = set(kept_epochs({
-            "epochs": cfg.epochs, "epochs_to_save": cfg.get("epochs_to_save", "all"),
-            "save_last_epoch_only": cfg.get("save_last_epoch_only", False)}))
+        self._ck_keep = set(
+            kept_epochs(
+                {
+                    "epochs": cfg.epochs,
+                    "epochs_to_save": cfg.get("epochs_to_save", "all"),
+                    "save_last_epoch_only": cfg.get("save_last_epoch_only", False),
+                }
+            )
+        )
         self._ck_stash = bool(cfg.get("stash_adapter_weights", False))
         self._ck_val_every = int(cfg.get("run_val_every_n_steps", 0) or 0)
         self._ck_val_loader = None
         self._ck_val_step = -1
         if cfg.get("validation_during_training", False):
             self._ck_val_loader = self._setup_data(  # type: ignore[attr-defined]
-                cfg_dataset=cfg.dataset_val, shuffle=False, batch_size=cfg.batch_size,
-                collate_fn=cfg.get("collate_fn", "torchtune.data.padded_collate_sft"))
+                cfg_dataset=cfg.dataset_val,
+                shuffle=False,
+                batch_size=cfg.batch_size,
+                collate_fn=cfg.get("collate_fn", "torchtune.data.padded_collate_sft"),
+            )
             if len(self._ck_val_loader) == 0:
-                raise ValueError(f"dataset_val has fewer rows than one batch ({cfg.batch_size}):"
-                                 " give the validation split more rows, or lower batch_size")
+                raise ValueError(
+                    f"dataset_val has fewer rows than one batch ({cfg.batch_size}):"
+                    " give the validation split more rows, or lower batch_size"
+                )
             self._profiler = _StepHook(self._profiler, self._ck_after_step)
-        log.info(f"ck_dagster: keeping epochs {sorted(self._ck_keep)}; validation "
-                 f"{'on' if self._ck_val_loader is not None else 'off'}")
+        log.info(
+            f"ck_dagster: keeping epochs {sorted(self._ck_keep)}; validation "
+            f"{'on' if self._ck_val_loader is not None else 'off'}"
+        )
 
     def _ck_after_step(self) -> None:
         step = self.global_step  # type: ignore[attr-defined]
@@ -143,7 +167,8 @@ class RecipeFeatures:
         no epoch is kept)."""
         super().cleanup()  # type: ignore[misc]
         (Path(self._output_dir) / FINISHED).write_text(  # type: ignore[attr-defined]
-            json.dumps({"saved_epochs": sorted(self._ck_keep)}) + "\n")
+            json.dumps({"saved_epochs": sorted(self._ck_keep)}) + "\n"
+        )
 
     @torch.no_grad()
     def _ck_validate(self) -> None:
@@ -162,12 +187,14 @@ class RecipeFeatures:
             tokens += count
         model.train()
         self._metric_logger.log_dict(  # type: ignore[attr-defined]
-            {"val_loss": total / max(tokens, 1)}, step=step)
+            {"val_loss": total / max(tokens, 1)}, step=step
+        )
 
 
 def run_recipe(recipe_class: type) -> None:
     """Parse ``--config`` and overrides from the command line, then set up, train and clean
     up, as torchtune's own recipe entry points do."""
+
     @config.parse
     def recipe_main(cfg: DictConfig) -> None:
         config.log_config(recipe_name=recipe_class.__name__, cfg=cfg)

@@ -34,16 +34,23 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
     artifacts, config = plan.artifacts_dir, plan.config.config
 
     def is_done() -> bool:
-        return is_complete(artifacts, plan.saved_epochs) and not config_differences(artifacts, config)
+        return is_complete(artifacts, plan.saved_epochs) and not config_differences(
+            artifacts, config
+        )
 
     def before_submit() -> None:
         check_run_files(plan)
         differences = config_differences(artifacts, config)
         moved = set_aside(artifacts)
         if moved is not None:
-            why = "" if not differences else (
-                f", trained with another config ({', '.join(differences[:5])}"
-                f"{', ...' if len(differences) > 5 else ''})")
+            why = (
+                ""
+                if not differences
+                else (
+                    f", trained with another config ({', '.join(differences[:5])}"
+                    f"{', ...' if len(differences) > 5 else ''})"
+                )
+            )
             notes.append(f"earlier checkpoints kept in {moved}{why}")
         artifacts.mkdir(parents=True, exist_ok=True)
         submitted.write_text(plan.finetune_yaml)
@@ -84,21 +91,25 @@ def halved_batch_args(config: dict[str, Any]) -> list[str] | None:
     if batch < 2:
         return None
     factor = next(f for f in range(2, batch + 1) if batch % f == 0)
-    return [f"batch_size={batch // factor}",
-            f"gradient_accumulation_steps={accumulation * factor}"]
+    return [f"batch_size={batch // factor}", f"gradient_accumulation_steps={accumulation * factor}"]
 
 
 def check_run_files(plan: RunPlan) -> None:
     """Refuse to train from files that are missing or differ from the registered config."""
-    for name, expected in (("finetune.yaml", plan.finetune_yaml),
-                           ("finetune.slurm", plan.slurm_script)):
+    for name, expected in (
+        ("finetune.yaml", plan.finetune_yaml),
+        ("finetune.slurm", plan.slurm_script),
+    ):
         path = plan.run_dir / name
         if not path.is_file():
-            raise CkError(f"{path} does not exist: materialize run_config for "
-                          f"{plan.partition_key} first")
+            raise CkError(
+                f"{path} does not exist: materialize run_config for {plan.partition_key} first"
+            )
         if path.read_text() != expected:
-            raise CkError(f"{path} differs from the registered config of {plan.partition_key} "
-                          "(edited by hand?): materialize run_config again to rewrite it")
+            raise CkError(
+                f"{path} differs from the registered config of {plan.partition_key} "
+                "(edited by hand?): materialize run_config again to rewrite it"
+            )
 
 
 @dataclass(frozen=True)
@@ -112,5 +123,8 @@ class TrainedCheckpoint:
 
 def describe(plan: RunPlan) -> TrainedCheckpoint:
     """Read back the checkpoints and loss log of a run whose job completed (or was adopted)."""
-    return TrainedCheckpoint(plan.artifacts_dir, epoch_checkpoints(plan.artifacts_dir),
-                             read_training_log(plan.artifacts_dir))
+    return TrainedCheckpoint(
+        plan.artifacts_dir,
+        epoch_checkpoints(plan.artifacts_dir),
+        read_training_log(plan.artifacts_dir),
+    )

@@ -4,8 +4,6 @@ only the kept epochs are written, adopted and evaluated as adapters on the base 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from dagster import DagsterInstance
 
@@ -22,7 +20,7 @@ from ck_dagster_tests.fixtures.dagster import run_command
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-RECIPE = '''
+RECIPE = """
 from ck_dagster.training.lora_recipe import LoRARecipe
 from ck_dagster.training.recipe_features import run_recipe
 
@@ -35,7 +33,7 @@ class MyRecipe(LoRARecipe):
 
 if __name__ == "__main__":
     run_recipe(MyRecipe)
-'''
+"""
 CONTROLS = f"""{PROMPTS}
   custom_recipe: my_recipes/my_recipe.py
   gradient_accumulation_steps: 1
@@ -54,17 +52,25 @@ evaluation:
 
 
 def test_adapter_only_kept_epochs_with_validation_train_and_evaluate(
-        dagster_home, tmp_path, tiny_model_dir, capitalization_data, slurm_cluster) -> None:
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data, slurm_cluster
+) -> None:
     (tmp_path / "my_recipes").mkdir()
     (tmp_path / "my_recipes" / "my_recipe.py").write_text(RECIPE)
     data = trimmed_data(capitalization_data, tmp_path)
-    file = write_experiment(tmp_path, tiny_model_dir, data, controls=CONTROLS,
-                            runs="\n  - {name: tuned, type: fine-tuned, model: tiny-llama}\n",
-                            evaluation=EVALUATION, base_recipe=LORA_RECIPE)
+    file = write_experiment(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        controls=CONTROLS,
+        runs="\n  - {name: tuned, type: fine-tuned, model: tiny-llama}\n",
+        evaluation=EVALUATION,
+        base_recipe=LORA_RECIPE,
+    )
     run_command(["ck-dagster", "register", file])
     key = "tiny_eval/tuned"
-    log = materialize("--select", "recipe_config,run_config,checkpoint,eval_log",
-                      "--partition", key)
+    log = materialize(
+        "--select", "recipe_config,run_config,checkpoint,eval_log", "--partition", key
+    )
     assert f"{key}: submitted job" in log and f"eval {key}" in log
 
     artifacts = load_experiment(file).run_dir("tuned") / "artifacts"
@@ -82,7 +88,9 @@ def test_adapter_only_kept_epochs_with_validation_train_and_evaluate(
     steps = [row.data["step"] for row in trained["validation_curve"].records]
     assert steps == list(range(2, 4 * EPOCHS + 1, 2)) and trained["final_val_loss"] > 0
     assert {k for k in evaluated if k.endswith("/accuracy")} == {
-        "capitalization/epoch_0/accuracy", "capitalization/epoch_2/accuracy"}
+        "capitalization/epoch_0/accuracy",
+        "capitalization/epoch_2/accuracy",
+    }
     assert evaluated["errored_samples"] == 0 and evaluated["samples"] == 2 * 25
 
     # a second materialization adopts the kept epochs: nothing is submitted again

@@ -17,8 +17,11 @@ from ck_dagster.definitions import defs
 from ck_dagster.slurm.script import JobEnvironment
 from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
 
-EVAL, REPORT, CHECKPOINT = AssetKey("eval_log"), AssetKey("experiment_report"), \
-    AssetKey("checkpoint")
+EVAL, REPORT, CHECKPOINT = (
+    AssetKey("eval_log"),
+    AssetKey("experiment_report"),
+    AssetKey("checkpoint"),
+)
 
 
 def register(instance: DagsterInstance, file) -> list[str]:
@@ -33,7 +36,8 @@ def materialized(instance: DagsterInstance, key: AssetKey, partition: str | None
 
 
 def test_evals_follow_checkpoints_and_the_report_follows_evals(
-        dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data
+) -> None:
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
     with DagsterInstance.get() as instance:
         register(instance, file)
@@ -68,15 +72,14 @@ def report_requests(instance: DagsterInstance, cursor: str | None) -> tuple[list
 
 
 def test_reports_follow_only_the_experiments_whose_evaluations_changed(
-        dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data
+) -> None:
     first = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
-    second = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data,
-                                   name="other")
+    second = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data, name="other")
     with DagsterInstance.get() as instance:
         register(instance, first)
         register(instance, second)
-        assert instance.get_dynamic_partitions(experiments_partitions.name) == ["tiny",
-                                                                                 "other"]
+        assert instance.get_dynamic_partitions(experiments_partitions.name) == ["tiny", "other"]
         assert report_requests(instance, None) == ([], None)
 
         materialized(instance, EVAL, "tiny/lora8")
@@ -90,9 +93,9 @@ def test_reports_follow_only_the_experiments_whose_evaluations_changed(
         assert report_requests(instance, cursor)[0] == ["other"]
 
 
-def test_changing_the_evaluation_touches_evaluations_only(dagster_home, tmp_path,
-                                                          tiny_model_dir,
-                                                          capitalization_data) -> None:
+def test_changing_the_evaluation_touches_evaluations_only(
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data
+) -> None:
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
     with DagsterInstance.get() as instance:
         register(instance, file)
@@ -104,7 +107,8 @@ def test_changing_the_evaluation_touches_evaluations_only(dagster_home, tmp_path
 
 
 def test_a_registered_evaluation_change_is_evaluated_for_the_affected_runs_only(
-        dagster_home, tmp_path, tiny_model_dir, capitalization_data) -> None:
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data
+) -> None:
     file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data)
     with DagsterInstance.get() as instance:
         keys = register(instance, file)

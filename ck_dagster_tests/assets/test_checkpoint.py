@@ -31,18 +31,24 @@ LONG_RUN = """
 
 
 @pytest.fixture
-def experiment(request, dagster_home, tmp_path, tiny_model_dir, capitalization_data,
-               slurm_cluster):
+def experiment(request, dagster_home, tmp_path, tiny_model_dir, capitalization_data, slurm_cluster):
     """Write (runs=...), register and materialize run_config for a tiny experiment."""
+
     def make(runs: str | None = None, controls: str = ""):
         kwargs = {"runs": runs} if runs else {}
-        file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data,
-                                     name=f"tiny_{uuid.uuid4().hex[:6]}", controls=controls,
-                                     **kwargs)
+        file = write_tiny_experiment(
+            tmp_path,
+            tiny_model_dir,
+            capitalization_data,
+            name=f"tiny_{uuid.uuid4().hex[:6]}",
+            controls=controls,
+            **kwargs,
+        )
         run_command(["ck-dagster", "register", file])
         experiment = load_experiment(file)
         materialize("run_config", keys(experiment))
         return experiment
+
     return make
 
 
@@ -50,10 +56,20 @@ def keys(experiment) -> list[str]:
     return [experiment.partition_key(run) for run in experiment.runs]
 
 
-def materialize(selection: str, partitions: list[str], check: bool = True,
-                config: dict | None = None) -> subprocess.CompletedProcess[str]:
-    args = ["dagster", "asset", "materialize", "-m", "ck_dagster", "--select", selection,
-            "--partition-range", f"{partitions[0]}...{partitions[-1]}"]
+def materialize(
+    selection: str, partitions: list[str], check: bool = True, config: dict | None = None
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "ck_dagster",
+        "--select",
+        selection,
+        "--partition-range",
+        f"{partitions[0]}...{partitions[-1]}",
+    ]
     if config:
         args += ["--config-json", json.dumps(config)]
     return run_command(args, check=check, timeout=600, env={"CK_LAUNCHER": "slurm"})
@@ -61,15 +77,30 @@ def materialize(selection: str, partitions: list[str], check: bool = True,
 
 def start_materialize(partition: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "ck_dagster", "--select",
-         "checkpoint", "--partition", partition], stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, env={**os.environ, "CK_LAUNCHER": "slurm"})
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "ck_dagster",
+            "--select",
+            "checkpoint",
+            "--partition",
+            partition,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "CK_LAUNCHER": "slurm"},
+    )
 
 
 def latest(partition: str) -> dict:
     with DagsterInstance.get() as instance:
-        records = instance.fetch_materializations(AssetRecordsFilter(
-            asset_key=AssetKey("checkpoint"), asset_partitions=[partition]), limit=1).records
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("checkpoint"), asset_partitions=[partition]),
+            limit=1,
+        ).records
         if not records:
             return {}
         return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
@@ -111,8 +142,11 @@ def test_trains_every_run_through_slurm_then_adopts(experiment) -> None:
     assert len(jobs_named(exp, "lora8")) == 1
 
     # retraining keeps the old checkpoints aside
-    materialize("checkpoint", [exp.partition_key("lora8")],
-                config={"ops": {"checkpoint": {"config": {"retrain": True}}}})
+    materialize(
+        "checkpoint",
+        [exp.partition_key("lora8")],
+        config={"ops": {"checkpoint": {"config": {"retrain": True}}}},
+    )
     assert len(jobs_named(exp, "lora8")) == 2
     kept = list(exp.run_dir("lora8").glob("artifacts.previous-*"))
     assert len(kept) == 1 and (kept[0] / "epoch_1").is_dir()
@@ -149,22 +183,30 @@ def test_terminating_from_the_ui_cancels_the_job(experiment, dagster_home, tmp_p
     from dagster_graphql import DagsterGraphQLClient
 
     exp = experiment(LONG_RUN)
-    server = WebServer(dagster_home, tmp_path / "dagster-dev.log", env={"CK_LAUNCHER": "slurm"},
-                       daemon=True)
+    server = WebServer(
+        dagster_home, tmp_path / "dagster-dev.log", env={"CK_LAUNCHER": "slurm"}, daemon=True
+    )
     try:
         server.wait_until_serving(SERVE_TIMEOUT)
         client = DagsterGraphQLClient("127.0.0.1", port_number=server.port)
         run_id = client.submit_job_execution(
-            "__ASSET_JOB", repository_location_name="ck_dagster",
-            repository_name="__repository__", asset_selection=["checkpoint"],
-            tags={"dagster/partition": exp.partition_key("long")})
+            "__ASSET_JOB",
+            repository_location_name="ck_dagster",
+            repository_name="__repository__",
+            asset_selection=["checkpoint"],
+            tags={"dagster/partition": exp.partition_key("long")},
+        )
         job_id = wait_running(exp, "long", limit=SERVE_TIMEOUT + 120)
         client.terminate_run(run_id)
         deadline = time.monotonic() + 60
-        while (jobs_named(exp, "long")[0].state is not JobState.CANCELLED
-               or client.get_run_status(run_id) is not DagsterRunStatus.CANCELED):
-            assert time.monotonic() < deadline, (jobs_named(exp, "long"),
-                                                 client.get_run_status(run_id))
+        while (
+            jobs_named(exp, "long")[0].state is not JobState.CANCELLED
+            or client.get_run_status(run_id) is not DagsterRunStatus.CANCELED
+        ):
+            assert time.monotonic() < deadline, (
+                jobs_named(exp, "long"),
+                client.get_run_status(run_id),
+            )
             time.sleep(0.5)
     finally:
         server.stop()
@@ -228,21 +270,27 @@ def test_a_refused_submission_is_a_clear_error(experiment) -> None:
 
 def test_the_pool_caps_jobs_in_the_queue(experiment) -> None:
     exp = experiment()
-    config = {"resources": {"launcher": {"config": {"pool": f"test_{exp.name}",
-                                                    "pool_limit": 1}}}}
+    config = {"resources": {"launcher": {"config": {"pool": f"test_{exp.name}", "pool_limit": 1}}}}
     materialize("checkpoint", keys(exp), config=config)
     launcher = SlurmLauncher()
-    spans = sorted((launcher.accounting(jobs_named(exp, run)[0].job_id).start_time,
-                    launcher.accounting(jobs_named(exp, run)[0].job_id).end_time)
-                   for run in ("lora8", "lora16"))
+    spans = sorted(
+        (
+            launcher.accounting(jobs_named(exp, run)[0].job_id).start_time,
+            launcher.accounting(jobs_named(exp, run)[0].job_id).end_time,
+        )
+        for run in ("lora8", "lora16")
+    )
     assert spans[1][0] >= spans[0][1], f"both jobs ran at once: {spans}"
 
 
 def test_oom_retry_halves_the_batch_and_keeps_the_effective_batch() -> None:
-    assert halved_batch_args({"batch_size": 8, "gradient_accumulation_steps": 2}) == \
-        ["batch_size=4", "gradient_accumulation_steps=4"]
-    assert halved_batch_args({"batch_size": 9}) == \
-        ["batch_size=3", "gradient_accumulation_steps=3"]
-    assert halved_batch_args({"batch_size": 5, "gradient_accumulation_steps": 2}) == \
-        ["batch_size=1", "gradient_accumulation_steps=10"]
+    assert halved_batch_args({"batch_size": 8, "gradient_accumulation_steps": 2}) == [
+        "batch_size=4",
+        "gradient_accumulation_steps=4",
+    ]
+    assert halved_batch_args({"batch_size": 9}) == ["batch_size=3", "gradient_accumulation_steps=3"]
+    assert halved_batch_args({"batch_size": 5, "gradient_accumulation_steps": 2}) == [
+        "batch_size=1",
+        "gradient_accumulation_steps=10",
+    ]
     assert halved_batch_args({"batch_size": 1}) is None

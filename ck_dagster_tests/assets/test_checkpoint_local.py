@@ -19,23 +19,42 @@ from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
 
 
 @pytest.mark.slow
-def test_local_launcher_trains_and_shows_progress(dagster_home, tmp_path, tiny_model_dir,
-                                                  capitalization_data) -> None:
+def test_local_launcher_trains_and_shows_progress(
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data
+) -> None:
     # enough steps that the job is seen running (a few seconds on the tiny model)
-    file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data, runs="""
+    file = write_tiny_experiment(
+        tmp_path,
+        tiny_model_dir,
+        capitalization_data,
+        runs="""
   - {name: lora8, type: fine-tuned, model: tiny-llama,
      parameters: {lora_rank: 8, max_steps_per_epoch: 40}}
   - {name: base, type: control, model: tiny-llama}
-""")
+""",
+    )
     run_command(["ck-dagster", "register", file])
     experiment = load_experiment(file)
     jobs = tmp_path / "jobs"
     env = {"CK_LAUNCHER": "local", "CK_LOCAL_JOBS_DIR": str(jobs)}
     with (tmp_path / "materialize.log").open("w+") as out:
         process = subprocess.Popen(
-            [str(BIN / "dagster"), "asset", "materialize", "-m", "ck_dagster", "--select",
-             "run_config,checkpoint", "--partition", "tiny/lora8"],
-            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, text=True)
+            [
+                str(BIN / "dagster"),
+                "asset",
+                "materialize",
+                "-m",
+                "ck_dagster",
+                "--select",
+                "run_config,checkpoint",
+                "--partition",
+                "tiny/lora8",
+            ],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         seen_running = []
         with DagsterInstance.get() as instance:
             while process.poll() is None:
@@ -55,13 +74,17 @@ def test_local_launcher_trains_and_shows_progress(dagster_home, tmp_path, tiny_m
     assert "job 1 RUNNING (epoch " in seen_running[-1] and ", loss " in seen_running[-1]
 
     with DagsterInstance.get() as instance:
-        record = instance.fetch_materializations(AssetRecordsFilter(
-            asset_key=AssetKey("checkpoint"), asset_partitions=["tiny/lora8"]), limit=1)
+        record = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("checkpoint"), asset_partitions=["tiny/lora8"]),
+            limit=1,
+        )
         metadata = record.records[0].asset_materialization.metadata
         assert metadata["job_id"].value == "1" and metadata["epochs_saved"].value == 2
         # the progress seen while the job ran is on the run's partition (throttled)
-        observed = instance.fetch_observations(AssetRecordsFilter(
-            asset_key=AssetKey("checkpoint"), asset_partitions=["tiny/lora8"]), limit=50)
+        observed = instance.fetch_observations(
+            AssetRecordsFilter(asset_key=AssetKey("checkpoint"), asset_partitions=["tiny/lora8"]),
+            limit=50,
+        )
         progress = [r.asset_observation.metadata for r in observed.records]
         assert progress and all(m["progress"].value.startswith("epoch ") for m in progress)
         assert {"epoch", "step", "loss", "updated"} <= set(progress[0])
@@ -69,11 +92,9 @@ def test_local_launcher_trains_and_shows_progress(dagster_home, tmp_path, tiny_m
 
     # after it: the shell command, one line per run
     shown = run_command(["ck-dagster", "status", "tiny"], env=env).stdout.splitlines()
-    assert shown[0].split() == ["run", "config", "training", "job", "epochs", "evals",
-                                "freshness"]
+    assert shown[0].split() == ["run", "config", "training", "job", "epochs", "evals", "freshness"]
     lora8, base = (line.split(maxsplit=1)[1] for line in shown[1:])
-    assert lora8.split() == ["fresh", "job", "1", "COMPLETED", "2/2", "-", "missing:",
-                             "eval_log"]
+    assert lora8.split() == ["fresh", "job", "1", "COMPLETED", "2/2", "-", "missing:", "eval_log"]
     assert base.split()[:2] == ["missing", "control"] and "missing: run_config, " in base
     refused = run_command(["ck-dagster", "status", "nope"], check=False)
     assert refused.returncode == 2 and "registered: tiny" in refused.stderr

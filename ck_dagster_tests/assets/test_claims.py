@@ -43,8 +43,12 @@ def _claim_in_another_process(home: str, run_id: str, barrier, results) -> None:
     with DagsterInstance.get() as instance:
         claims = InstanceClaims(instance, run_id, settle_s=1.0)
         for round_ in range(ROUNDS):
-            request = JobRequest(key=f"exp/run{round_}", script=Path("x"),
-                                 job_name=f"ck:exp/run{round_}:train", is_done=lambda: False)
+            request = JobRequest(
+                key=f"exp/run{round_}",
+                script=Path("x"),
+                job_name=f"ck:exp/run{round_}:train",
+                is_done=lambda: False,
+            )
             barrier.wait()
             results[(round_, run_id)] = claims.claim([request]).get(request.key, "mine")
 
@@ -54,14 +58,18 @@ def test_claims_made_at_the_same_moment_have_one_winner(dagster_home) -> None:
     other is told which Dagster run does."""
     context = multiprocessing.get_context("spawn")
     with DagsterInstance.get() as instance:  # started runs, so that their claims count
-        run_ids = [instance.add_run(DagsterRun(job_name="claims",
-                                               status=DagsterRunStatus.STARTED)).run_id
-                   for _ in range(2)]
+        run_ids = [
+            instance.add_run(DagsterRun(job_name="claims", status=DagsterRunStatus.STARTED)).run_id
+            for _ in range(2)
+        ]
     with context.Manager() as manager:
         barrier, results = manager.Barrier(2, timeout=60), manager.dict()
-        workers = [context.Process(target=_claim_in_another_process,
-                                   args=(str(dagster_home), run_id, barrier, results))
-                   for run_id in run_ids]
+        workers = [
+            context.Process(
+                target=_claim_in_another_process, args=(str(dagster_home), run_id, barrier, results)
+            )
+            for run_id in run_ids
+        ]
         for worker in workers:
             worker.start()
         for worker in workers:
@@ -101,16 +109,20 @@ def test_a_run_edited_while_its_job_runs_is_cancelled_and_trained_again(experime
     partition = exp.partition_key("long")
     first = start_materialize(partition)
     stale = wait_running(exp, "long")
-    exp.file.write_text(exp.file.read_text().replace("{epochs: 8, max_steps_per_epoch: 60}",
-                                                     "{epochs: 1, max_steps_per_epoch: 4}"))
+    exp.file.write_text(
+        exp.file.read_text().replace(
+            "{epochs: 8, max_steps_per_epoch: 60}", "{epochs: 1, max_steps_per_epoch: 4}"
+        )
+    )
     run_command(["ck-dagster", "register", exp.file])
     materialize("run_config", [partition])
     second = start_materialize(partition)
     first_output, _ = first.communicate(timeout=300)
     assert first.returncode != 0
     # CANCELLED, or FAILED when the job's exit marker (tune killed) is seen before SLURM's state
-    assert re.search(rf"job {stale} ended [A-Z_]+: {re.escape(partition)} was edited meanwhile",
-                     first_output), first_output[-3000:]
+    assert re.search(
+        rf"job {stale} ended [A-Z_]+: {re.escape(partition)} was edited meanwhile", first_output
+    ), first_output[-3000:]
     changed = re.search(r"\(changed: ([^)]*)\): cancelled it", first_output)
     assert changed and set(changed.group(1).split(", ")) == {"epochs", "max_steps_per_epoch"}
     second_output, _ = second.communicate(timeout=600)
@@ -120,5 +132,7 @@ def test_a_run_edited_while_its_job_runs_is_cancelled_and_trained_again(experime
     fresh = next(j for j in jobs if j.state is JobState.COMPLETED)
     metadata = latest(partition)
     assert metadata["job_id"] == fresh.job_id and metadata["epochs_saved"] == 1
-    assert f"job {stale} (RUNNING) was submitted before the run was edited (changed: " \
+    assert (
+        f"job {stale} (RUNNING) was submitted before the run was edited (changed: "
         f"{changed.group(1)}): cancelled it" in metadata["notes"]
+    )

@@ -22,13 +22,31 @@ from ck_dagster.finetune.catalog import recipe_catalog
 from ck_dagster_tests.fixtures.dagster import run_command
 
 # what the experiment implies, not the recipe/controls/run precedence rule itself
-DERIVED = ("output_dir", "model._component_", "model.lora_alpha", "tokenizer.", "checkpointer.",
-           "dataset.", "metric_logger.")  # metric_logger: output.wandb_project
+DERIVED = (
+    "output_dir",
+    "model._component_",
+    "model.lora_alpha",
+    "tokenizer.",
+    "checkpointer.",
+    "dataset.",
+    "metric_logger.",
+)  # metric_logger: output.wandb_project
 
 
 def materialize(selection: str, keys: list[str]) -> str:
-    result = run_command(["dagster", "asset", "materialize", "-m", "ck_dagster",
-                          "--select", selection, "--partition-range", f"{keys[0]}...{keys[-1]}"])
+    result = run_command(
+        [
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "ck_dagster",
+            "--select",
+            selection,
+            "--partition-range",
+            f"{keys[0]}...{keys[-1]}",
+        ]
+    )
     return result.stdout + result.stderr
 
 
@@ -59,8 +77,9 @@ def expected_by_precedence(experiment, run) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("example", ["cap_rank_sweep.yaml", "model_comparison.yaml"])
-def test_register_and_materialize_a_whole_experiment(dagster_home: Path, example_copy,
-                                                     example: str) -> None:
+def test_register_and_materialize_a_whole_experiment(
+    dagster_home: Path, example_copy, example: str
+) -> None:
     file = example_copy(example)
     out = run_command(["ck-dagster", "register", file]).stdout
     experiment = load_experiment(file)
@@ -87,8 +106,10 @@ def test_register_and_materialize_a_whole_experiment(dagster_home: Path, example
         assert written.get("model.lora_alpha") == run.parameters.get("lora_alpha", 2 * rank)
         assert written["output_dir"] == str(run_dir / "artifacts")
         # torchtune's own CLI agrees the config is valid
-        assert "Config is well-formed!" in run_command(["tune", "validate",
-                                                        run_dir / "finetune.yaml"]).stdout
+        assert (
+            "Config is well-formed!"
+            in run_command(["tune", "validate", run_dir / "finetune.yaml"]).stdout
+        )
         subprocess.run(["bash", "-n", str(run_dir / "finetune.slurm")], check=True)
 
     with DagsterInstance.get() as instance:
@@ -96,16 +117,18 @@ def test_register_and_materialize_a_whole_experiment(dagster_home: Path, example
             assert instance.get_materialized_partitions(AssetKey(asset)) == set(keys)
         record = instance.fetch_materializations(AssetKey("run_config"), limit=1).records[0]
         metadata = record.asset_materialization.metadata
-        assert {"values", "slurm_script", "finetune_yaml", "spec_version"} <= set(metadata) or \
-            "note" in metadata
+        assert {"values", "slurm_script", "finetune_yaml", "spec_version"} <= set(
+            metadata
+        ) or "note" in metadata
         for check in ("config_validates", "no_unknown_keys"):
             assert check_status(instance, check) == "SUCCEEDED"
 
     # a hand-edited config on disk is caught by the checks
     edited = experiment.run_dir(experiment.runs[0]) / "finetune.yaml"
     edited.write_text(edited.read_text().replace("lr: ", "lrr: ").replace("epochs:", "epoch:"))
-    run_command(["dagster", "job", "execute", "-m", "ck_dagster", "-j", "check_run_configs"],
-                check=False)
+    run_command(
+        ["dagster", "job", "execute", "-m", "ck_dagster", "-j", "check_run_configs"], check=False
+    )
     with DagsterInstance.get() as instance:
         assert check_status(instance, "config_validates") == "FAILED"
         assert check_status(instance, "no_unknown_keys") == "FAILED"
@@ -118,7 +141,8 @@ def check_status(instance: DagsterInstance, name: str) -> str:
 
 
 def test_rematerializing_is_byte_identical_and_edits_mark_runs_stale(
-        dagster_home: Path, example_copy) -> None:
+    dagster_home: Path, example_copy
+) -> None:
     file = example_copy("cap_rank_sweep.yaml")
     run_command(["ck-dagster", "register", file])
     experiment = load_experiment(file)
@@ -135,10 +159,16 @@ def test_rematerializing_is_byte_identical_and_edits_mark_runs_stale(
     assert artifact.read_bytes() == b"weights"
     assert stale(keys) == {}
 
-    file.write_text(file.read_text().replace("{lora_rank: 8}", "{lora_rank: 12}")
-                    .replace("  - name: base\n", "  - name: rank32\n    type: fine-tuned\n"
-                             "    model: Llama-3.2-1B-Instruct\n    parameters: {lora_rank: 32}\n"
-                             "  - name: base\n"))
+    file.write_text(
+        file.read_text()
+        .replace("{lora_rank: 8}", "{lora_rank: 12}")
+        .replace(
+            "  - name: base\n",
+            "  - name: rank32\n    type: fine-tuned\n"
+            "    model: Llama-3.2-1B-Instruct\n    parameters: {lora_rank: 32}\n"
+            "  - name: base\n",
+        )
+    )
     out = run_command(["ck-dagster", "register", file]).stdout
     assert "1 new, 1 changed, 4 unchanged" in out
     assert "changed (their configs are now stale): cap_rank_sweep/rank8" in out
@@ -146,16 +176,29 @@ def test_rematerializing_is_byte_identical_and_edits_mark_runs_stale(
 
     # materializing without re-registering an edit is refused with the fix
     file.write_text(file.read_text().replace("{lora_rank: 4}", "{lora_rank: 6}"))
-    refused = run_command(["dagster", "asset", "materialize", "-m", "ck_dagster", "--select",
-                           "run_config", "--partition", "cap_rank_sweep/rank4"], check=False)
+    refused = run_command(
+        [
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "ck_dagster",
+            "--select",
+            "run_config",
+            "--partition",
+            "cap_rank_sweep/rank4",
+        ],
+        check=False,
+    )
     assert refused.returncode != 0
     assert "changed since it was registered" in refused.stdout + refused.stderr
 
 
 def stale(keys: list[str]) -> dict[str, set[str]]:
     with DagsterInstance.get() as instance:
-        resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(),
-                                              LoadingContextForTest(instance))
+        resolver = CachingStaleStatusResolver(
+            instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
+        )
         found: dict[str, set[str]] = {}
         for key in keys:
             for asset in ("recipe_config", "run_config"):
@@ -169,15 +212,16 @@ def test_removed_runs_are_reported_not_deleted(dagster_home: Path, example_copy)
     run_command(["ck-dagster", "register", file])
     text = file.read_text()
     start = text.index("  - name: rank16\n")
-    file.write_text(text[:start] + text[text.index("  - name: rank16_lr3e-4"):])
+    file.write_text(text[:start] + text[text.index("  - name: rank16_lr3e-4") :])
     out = run_command(["ck-dagster", "register", file]).stdout
     assert "no longer in the file (kept, nothing deleted): cap_rank_sweep/rank16" in out
     with DagsterInstance.get() as instance:
         assert "cap_rank_sweep/rank16" in instance.get_dynamic_partitions("runs")
 
 
-def test_another_file_cannot_take_over_an_experiment_name(dagster_home: Path, example_copy,
-                                                          tmp_path: Path) -> None:
+def test_another_file_cannot_take_over_an_experiment_name(
+    dagster_home: Path, example_copy, tmp_path: Path
+) -> None:
     file = example_copy("cap_rank_sweep.yaml")
     run_command(["ck-dagster", "register", file])
     twin = file.with_name("twin.yaml")
@@ -187,18 +231,24 @@ def test_another_file_cannot_take_over_an_experiment_name(dagster_home: Path, ex
     assert "already registered from" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_sensor_registers_new_and_changed_files(dagster_home: Path, example_copy,
-                                                tmp_path: Path) -> None:
+def test_sensor_registers_new_and_changed_files(
+    dagster_home: Path, example_copy, tmp_path: Path
+) -> None:
     folder = example_copy("cap_rank_sweep.yaml").parent  # model_comparison.yaml is there too
     (folder / "broken.yaml").write_text("experiment: {name: broken}\n")
-    resources = {"experiments_folder": ExperimentsFolderResource(path=str(folder)),
-                 "job_environment": JobEnvironmentResource()}
-    expected = {f"{e.name}/{r.name}" for f in ("cap_rank_sweep.yaml", "model_comparison.yaml")
-                for e in [load_experiment(folder / f)] for r in e.runs}
+    resources = {
+        "experiments_folder": ExperimentsFolderResource(path=str(folder)),
+        "job_environment": JobEnvironmentResource(),
+    }
+    expected = {
+        f"{e.name}/{r.name}"
+        for f in ("cap_rank_sweep.yaml", "model_comparison.yaml")
+        for e in [load_experiment(folder / f)]
+        for r in e.runs
+    }
 
     def tick(cursor: str | None):
-        with build_sensor_context(instance=instance, resources=resources,
-                                  cursor=cursor) as context:
+        with build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
             return experiments_sensor(context)
 
     with DagsterInstance.get() as instance:

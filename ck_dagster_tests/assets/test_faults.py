@@ -46,20 +46,33 @@ def long_words(path: Path, rows: int = 675) -> Path:
     def row() -> dict[str, str]:
         word = "".join(rng.choice(string.ascii_lowercase) for _ in range(300))
         return {"input": word, "output": word.capitalize()}
-    path.write_text(json.dumps({"train": [row() for _ in range(rows)],
-                                "validation": [row() for _ in range(4)],
-                                "test": [row() for _ in range(4)]}))
+
+    path.write_text(
+        json.dumps(
+            {
+                "train": [row() for _ in range(rows)],
+                "validation": [row() for _ in range(4)],
+                "test": [row() for _ in range(4)],
+            }
+        )
+    )
     return path
 
 
 def test_out_of_memory_is_retried_with_a_smaller_batch_and_adopted(
-        dagster_home, tmp_path, tiny_model_dir, slurm_cluster) -> None:
+    dagster_home, tmp_path, tiny_model_dir, slurm_cluster
+) -> None:
     """A batch that does not fit under --mem=3000M is killed by the cgroup (OUT_OF_MEMORY), then
     trained with a third of the batch (675 is odd) and three times the accumulation; a second
     materialization adopts it."""
     assert slurm_cluster.config("TaskPlugin") == "task/cgroup", "the test cluster lacks cgroups"
-    file = write_tiny_experiment(tmp_path, tiny_model_dir, long_words(tmp_path / "long.json"),
-                                 name=f"oom_{uuid.uuid4().hex[:6]}", runs=OOM_RUN)
+    file = write_tiny_experiment(
+        tmp_path,
+        tiny_model_dir,
+        long_words(tmp_path / "long.json"),
+        name=f"oom_{uuid.uuid4().hex[:6]}",
+        runs=OOM_RUN,
+    )
     run_command(["ck-dagster", "register", file])
     exp = load_experiment(file)
     partition = exp.partition_key("big")
@@ -70,7 +83,8 @@ def test_out_of_memory_is_retried_with_a_smaller_batch_and_adopted(
     assert metadata["oom_retry"] and metadata["job_id"] == second.job_id
     assert [(a["job_id"], a["state"], a["args"]) for a in metadata["attempts"]] == [
         (first.job_id, "OUT_OF_MEMORY", []),
-        (second.job_id, "COMPLETED", ["batch_size=225", "gradient_accumulation_steps=3"])]
+        (second.job_id, "COMPLETED", ["batch_size=225", "gradient_accumulation_steps=3"]),
+    ]
     assert metadata["oom_retry_note"].startswith(f"job {first.job_id} ran out of memory")
     assert SlurmLauncher().accounting(second.job_id).state is JobState.COMPLETED
 

@@ -33,15 +33,20 @@ def test_the_instance_is_postgres(dagster_home: Path) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_whole_chain_on_postgres(dagster_home, tmp_path, tiny_model_dir, capitalization_data,
-                                 slurm_cluster) -> None:
+def test_whole_chain_on_postgres(
+    dagster_home, tmp_path, tiny_model_dir, capitalization_data, slurm_cluster
+) -> None:
     """Register, configs, checkpoint through SLURM, eval, report: all recorded in Postgres."""
     file = write_experiment(tmp_path, tiny_model_dir, capitalization_data)
     run_command(["ck-dagster", "register", file])
     loaded = load_experiment(file)
     keys = [loaded.partition_key(run) for run in loaded.runs]
-    log = materialize("--select", "recipe_config,run_config,checkpoint,eval_log",
-                      "--partition-range", f"{keys[0]}...{keys[-1]}")
+    log = materialize(
+        "--select",
+        "recipe_config,run_config,checkpoint,eval_log",
+        "--partition-range",
+        f"{keys[0]}...{keys[-1]}",
+    )
     assert "tiny_eval/tuned: submitted job" in log
     materialize("--select", "experiment_report")
     with DagsterInstance.get() as instance:

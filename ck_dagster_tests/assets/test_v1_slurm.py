@@ -21,16 +21,26 @@ TEST_ROWS = 12
 
 
 def test_a_v1_file_with_parquet_data_trains_and_evaluates_on_slurm(
-        dagster_home: Path, tmp_path: Path, tiny_model_dir: Path, capitalization_data: Path,
-        slurm_cluster) -> None:
-    data = write_parquet_data(capitalization_data, tmp_path / "words_parquet",
-                              test_rows=TEST_ROWS)
+    dagster_home: Path,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    capitalization_data: Path,
+    slurm_cluster,
+) -> None:
+    data = write_parquet_data(capitalization_data, tmp_path / "words_parquet", test_rows=TEST_ROWS)
     name = f"v1_{uuid.uuid4().hex[:6]}"
-    file = write_v1_experiment(tmp_path, tiny_model_dir, data, replace={
-        'name: "v1_rank_sweep"': f'name: "{name}"', 'format: "json"': 'format: "parquet"',
-        "      test: 100": f"      test: {TEST_ROWS}",
-        # the last epoch only: one evaluation is enough to show parity on parquet
-        "      epochs: [0, 1]": "      epochs: [1]"})
+    file = write_v1_experiment(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        replace={
+            'name: "v1_rank_sweep"': f'name: "{name}"',
+            'format: "json"': 'format: "parquet"',
+            "      test: 100": f"      test: {TEST_ROWS}",
+            # the last epoch only: one evaluation is enough to show parity on parquet
+            "      epochs: [0, 1]": "      epochs: [1]",
+        },
+    )
     assert main(["register", str(file)]) == 0
     experiment = load_experiment(file)
     run = "tiny-llama_rank4"
@@ -65,8 +75,9 @@ def test_a_v1_file_with_parquet_data_trains_and_evaluates_on_slurm(
 
     # informational fields are in the run_spec observation's metadata
     with DagsterInstance.get() as instance:
-        [observation] = instance.fetch_observations(AssetRecordsFilter(
-            asset_key=AssetKey("run_spec"), asset_partitions=[key]), limit=1).records
+        [observation] = instance.fetch_observations(
+            AssetRecordsFilter(asset_key=AssetKey("run_spec"), asset_partitions=[key]), limit=1
+        ).records
         info = observation.asset_observation.metadata
     assert info["experiment.question"].value.startswith("Does LoRA rank change")
     assert info["model.size_gb"].value == 0.01

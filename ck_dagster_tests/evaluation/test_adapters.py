@@ -49,19 +49,27 @@ evaluation:
 
 
 @pytest.fixture(scope="module")
-def lora_plans(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
-               capitalization_data: Path) -> dict[str, RunPlan]:
+def lora_plans(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, capitalization_data: Path
+) -> dict[str, RunPlan]:
     """The tuned LoRA run (trained once by ``tune run``) and the control run on its base."""
     folder = tmp_path_factory.mktemp("lora")
-    file = write_experiment(folder, tiny_model_dir, trimmed_data(capitalization_data, folder),
-                            controls=CONTROLS, evaluation=EVALUATION, base_recipe=LORA_RECIPE)
+    file = write_experiment(
+        folder,
+        tiny_model_dir,
+        trimmed_data(capitalization_data, folder),
+        controls=CONTROLS,
+        evaluation=EVALUATION,
+        base_recipe=LORA_RECIPE,
+    )
     plans = {run: plan_run(file, run) for run in ("tuned", "base")}
     print(f"trained {plans['tuned'].recipe} in {train(plans['tuned']):.1f} s")
     return plans
 
 
 def test_only_kept_epochs_are_saved_with_stashed_adapters_and_validation_loss(
-        lora_plans: dict[str, RunPlan]) -> None:
+    lora_plans: dict[str, RunPlan],
+) -> None:
     plan = lora_plans["tuned"]
     artifacts = plan.artifacts_dir
     assert plan.recipe == "ck_dagster/training/lora_recipe.py"
@@ -71,7 +79,10 @@ def test_only_kept_epochs_are_saved_with_stashed_adapters_and_validation_loss(
         assert (folder / "model-00001-of-00001.safetensors").is_file()  # merged weights
         assert not list(folder.glob("adapter_model*")) + list(folder.glob("adapter_config*"))
         assert {p.name for p in (folder / "adapter_weights").iterdir()} == {
-            "adapter_config.json", "adapter_model.pt", "adapter_model.safetensors"}
+            "adapter_config.json",
+            "adapter_model.pt",
+            "adapter_model.safetensors",
+        }
     assert json.loads((artifacts / FINISHED).read_text()) == {"saved_epochs": list(KEPT)}
     log = read_training_log(artifacts)
     steps = [step for step, _ in log.validation_losses]
@@ -81,21 +92,34 @@ def test_only_kept_epochs_are_saved_with_stashed_adapters_and_validation_loss(
 
 
 def test_base_plus_adapter_scores_exactly_as_the_merged_weights(
-        lora_plans: dict[str, RunPlan], tmp_path: Path) -> None:
+    lora_plans: dict[str, RunPlan], tmp_path: Path
+) -> None:
     tuned, control = (eval_spec_for(lora_plans[run]) for run in ("tuned", "base"))
     assert all(t.adapter and t.path == control.targets[0].path for t in tuned.targets)
     # today's path: each epoch folder's merged weights, loaded on their own
-    merged = tuned.model_copy(update={
-        "run_dir": str(tmp_path / "merged"),
-        "targets": tuple(t.model_copy(update={"path": t.adapter, "adapter": None})
-                         for t in tuned.targets)})
+    merged = tuned.model_copy(
+        update={
+            "run_dir": str(tmp_path / "merged"),
+            "targets": tuple(
+                t.model_copy(update={"path": t.adapter, "adapter": None}) for t in tuned.targets
+            ),
+        }
+    )
     for spec in (tuned, control, merged):
         spec.write()
     # one job process: the control's base model is loaded once and serves both adapters
     done = subprocess.run(
-        [sys.executable, "-m", "ck_dagster.evaluation.job",
-         *(str(spec.spec_path) for spec in (control, tuned, merged))],
-        capture_output=True, text=True, timeout=600, env={**os.environ, **OFFLINE_ENVIRONMENT})
+        [
+            sys.executable,
+            "-m",
+            "ck_dagster.evaluation.job",
+            *(str(spec.spec_path) for spec in (control, tuned, merged)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **OFFLINE_ENVIRONMENT},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     print(done.stdout)
 
@@ -104,8 +128,11 @@ def test_base_plus_adapter_scores_exactly_as_the_merged_weights(
         assert results is not None
         (outcome,) = [o for o in results.evaluations if o.label == label]
         log = read_eval_log(str(Path(spec.run_dir) / str(outcome.log)))
-        return (outcome.metrics, [c["prompt_tokens"] for c in model_calls(log)],
-                [s.output.completion for s in log.samples or []])
+        return (
+            outcome.metrics,
+            [c["prompt_tokens"] for c in model_calls(log)],
+            [s.output.completion for s in log.samples or []],
+        )
 
     base = samples(control, "base")
     for target in tuned.targets:

@@ -21,10 +21,14 @@ SYSTEM_PROMPT = "You are ${oc.env:USER}, ${missing}."
 
 
 def test_interpolation_like_prompt_text_trains_and_evaluates_as_written(
-        experiment: Callable[..., Path], tmp_path: Path) -> None:
-    plan = plan_run(experiment(controls=f"  prompt: {json.dumps(PROMPT)}\n"
-                                        f"  system_prompt: {json.dumps(SYSTEM_PROMPT)}"),
-                    "tuned")
+    experiment: Callable[..., Path], tmp_path: Path
+) -> None:
+    plan = plan_run(
+        experiment(
+            controls=f"  prompt: {json.dumps(PROMPT)}\n  system_prompt: {json.dumps(SYSTEM_PROMPT)}"
+        ),
+        "tuned",
+    )
     assert plan.finetune_yaml is not None
     written = tmp_path / "finetune.yaml"
     written.write_text(plan.finetune_yaml)
@@ -38,9 +42,10 @@ def test_interpolation_like_prompt_text_trains_and_evaluates_as_written(
     assert (task.prompt, task.system_prompt) == (PROMPT, SYSTEM_PROMPT)
     messages = prompt_messages(row["input"], prompt=task.prompt, system_prompt=task.system_prompt)
     eval_tokens, _ = tokenizer.tokenize_messages(
-        [*messages, Message(role="assistant", content="")], add_end_tokens=False)
+        [*messages, Message(role="assistant", content="")], add_end_tokens=False
+    )
     train_tokens = dataset[0]["tokens"]
-    assert train_tokens[:len(eval_tokens)] == eval_tokens
+    assert train_tokens[: len(eval_tokens)] == eval_tokens
     text = tokenizer.decode(eval_tokens, skip_special_tokens=False)
     # (the tokenizer strips each message, as in training)
     assert PROMPT.replace("{input}", row["input"]).strip() in text and SYSTEM_PROMPT in text

@@ -37,13 +37,28 @@ def finished(spec: EvalSpec, **changes: object) -> EvalResults:
         log = spec.log_dir(task, label) / "run.eval"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("log")
-        outcomes.append(EvalOutcome(**{
-            "task": task, "label": label, "status": "success", "samples": spec.data.rows,
-            "completed": spec.data.rows, "metrics": {"match": {"accuracy": 0.5, "stderr": 0.05}},
-            "log": str(log.relative_to(spec.run_dir)), **changes}))
-    return EvalResults(partition_key=spec.partition_key, spec_version=spec.version,
-                       checkpoints=checkpoint_fingerprints(spec), evaluations=outcomes,
-                       started="s", finished="f")
+        outcomes.append(
+            EvalOutcome(
+                **{
+                    "task": task,
+                    "label": label,
+                    "status": "success",
+                    "samples": spec.data.rows,
+                    "completed": spec.data.rows,
+                    "metrics": {"match": {"accuracy": 0.5, "stderr": 0.05}},
+                    "log": str(log.relative_to(spec.run_dir)),
+                    **changes,
+                }
+            )
+        )
+    return EvalResults(
+        partition_key=spec.partition_key,
+        spec_version=spec.version,
+        checkpoints=checkpoint_fingerprints(spec),
+        evaluations=outcomes,
+        started="s",
+        finished="f",
+    )
 
 
 @pytest.fixture
@@ -57,7 +72,8 @@ def spec(experiment: Callable[..., Path]) -> EvalSpec:
 
 
 def test_current_until_spec_checkpoint_or_log_changes(
-        spec: EvalSpec, experiment: Callable[..., Path]) -> None:
+    spec: EvalSpec, experiment: Callable[..., Path]
+) -> None:
     run_dir = Path(spec.run_dir)
     assert read_results(run_dir) is None and not is_current(run_dir, spec)
     finished(spec).write(run_dir)
@@ -103,14 +119,23 @@ def test_fingerprint_follows_names_sizes_and_mtimes_but_not_hidden_files(tmp_pat
 def test_problems_name_the_pair_and_what_is_wrong(spec: EvalSpec) -> None:
     assert result_problems(finished(spec), spec) == []
     results = finished(spec)
-    broken = EvalResults(**{**results.model_dump(), "evaluations": [
-        results.evaluations[0].model_copy(update={"errors": 2, "completed": 98,
-                                                  "error": "prompt too long"})]})
+    broken = EvalResults(
+        **{
+            **results.model_dump(),
+            "evaluations": [
+                results.evaluations[0].model_copy(
+                    update={"errors": 2, "completed": 98, "error": "prompt too long"}
+                )
+            ],
+        }
+    )
     assert result_problems(broken, spec) == [
         "capitalization on epoch_0: 2 of 100 samples errored (first: prompt too long)",
         "capitalization on epoch_0: 98 samples scored, but the test split has 100 rows",
         "capitalization on epoch_1: not evaluated",
     ]
     failed = finished(spec, status="error", error="model did not load")
-    assert result_problems(failed, spec)[0] == \
-        "capitalization on epoch_0: evaluation error: model did not load"
+    assert (
+        result_problems(failed, spec)[0]
+        == "capitalization on epoch_0: evaluation error: model did not load"
+    )

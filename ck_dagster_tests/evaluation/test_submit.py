@@ -18,14 +18,18 @@ from ck_dagster_tests.evaluation.tiny_experiment import plan_run
 from ck_dagster_tests.fixtures.dagster import EXAMPLES
 
 
-@pytest.mark.parametrize("example,run,gpus,header", [
-    ("cap_rank_sweep.yaml", "rank4", 1, ["--gres=gpu:1", "--partition=nomig", "--mem=40G"]),
-    ("cap_rank_sweep.yaml", "base", 1, ["--gres=gpu:1", "--partition=nomig"]),
-    # trained on 2 GPUs (distributed), evaluated on the one its model needs
-    ("model_comparison.yaml", "qwen_lr5e-4_2gpu", 1, ["--gres=gpu:1"]),
-])
-def test_gpu_models_get_their_gpus_and_cuda(example: str, run: str, gpus: int,
-                                            header: list[str]) -> None:
+@pytest.mark.parametrize(
+    "example,run,gpus,header",
+    [
+        ("cap_rank_sweep.yaml", "rank4", 1, ["--gres=gpu:1", "--partition=nomig", "--mem=40G"]),
+        ("cap_rank_sweep.yaml", "base", 1, ["--gres=gpu:1", "--partition=nomig"]),
+        # trained on 2 GPUs (distributed), evaluated on the one its model needs
+        ("model_comparison.yaml", "qwen_lr5e-4_2gpu", 1, ["--gres=gpu:1"]),
+    ],
+)
+def test_gpu_models_get_their_gpus_and_cuda(
+    example: str, run: str, gpus: int, header: list[str]
+) -> None:
     plan = plan_experiment(load_experiment(EXAMPLES / example), JobEnvironment()).runs[run]
     spec = eval_spec_for(plan)
     script = eval_job_script(spec, plan, JobEnvironment())
@@ -38,7 +42,8 @@ def test_gpu_models_get_their_gpus_and_cuda(example: str, run: str, gpus: int,
 
 
 def test_tiny_model_runs_on_cpu_from_the_run_directory(
-        experiment: Callable[..., Path], tmp_path: Path) -> None:
+    experiment: Callable[..., Path], tmp_path: Path
+) -> None:
     plan = plan_run(experiment(), "tuned")
     spec = eval_spec_for(plan)
     script = eval_job_script(spec, plan, JobEnvironment(venv="/opt/venv"))
@@ -48,21 +53,24 @@ def test_tiny_model_runs_on_cpu_from_the_run_directory(
     assert f"#SBATCH --output={plan.run_dir}/eval/slurm-%j.out" in text.splitlines()
     assert f"#SBATCH --chdir={plan.run_dir}" in text.splitlines()
     assert "source /opt/venv/bin/activate" in text and "export HF_HUB_OFFLINE=1" in text
-    assert text.splitlines()[-1] == \
-        'python -m ck_dagster.evaluation.job eval/eval_spec.json "$@"'
+    assert text.splitlines()[-1] == 'python -m ck_dagster.evaluation.job eval/eval_spec.json "$@"'
     (tmp_path / "eval.slurm").write_text(text)
     subprocess.run(["bash", "-n", str(tmp_path / "eval.slurm")], check=True)
 
 
 def test_request_writes_spec_and_script_only_when_there_is_something_to_evaluate(
-        experiment: Callable[..., Path]) -> None:
+    experiment: Callable[..., Path],
+) -> None:
     plan = plan_run(experiment(), "tuned")
     spec = eval_spec_for(plan)
     script = eval_job_script(spec, plan, JobEnvironment())
     request = eval_request(spec, script)
 
     assert (request.key, request.job_name, request.script) == (
-        "tiny_eval/tuned", "ck:tiny_eval/tuned:eval", plan.run_dir / "eval.slurm")
+        "tiny_eval/tuned",
+        "ck:tiny_eval/tuned:eval",
+        plan.run_dir / "eval.slurm",
+    )
     assert not request.is_done()
     with pytest.raises(CkError, match="materialize its checkpoint first"):
         request.before_submit()

@@ -14,7 +14,7 @@ from ck_dagster.evaluation.spec import TaskSpec, eval_spec_for
 from ck_dagster.evaluation.tasks import load_task, script_task
 from ck_dagster_tests.evaluation.tiny_experiment import PROMPT, SYSTEM_PROMPT, plan_run
 
-SCRIPT = '''
+SCRIPT = """
 import json
 from pathlib import Path
 from inspect_ai import Task, task
@@ -31,11 +31,12 @@ def words(count: int, prompt: str, suffix: str = "") -> Task:
 @task
 def other() -> Task:
     return Task(dataset=[Sample(input="x", target="y")])
-'''
+"""
 
 
 def test_builtin_task_asks_the_training_conversation_of_every_test_row(
-        experiment: Callable[..., Path], capitalization_data: Path) -> None:
+    experiment: Callable[..., Path], capitalization_data: Path
+) -> None:
     spec = eval_spec_for(plan_run(experiment(), "tuned"))
     task = load_task(spec, spec.tasks[0])
     rows = json.loads(capitalization_data.read_text())["test"]
@@ -44,7 +45,9 @@ def test_builtin_task_asks_the_training_conversation_of_every_test_row(
     assert len(task.dataset) == len(rows) == 100
     first = task.dataset[0]
     assert [(m.role, m.text) for m in first.input] == [
-        ("system", SYSTEM_PROMPT), ("user", PROMPT.replace("{input}", rows[0]["input"]))]
+        ("system", SYSTEM_PROMPT),
+        ("user", PROMPT.replace("{input}", rows[0]["input"])),
+    ]
     assert (first.id, first.target) == (1, rows[0]["output"])
     assert [registry_info(s).name.split("/")[-1] for s in task.scorer] == ["match", "includes"]
 
@@ -59,20 +62,24 @@ def script(tmp_path: Path) -> Path:
 
 
 def task_spec(script: Path, name: str = "words", **args: object) -> TaskSpec:
-    return TaskSpec(name=name, script=str(script), args=args, prompt="Say {input}",
-                    system_prompt="Be brief.")
+    return TaskSpec(
+        name=name, script=str(script), args=args, prompt="Say {input}", system_prompt="Be brief."
+    )
 
 
 @pytest.mark.unit
 def test_user_script_gets_its_args_and_the_runs_prompt(script: Path) -> None:
     task = script_task(task_spec(script, count=2, suffix="s"), data_path="/data.json")
     assert [(s.input[-1].text, s.target) for s in task.dataset] == [
-        ("Say apples", "APPLE"), ("Say pears", "PEAR")]
+        ("Say apples", "APPLE"),
+        ("Say pears", "PEAR"),
+    ]
 
 
 @pytest.mark.unit
 def test_user_script_picks_its_only_task_or_the_one_named_like_the_experiments(
-        script: Path) -> None:
+    script: Path,
+) -> None:
     assert script_task(task_spec(script, name="other"), data_path="").dataset[0].target == "y"
     with pytest.raises(CkError, match="several @task functions .* none is named `third`"):
         script_task(task_spec(script, name="third"), data_path="")

@@ -41,13 +41,20 @@ evaluation:
 LORA_RECIPE = "llama3_2/1B_lora_single_device"
 
 
-def write_experiment(folder: Path, model_dir: Path, data: Path, *, controls: str = PROMPTS,
-                     runs: str = RUNS, evaluation: str = EVALUATION,
-                     base_recipe: str = "llama3_2/1B_full_single_device") -> Path:
+def write_experiment(
+    folder: Path,
+    model_dir: Path,
+    data: Path,
+    *,
+    controls: str = PROMPTS,
+    runs: str = RUNS,
+    evaluation: str = EVALUATION,
+    base_recipe: str = "llama3_2/1B_full_single_device",
+) -> Path:
     """An experiment on the tiny model (runs in ``folder/runs``); ``controls`` lines follow the
     training controls, ``evaluation`` is the whole section."""
     file = folder / "experiment.yaml"
-    file.write_text(f"""experiment: {{name: tiny_eval, dir: {folder / 'runs'}}}
+    file.write_text(f"""experiment: {{name: tiny_eval, dir: {folder / "runs"}}}
 controls:
   base_recipe: {base_recipe}
   optimizer._component_: torch.optim.AdamW

@@ -29,32 +29,81 @@ from ck_dagster_tests.fixtures.dagster import EXAMPLES
 
 def fuzz(examples: int) -> settings:
     """Deterministic examples (the same in CI every run), no timing, nothing kept on disk."""
-    return settings(max_examples=examples, derandomize=True, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
 
 #: text as hostile as it gets: controls, quotes, shell and OmegaConf syntax, line separators.
 HOSTILE_CHARACTERS = st.sampled_from(
-    list("\n\t\r\x00\x1b\x7f\x85\u2028'\"`$(){}[]\\;&|#%*:,!?-~ ") + ["${", "$(", "\\${"])
-TEXT = st.one_of(st.text(max_size=30),
-                 st.lists(st.one_of(HOSTILE_CHARACTERS, st.text(max_size=4)), max_size=8)
-                 .map("".join))
-SCALARS = st.one_of(TEXT, st.integers(), st.integers(min_value=-2**80, max_value=2**80),
-                    st.floats(), st.booleans(), st.none(), st.dates(), st.binary(max_size=8))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)), max_leaves=6)
+    list("\n\t\r\x00\x1b\x7f\x85\u2028'\"`$(){}[]\\;&|#%*:,!?-~ ") + ["${", "$(", "\\${"]
+)
+TEXT = st.one_of(
+    st.text(max_size=30),
+    st.lists(st.one_of(HOSTILE_CHARACTERS, st.text(max_size=4)), max_size=8).map("".join),
+)
+SCALARS = st.one_of(
+    TEXT,
+    st.integers(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    st.dates(),
+    st.binary(max_size=8),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 @fuzz(200)
-@given(st.one_of(st.text(max_size=200),
-                 st.lists(st.sampled_from(["a: ", "- ", "[", "]", "{", "}", "&x ", "*x ", "!!int ",
-                                           "!!binary ", "!!timestamp ", "? ", "\n", "  ", "'",
-                                           '"', "#", "1e309", "2026-13-45", "\x00", "\x1b"]),
-                          max_size=40).map("".join)))
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.lists(
+            st.sampled_from(
+                [
+                    "a: ",
+                    "- ",
+                    "[",
+                    "]",
+                    "{",
+                    "}",
+                    "&x ",
+                    "*x ",
+                    "!!int ",
+                    "!!binary ",
+                    "!!timestamp ",
+                    "? ",
+                    "\n",
+                    "  ",
+                    "'",
+                    '"',
+                    "#",
+                    "1e309",
+                    "2026-13-45",
+                    "\x00",
+                    "\x1b",
+                ]
+            ),
+            max_size=40,
+        ).map("".join),
+    )
+)
 def test_any_text_loads_or_becomes_problems(text: str) -> None:
     loaded = load_yaml(text)
-    assert loaded.data is None or not loaded.problems or all(
-        "duplicate key" in p.message for p in loaded.problems)
+    assert (
+        loaded.data is None
+        or not loaded.problems
+        or all("duplicate key" in p.message for p in loaded.problems)
+    )
 
 
 #: a folder name every shell-quoting fault would show on: command substitution, quotes,
@@ -69,9 +118,16 @@ def base_experiment(folder: Path) -> dict[str, Any]:
         "controls": {"epochs": 1, "prompt": "Capitalize: {input}\n", "system_prompt": "S"},
         "models": {"base": [{"name": "tiny-llama", "path": str(folder / "model")}]},
         "data": {"training": {"path": str(EXAMPLES / "data" / "words_capitalization.json")}},
-        "runs": [{"name": "tuned", "type": "fine-tuned", "model": "tiny-llama",
-                  "parameters": {"lora_rank": 4}, "compute": {"time": "1:00:00"}},
-                 {"name": "base", "type": "control", "model": "tiny-llama"}],
+        "runs": [
+            {
+                "name": "tuned",
+                "type": "fine-tuned",
+                "model": "tiny-llama",
+                "parameters": {"lora_rank": 4},
+                "compute": {"time": "1:00:00"},
+            },
+            {"name": "base", "type": "control", "model": "tiny-llama"},
+        ],
         "evaluation": {"tasks": [{"name": "capitalization"}]},
     }
 
@@ -79,8 +135,11 @@ def base_experiment(folder: Path) -> dict[str, Any]:
 #: text any field may hold: no control characters, but quotes, shell and OmegaConf syntax.
 PLAIN = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max_size=12)
 #: a folder or file name: PLAIN without `/`, `%` and `\\`.
-COMPONENT = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"),
-                                  blacklist_characters="/%\\"), min_size=1, max_size=12)
+COMPONENT = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="/%\\"),
+    min_size=1,
+    max_size=12,
+)
 NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,20}", fullmatch=True)
 SLURM_VALUE = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:,|&*\[\]-]{0,10}", fullmatch=True)
 
@@ -106,17 +165,24 @@ PLACES: dict[tuple[Any, ...], st.SearchStrategy[Any]] = {
     ("runs", 0, "name"): sometimes_hostile(NAME),
     ("runs", 0, "parameters", "lora_rank"): sometimes_hostile(st.integers(1, 64)),
     ("runs", 0, "compute", "time"): sometimes_hostile(
-        st.from_regex(r"[0-9]{1,2}:[0-5][0-9]:[0-5][1-9]", fullmatch=True)),
+        st.from_regex(r"[0-9]{1,2}:[0-5][0-9]:[0-5][1-9]", fullmatch=True)
+    ),
     ("runs", 0, "compute", "mem"): sometimes_hostile(
-        st.from_regex(r"[1-9][0-9]{0,3}[MG]", fullmatch=True)),
+        st.from_regex(r"[1-9][0-9]{0,3}[MG]", fullmatch=True)
+    ),
     ("runs", 0, "compute", "partition"): sometimes_hostile(SLURM_VALUE),
     ("runs", 0, "compute", "account"): sometimes_hostile(SLURM_VALUE),
     ("models", "base", 0, "path"): sometimes_hostile(COMPONENT.map(lambda c: f"/models/{c}")),
     ("evaluation", "temperature"): sometimes_hostile(st.floats(0, 2)),
     ("evaluation", "seed"): sometimes_hostile(st.integers(0, 2**32 - 1)),
 }
-EDITS = st.lists(st.sampled_from(sorted(PLACES, key=str)).flatmap(
-    lambda place: st.tuples(st.just(place), PLACES[place])), min_size=1, max_size=3)
+EDITS = st.lists(
+    st.sampled_from(sorted(PLACES, key=str)).flatmap(
+        lambda place: st.tuples(st.just(place), PLACES[place])
+    ),
+    min_size=1,
+    max_size=3,
+)
 
 
 def _set(data: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
@@ -128,8 +194,11 @@ def _set(data: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
 @fuzz(60)
 @given(edits=EDITS)
 def test_generated_experiment_files_are_written_safely_or_refused_cleanly(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        edits: list[tuple[tuple[Any, ...], Any]]) -> None:
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    edits: list[tuple[tuple[Any, ...], Any]],
+) -> None:
     monkeypatch.setenv("CK_JOB_VENV", "none")
     folder = tmp_path / "case"
     shutil.rmtree(folder, ignore_errors=True)
@@ -153,8 +222,11 @@ def test_generated_experiment_files_are_written_safely_or_refused_cleanly(
     for script in out.glob("*/finetune.slurm"):
         subprocess.run(["bash", "-n", str(script)], check=True)
         run_dir = experiment_dir.expanduser() / script.parent.name
-        words = [shlex.split(line[len("#SBATCH "):]) for line in script.read_text().splitlines()
-                 if line.startswith("#SBATCH ")]
+        words = [
+            shlex.split(line[len("#SBATCH ") :])
+            for line in script.read_text().splitlines()
+            if line.startswith("#SBATCH ")
+        ]
         assert all(len(option) == 1 for option in words)  # each value quoted as one word
         options = dict(option[0].split("=", 1) for option in words if "=" in option[0])
         assert options["--chdir"] == str(run_dir)
@@ -164,9 +236,14 @@ def test_generated_experiment_files_are_written_safely_or_refused_cleanly(
         read_back = OmegaConf.load(script.with_name("finetune.yaml"))
         prompt = data["controls"].get("prompt")
         if isinstance(prompt, str):
-            assert tune_config.instantiate(
-                OmegaConf.create({"_component_": "builtins.dict",
-                                  "prompt": read_back.dataset.prompt}))["prompt"] == prompt
+            assert (
+                tune_config.instantiate(
+                    OmegaConf.create(
+                        {"_component_": "builtins.dict", "prompt": read_back.dataset.prompt}
+                    )
+                )["prompt"]
+                == prompt
+            )
 
 
 @fuzz(200)
@@ -174,24 +251,36 @@ def test_generated_experiment_files_are_written_safely_or_refused_cleanly(
 def test_user_text_resolves_to_itself_however_torchtune_reads_it(text: str) -> None:
     config = ProvenancedConfig()
     config.set("note", text, Source("controls", "controls.note"))
-    config.set("dataset", {"_component_": "builtins.dict", "prompt": text},
-               Source("controls", "controls.dataset"))
+    config.set(
+        "dataset",
+        {"_component_": "builtins.dict", "prompt": text},
+        Source("controls", "controls.dataset"),
+    )
     written = OmegaConf.create(written_config(config))
     assert written.note == text  # a top-level value the recipe reads itself
     assert tune_config.instantiate(written.dataset)["prompt"] == text  # a component's
 
 
-JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                              st.text(max_size=5)),
-                    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                            st.dictionaries(st.sampled_from(
-                                                ["train", "test", "input", "output", "x"]),
-                                                inner, max_size=3)), max_leaves=10)
+JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["train", "test", "input", "output", "x"]), inner, max_size=3
+        ),
+    ),
+    max_leaves=10,
+)
 
 
 @fuzz(150)
-@given(st.one_of(JSON.map(json.dumps), st.text(max_size=50),
-                 st.integers(1, 200_000).map(lambda n: "[" * n + "]" * n)))
+@given(
+    st.one_of(
+        JSON.map(json.dumps),
+        st.text(max_size=50),
+        st.integers(1, 200_000).map(lambda n: "[" * n + "]" * n),
+    )
+)
 def test_any_data_file_is_read_or_refused_with_a_reason(tmp_path: Path, text: str) -> None:
     path = tmp_path / f"data-{abs(hash(text))}.json"
     path.write_text(text)

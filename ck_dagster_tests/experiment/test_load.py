@@ -51,32 +51,36 @@ def test_malformed_file_is_refused_with_its_own_message(path: Path) -> None:
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     """Structure, cross-references and merged configs are all checked in one pass."""
     source = (Path(__file__).parent / "malformed" / "unknown_parameter.yaml").read_text()
-    text = (source.replace("name: cap_test", "name: cap test")
-                  .replace("type: fine-tuned", "type: fine-tuned\n    lr: 1e-3")
-                  .replace("name: base", "name: rank4")
-                  .replace("epochs: 2", "epochs: 2\n  lr: fast")
-                  .replace("experiment:", "base_recipe: x\nexperiment:")
-                  + "  matrix:\n    - {run: rank5}\n")
+    text = (
+        source.replace("name: cap_test", "name: cap test")
+        .replace("type: fine-tuned", "type: fine-tuned\n    lr: 1e-3")
+        .replace("name: base", "name: rank4")
+        .replace("epochs: 2", "epochs: 2\n  lr: fast")
+        .replace("experiment:", "base_recipe: x\nexperiment:")
+        + "  matrix:\n    - {run: rank5}\n"
+    )
     file = tmp_path / "many.yaml"
     file.write_text(text.replace("../../../examples", str(EXAMPLES)))
     with pytest.raises(ExperimentFileError) as caught:
         check(file)
     problems = caught.value.problems
     assert [format_path(p.path) for p in problems] == [
-        "base_recipe",                  # unknown key, in the wrong place
-        "experiment.name",              # unsafe name
-        "controls.lr",                  # bad value, found when configs are merged
-        "runs[0].lr",                   # unknown key, in the wrong place
+        "base_recipe",  # unknown key, in the wrong place
+        "experiment.name",  # unsafe name
+        "controls.lr",  # bad value, found when configs are merged
+        "runs[0].lr",  # unknown key, in the wrong place
         "runs[0].parameters.lora_rnk",  # unknown parameter, found when configs are merged
-        "runs[1].name",                 # duplicate run name
-        "evaluation.matrix[0].run",     # unknown run
+        "runs[1].name",  # duplicate run name
+        "evaluation.matrix[0].run",  # unknown run
     ], caught.value
     lines = [p.line for p in problems]
     assert lines == sorted(lines) and None not in lines
     message = str(caught.value)
     assert "base_recipe: unknown key `base_recipe` (it belongs under `controls:`)" in message
-    assert "runs[0].lr: unknown key `lr` (training parameters go under `runs[0].parameters:`)" \
+    assert (
+        "runs[0].lr: unknown key `lr` (training parameters go under `runs[0].parameters:`)"
         in message
+    )
     assert "controls.lr: `lr: 'fast'` must be a number above 0" in message
     assert "unknown run `rank5` (did you mean `rank4`?)" in message
 
@@ -84,42 +88,60 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_a_run_refused_by_the_schema_still_has_its_parameters_checked(tmp_path: Path) -> None:
     source = (Path(__file__).parent / "malformed" / "unknown_parameter.yaml").read_text()
     file = tmp_path / "exp.yaml"
-    file.write_text(source.replace("../../../examples", str(EXAMPLES))
-                    .replace("type: fine-tuned", "type: finetuned"))
+    file.write_text(
+        source.replace("../../../examples", str(EXAMPLES)).replace(
+            "type: fine-tuned", "type: finetuned"
+        )
+    )
     with pytest.raises(ExperimentFileError) as caught:
         check(file)
     # every problem at once: the wrong type, and the parameter that is wrong whatever the type
     assert [format_path(p.path) for p in caught.value.problems] == [
-        "runs[0].type", "runs[0].parameters.lora_rnk"]
+        "runs[0].type",
+        "runs[0].parameters.lora_rnk",
+    ]
 
 
 def test_a_run_naming_an_unknown_model_still_has_its_values_checked(tmp_path: Path) -> None:
-    text = (EXAMPLES / "cap_rank_sweep.yaml").read_text().replace(
-        "    model: Llama-3.2-1B-Instruct\n    parameters: {lora_rank: 4}",
-        "    model: Llama-3.2-1B\n    parameters: {lora_rank: 0}")
+    text = (
+        (EXAMPLES / "cap_rank_sweep.yaml")
+        .read_text()
+        .replace(
+            "    model: Llama-3.2-1B-Instruct\n    parameters: {lora_rank: 4}",
+            "    model: Llama-3.2-1B\n    parameters: {lora_rank: 0}",
+        )
+    )
     file = tmp_path / "exp.yaml"
     file.write_text(text.replace("path: data/", f"path: {EXAMPLES}/data/"))
     with pytest.raises(ExperimentFileError) as caught:
         check(file)
     assert [(format_path(p.path), p.message) for p in caught.value.problems] == [
         ("runs[0].model", "run `rank4` names unknown model `Llama-3.2-1B`"),
-        ("runs[0].parameters.lora_rank",
-         "`lora_rank: 0` must be a whole number from 1 to 8192 (no model is wider)")]
+        (
+            "runs[0].parameters.lora_rank",
+            "`lora_rank: 0` must be a whole number from 1 to 8192 (no model is wider)",
+        ),
+    ]
 
 
-@pytest.mark.parametrize(("key", "parent", "fix"), [
-    ("dir", "", "it belongs under `experiment:`"),
-    ("epochs", "", "it belongs under `controls:` (or a run's `parameters:`)"),
-    ("tasks", "", "it belongs under `evaluation:`"),
-    ("time", "runs[0]", "it belongs under `runs[0].compute:`"),
-    ("path", "runs[0]", "it belongs under `models.base[]:`"),
-])
-def test_a_key_at_the_wrong_level_says_where_it_goes(tmp_path: Path, key: str, parent: str,
-                                                       fix: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "parent", "fix"),
+    [
+        ("dir", "", "it belongs under `experiment:`"),
+        ("epochs", "", "it belongs under `controls:` (or a run's `parameters:`)"),
+        ("tasks", "", "it belongs under `evaluation:`"),
+        ("time", "runs[0]", "it belongs under `runs[0].compute:`"),
+        ("path", "runs[0]", "it belongs under `models.base[]:`"),
+    ],
+)
+def test_a_key_at_the_wrong_level_says_where_it_goes(
+    tmp_path: Path, key: str, parent: str, fix: str
+) -> None:
     source = (Path(__file__).parent / "malformed" / "unknown_parameter.yaml").read_text()
     anchor = "experiment:" if not parent else "    type: fine-tuned"
-    text = source.replace(anchor, f"{anchor}\n{'    ' if parent else ''}{key}: 1" if parent
-                          else f"{key}: 1\n{anchor}")
+    text = source.replace(
+        anchor, f"{anchor}\n{'    ' if parent else ''}{key}: 1" if parent else f"{key}: 1\n{anchor}"
+    )
     file = tmp_path / "exp.yaml"
     file.write_text(text.replace("../../../examples", str(EXAMPLES)))
     with pytest.raises(ExperimentFileError) as caught:
@@ -130,8 +152,11 @@ def test_a_key_at_the_wrong_level_says_where_it_goes(tmp_path: Path, key: str, p
 def test_numbers_and_times_read_as_researchers_write_them(tmp_path: Path) -> None:
     source = (EXAMPLES / "cap_rank_sweep.yaml").read_text()
     file = tmp_path / "exp.yaml"
-    file.write_text(source.replace("data/words", f"{EXAMPLES}/data/words")
-                    .replace('compute: {time: "2:00:00", mem: 48G}', "compute: {time: 2:00:00}"))
+    file.write_text(
+        source.replace("data/words", f"{EXAMPLES}/data/words").replace(
+            'compute: {time: "2:00:00", mem: 48G}', "compute: {time: 2:00:00}"
+        )
+    )
     experiment = load_experiment(file)
     run = experiment.run("rank16_lr3e-4")
     assert run.parameters["lr"] == 3e-4 and isinstance(run.parameters["lr"], float)

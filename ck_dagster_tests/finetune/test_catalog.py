@@ -17,8 +17,9 @@ SAMPLE = ["llama3_2/1B_lora_single_device", "qwen2_5/7B_lora", "llama3_1/8B_full
 
 def test_listing_matches_tune_ls() -> None:
     tune_ls = run_command(["tune", "ls"]).stdout
-    assert [line.rstrip() for line in tune_ls.strip().splitlines()] == \
-        recipe_catalog().listing().splitlines()
+    assert [
+        line.rstrip() for line in tune_ls.strip().splitlines()
+    ] == recipe_catalog().listing().splitlines()
 
 
 def test_loaded_configs_equal_what_tune_cp_writes(tmp_path: Path) -> None:

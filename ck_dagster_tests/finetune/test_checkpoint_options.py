@@ -27,12 +27,20 @@ OPTIONS = """  epochs_to_save: "0,2"
 @pytest.fixture
 def lora(tmp_path: Path, tiny_model_dir: Path, capitalization_data: Path):
     """The tuned run of a LoRA tiny experiment with these extra control lines."""
+
     def plan(controls: str = "", **kwargs: str) -> RunPlan:
-        file = write_experiment(tmp_path, tiny_model_dir, capitalization_data,
-                                base_recipe=kwargs.pop("base_recipe", LORA_RECIPE),
-                                controls="  prompt: \"{input}\"\n" + controls, **kwargs)
+        file = write_experiment(
+            tmp_path,
+            tiny_model_dir,
+            capitalization_data,
+            base_recipe=kwargs.pop("base_recipe", LORA_RECIPE),
+            controls='  prompt: "{input}"\n' + controls,
+            **kwargs,
+        )
         return plan_experiment(load_experiment(file), JobEnvironment(), only=["tuned"]).runs[
-            "tuned"]
+            "tuned"
+        ]
+
     return plan
 
 
@@ -48,8 +56,8 @@ def test_options_reach_the_config_and_run_ck_dagsters_recipe(lora, tiny_model_di
 
     spec = eval_spec_for(plan)
     assert [(t.label, t.path, t.adapter) for t in spec.targets] == [
-        (f"epoch_{n}", str(tiny_model_dir), str(plan.artifacts_dir / f"epoch_{n}"))
-        for n in (0, 2)]
+        (f"epoch_{n}", str(tiny_model_dir), str(plan.artifacts_dir / f"epoch_{n}")) for n in (0, 2)
+    ]
 
 
 def test_without_options_torchtunes_recipe_runs_and_every_epoch_is_kept(lora) -> None:
@@ -58,30 +66,49 @@ def test_without_options_torchtunes_recipe_runs_and_every_epoch_is_kept(lora) ->
     assert plan.saved_epochs == tuple(range(plan.epochs))
     # LoRA epochs are evaluated as their adapter on the base model, merged weights or not
     assert all(t.adapter and t.path == str(plan.model_path) for t in eval_spec_for(plan).targets)
-    full = lora("  save_last_epoch_only: true\n", base_recipe="llama3_2/1B_full_single_device",
-                evaluation=NO_MATRIX)
+    full = lora(
+        "  save_last_epoch_only: true\n",
+        base_recipe="llama3_2/1B_full_single_device",
+        evaluation=NO_MATRIX,
+    )
     assert full.recipe == "ck_dagster/training/full_recipe.py"
     assert full.saved_epochs == (full.epochs - 1,)
     assert [t.adapter for t in eval_spec_for(full).targets] == [None]
 
 
-@pytest.mark.parametrize("controls,kwargs,message", [
-    ('  epochs_to_save: "0,x"\n', {}, 'must be "all", "none", epoch numbers from 0'),
-    ("  save_last_epoch_only: true\n  epochs_to_save: [0]\n", {}, "set one of them"),
-    ("  run_val_every_n_steps: 5\n", {}, "validation runs only with"),
-    ("  stash_adapter_weights: true\n", {"base_recipe": "llama3_2/1B_full_single_device"},
-     "`stash_adapter_weights` is for LoRA runs"),
-    ('  epochs_to_save: "6"\n', {"evaluation": NO_MATRIX}, "there is no epoch 6"),
-    ('  epochs_to_save: "1"\n', {}, "keeps the checkpoints of epochs 1 .epochs_to_save., not of "
-     "epoch 0"),
-    ("  validation_during_training: true\n",
-     {"runs": "\n  - {name: tuned, type: fine-tuned, model: tiny-llama, compute: {gpus: 2}}"},
-     "needs ck_dagster's single-device recipe"),
-    ("  custom_recipe: 'a b'\n", {}, "must be a Python module path"),
-    ("  custom_recipe: missing.py\n", {}, "recipe file"),
-])
-def test_options_that_would_change_nothing_are_refused(lora, controls: str, kwargs: dict,
-                                                       message: str) -> None:
+@pytest.mark.parametrize(
+    "controls,kwargs,message",
+    [
+        ('  epochs_to_save: "0,x"\n', {}, 'must be "all", "none", epoch numbers from 0'),
+        ("  save_last_epoch_only: true\n  epochs_to_save: [0]\n", {}, "set one of them"),
+        ("  run_val_every_n_steps: 5\n", {}, "validation runs only with"),
+        (
+            "  stash_adapter_weights: true\n",
+            {"base_recipe": "llama3_2/1B_full_single_device"},
+            "`stash_adapter_weights` is for LoRA runs",
+        ),
+        ('  epochs_to_save: "6"\n', {"evaluation": NO_MATRIX}, "there is no epoch 6"),
+        (
+            '  epochs_to_save: "1"\n',
+            {},
+            "keeps the checkpoints of epochs 1 .epochs_to_save., not of epoch 0",
+        ),
+        (
+            "  validation_during_training: true\n",
+            {
+                "runs": (
+                    "\n  - {name: tuned, type: fine-tuned, model: tiny-llama, compute: {gpus: 2}}"
+                )
+            },
+            "needs ck_dagster's single-device recipe",
+        ),
+        ("  custom_recipe: 'a b'\n", {}, "must be a Python module path"),
+        ("  custom_recipe: missing.py\n", {}, "recipe file"),
+    ],
+)
+def test_options_that_would_change_nothing_are_refused(
+    lora, controls: str, kwargs: dict, message: str
+) -> None:
     with pytest.raises(ExperimentFileError, match=message) as raised:
         lora(controls, **kwargs)
     assert all(p.line for p in raised.value.problems)
@@ -94,8 +121,9 @@ def test_a_custom_recipe_module_or_file_is_what_tune_run_runs(lora, tmp_path: Pa
     recipe.write_text("# a recipe\n")
     plan = lora("  custom_recipe: recipes_of_mine/val_recipe.py\n")
     assert plan.recipe == "val_recipe.py"
-    assert f"export PYTHONPATH={recipe.parent}\"${{PYTHONPATH:+:$PYTHONPATH}}\"" in \
-        (plan.slurm_script or "")
+    assert f'export PYTHONPATH={recipe.parent}"${{PYTHONPATH:+:$PYTHONPATH}}"' in (
+        plan.slurm_script or ""
+    )
     before = plan.spec_version
     recipe.write_text("# a recipe, edited\n")
     assert lora("  custom_recipe: recipes_of_mine/val_recipe.py\n").spec_version != before

@@ -25,8 +25,9 @@ def unique_name(kind: str = "test") -> str:
     return f"ck:test-{uuid.uuid4().hex[:8]}/run:{kind}"
 
 
-def follow(launcher: Launcher, *job_ids: str, limit_s: float = 60.0,
-           poll: float = 0.2) -> tuple[dict[str, JobStatus], list[JobEvent]]:
+def follow(
+    launcher: Launcher, *job_ids: str, limit_s: float = 60.0, poll: float = 0.2
+) -> tuple[dict[str, JobStatus], list[JobEvent]]:
     """Follow jobs to their end (asserting that happens within ``limit_s``); final statuses
     and every event seen."""
     follower = JobFollower(launcher, poll_initial=poll, poll_max=1.0)
@@ -38,7 +39,8 @@ def follow(launcher: Launcher, *job_ids: str, limit_s: float = 60.0,
     finally:
         timer.cancel()
     assert not follower.unfinished, (
-        f"jobs {follower.unfinished} still not ended after {limit_s}s: {follower.statuses}")
+        f"jobs {follower.unfinished} still not ended after {limit_s}s: {follower.statuses}"
+    )
     return follower.statuses, events
 
 

@@ -22,8 +22,12 @@ class ScriptedLauncher:
 
     name = "scripted"
 
-    def __init__(self, clock: FakeClock, timetable: dict[str, list[tuple[float, str]]],
-                 outage: tuple[float, float] = (-1.0, -1.0)) -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        timetable: dict[str, list[tuple[float, str]]],
+        outage: tuple[float, float] = (-1.0, -1.0),
+    ) -> None:
         self.clock, self.timetable, self.outage = clock, timetable, outage
         self.calls: Counter[str] = Counter()
         self.poll_times: list[float] = []
@@ -57,8 +61,15 @@ class FakeClock:
 
 
 def _follower(launcher: ScriptedLauncher, clock: FakeClock, **kwargs) -> JobFollower:
-    return JobFollower(launcher, poll_initial=2.0, poll_max=60.0, backoff=2.0, clock=clock,
-                       sleep=clock.sleep, **kwargs)
+    return JobFollower(
+        launcher,
+        poll_initial=2.0,
+        poll_max=60.0,
+        backoff=2.0,
+        clock=clock,
+        sleep=clock.sleep,
+        **kwargs,
+    )
 
 
 def test_one_call_per_cycle_backoff_and_reset_on_change():
@@ -81,8 +92,9 @@ def test_one_call_per_cycle_backoff_and_reset_on_change():
 
 def test_keeps_following_through_a_controller_outage():
     clock = FakeClock()
-    launcher = ScriptedLauncher(clock, {"1": [(0, "RUNNING"), (200, "COMPLETED")]},
-                                outage=(10, 100))
+    launcher = ScriptedLauncher(
+        clock, {"1": [(0, "RUNNING"), (200, "COMPLETED")]}, outage=(10, 100)
+    )
     follower = _follower(launcher, clock)
     follower.add("1")
     kinds = [e.kind for e in follower.events()]
@@ -144,8 +156,10 @@ def test_log_lines_are_streamed_whole(tmp_path):
         # the job writes a line and a half every poll, and ends without a newline
         with open(log, "a") as handle:
             handle.write(f"step {clock.now:g}\npart")
-        return {j: JobStatus(j, s.name, s.state, log_path=Path(log))
-                for j, s in original(job_ids).items()}
+        return {
+            j: JobStatus(j, s.name, s.state, log_path=Path(log))
+            for j, s in original(job_ids).items()
+        }
 
     launcher.statuses = with_log  # type: ignore[method-assign]
     follower = _follower(launcher, clock)
@@ -168,11 +182,15 @@ def test_exit_marker_makes_the_end_seen_before_the_backed_off_status_call(tmp_pa
         if before < 100 <= clock.now:  # the script exits at t=100 and leaves its marker
             exit_marker(log, "1").write_text("0\n")
 
-    follower = JobFollower(launcher, poll_initial=2.0, poll_max=60.0, backoff=2.0,
-                           clock=clock, sleep=sleep)
+    follower = JobFollower(
+        launcher, poll_initial=2.0, poll_max=60.0, backoff=2.0, clock=clock, sleep=sleep
+    )
     follower.add("1")
-    ended = [e.at for e in follower.events() if e.kind == "state"
-             and e.status is not None and e.status.state is JobState.COMPLETED]
+    ended = [
+        e.at
+        for e in follower.events()
+        if e.kind == "state" and e.status is not None and e.status.state is JobState.COMPLETED
+    ]
     assert ended and launcher.poll_times[-1] <= 102
     # without the marker the call after t=62 would have come at t=122
     assert launcher.poll_times[:5] == [0, 2, 6, 14, 30]
@@ -185,8 +203,9 @@ def test_a_marker_seen_once_does_not_keep_the_status_calls_short(tmp_path):
     exit_marker(log, "1").write_text("0\n")
     launcher = ScriptedLauncher(clock, {"1": [(0, "PENDING"), (500, "COMPLETED")]})
     launcher.statuses = _with_log(launcher.statuses, log)  # type: ignore[method-assign]
-    follower = JobFollower(launcher, poll_initial=2.0, poll_max=60.0, backoff=2.0,
-                           clock=clock, sleep=clock.sleep)
+    follower = JobFollower(
+        launcher, poll_initial=2.0, poll_max=60.0, backoff=2.0, clock=clock, sleep=clock.sleep
+    )
     follower.add("1")
     list(follower.events())
     gaps = [b - a for a, b in zip(launcher.poll_times, launcher.poll_times[1:])]
@@ -195,6 +214,8 @@ def test_a_marker_seen_once_does_not_keep_the_status_calls_short(tmp_path):
 
 def _with_log(statuses, log: Path):
     """Wrap a scripted ``statuses`` so every job reports ``log`` as its log file."""
+
     def wrapped(job_ids):
         return {j: dataclasses.replace(s, log_path=log) for j, s in statuses(job_ids).items()}
+
     return wrapped

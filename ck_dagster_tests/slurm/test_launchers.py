@@ -22,11 +22,16 @@ def launcher(request, tmp_path) -> Launcher:
 
 def test_completed_job_runs_and_logs_as_its_sbatch_lines_say(launcher, tmp_path):
     (tmp_path / "work").mkdir()
-    script = job_script(tmp_path, 'echo "$SLURM_JOB_ID $SLURM_JOB_NAME $1|$2 $CK_TEST_VAR"; pwd',
-                        "--chdir=work", "--error=errors-%j.txt")
+    script = job_script(
+        tmp_path,
+        'echo "$SLURM_JOB_ID $SLURM_JOB_NAME $1|$2 $CK_TEST_VAR"; pwd',
+        "--chdir=work",
+        "--error=errors-%j.txt",
+    )
     name = unique_name()
-    job_id = launcher.submit(script, job_name=name, args=["two words", "x;y"],
-                             env={"CK_TEST_VAR": "from env"})
+    job_id = launcher.submit(
+        script, job_name=name, args=["two words", "x;y"], env={"CK_TEST_VAR": "from env"}
+    )
     final, events = follow(launcher, job_id)
     status = final[job_id]
     assert status.state is JobState.COMPLETED and status.exit_code == "0:0"
@@ -40,4 +45,7 @@ def test_completed_job_runs_and_logs_as_its_sbatch_lines_say(launcher, tmp_path)
     assert (tmp_path / "work" / f"errors-{job_id}.txt").exists()
     accounting = launcher.accounting(job_id)
     assert (accounting.state, accounting.exit_status, accounting.name) == (
-        JobState.COMPLETED, 0, name)
+        JobState.COMPLETED,
+        0,
+        name,
+    )

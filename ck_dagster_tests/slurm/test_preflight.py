@@ -31,8 +31,13 @@ def bad_profile(tmp_path: Path) -> dict[str, str]:
     return {"CK_CLUSTER_PROFILE": str(profile)}
 
 
-def dry_run(file: Path, out: Path, profile: str, monkeypatch: pytest.MonkeyPatch,
-            capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+def dry_run(
+    file: Path,
+    out: Path,
+    profile: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, str, str]:
     """``ck-dagster dry-run FILE`` in this process (exit code, stdout, stderr)."""
     monkeypatch.setenv("CK_CLUSTER_PROFILE", profile)
     code = main(["dry-run", str(file), "--out", str(out)])
@@ -41,24 +46,37 @@ def dry_run(file: Path, out: Path, profile: str, monkeypatch: pytest.MonkeyPatch
 
 
 def test_dry_run_names_every_run_the_cluster_could_never_run(
-        slurm_cluster, example_copy, bad_profile: dict[str, str], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    slurm_cluster,
+    example_copy,
+    bad_profile: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     file = example_copy("cap_rank_sweep.yaml")
-    file.write_text(file.read_text().replace(
-        'compute: {time: "2:00:00", mem: 48G}',
-        'compute: {time: "2:00:00", mem: 48G, partition: gpu, constraint: a100&gpu80, gpus: 8}'))
-    code, _, stderr = dry_run(file, tmp_path / "out", bad_profile["CK_CLUSTER_PROFILE"],
-                              monkeypatch, capsys)
+    file.write_text(
+        file.read_text().replace(
+            'compute: {time: "2:00:00", mem: 48G}',
+            'compute: {time: "2:00:00", mem: 48G, partition: gpu, constraint: a100&gpu80, gpus: 8}',
+        )
+    )
+    code, _, stderr = dry_run(
+        file, tmp_path / "out", bad_profile["CK_CLUSTER_PROFILE"], monkeypatch, capsys
+    )
     assert code == 1, stderr
     refused = [line for line in stderr.splitlines() if "could never run" in line]
     assert len(refused) == 5, stderr  # 3 runs on bigmem; 2 problems of rank16_lr3e-4
-    assert "run `cap_rank_sweep/rank4` (partition=bigmem, gres=gpu:1, mem=40G, time=1:00:00): " \
-        "partition `bigmem` does not exist on this cluster (it has `debug`, `gpu`, `nomig`): " \
-        "set `compute.partition` (for the experiment or the run), or choose a cluster " \
+    assert (
+        "run `cap_rank_sweep/rank4` (partition=bigmem, gres=gpu:1, mem=40G, time=1:00:00): "
+        "partition `bigmem` does not exist on this cluster (it has `debug`, `gpu`, `nomig`): "
+        "set `compute.partition` (for the experiment or the run), or choose a cluster "
         "profile" in stderr
-    assert "run `cap_rank_sweep/rank16_lr3e-4` (partition=gpu, constraint=a100&gpu80, " \
-        "gres=gpu:8, mem=48G, time=2:00:00): no node of partition `gpu` has feature `a100` " \
+    )
+    assert (
+        "run `cap_rank_sweep/rank16_lr3e-4` (partition=gpu, constraint=a100&gpu80, "
+        "gres=gpu:8, mem=48G, time=2:00:00): no node of partition `gpu` has feature `a100` "
         "(features there: `gpu80`): set `compute.constraint`" in stderr
+    )
     assert "8 GPU(s) asked for, but the nodes of partition `gpu` have at most 4" in stderr
     assert "4 run(s) would be refused by the cluster" in stderr
     # files are still written for a person to read
@@ -73,35 +91,68 @@ def test_dry_run_names_every_run_the_cluster_could_never_run(
 
 
 def test_sbatch_test_only_catches_what_sinfo_cannot_see(
-        slurm_cluster, example_copy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    slurm_cluster,
+    example_copy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     file = example_copy("cap_rank_sweep.yaml")
-    file.write_text(file.read_text().replace('mem: 48G}', 'mem: 9000G}'))
+    file.write_text(file.read_text().replace("mem: 48G}", "mem: 9000G}"))
     code, _, stderr = dry_run(file, tmp_path / "out", "della", monkeypatch, capsys)
     assert code == 1
-    assert "run `cap_rank_sweep/rank16_lr3e-4` (partition=nomig, gres=gpu:1, mem=9000G, " \
-        "time=2:00:00): SLURM refuses it: allocation failure: Requested node configuration " \
+    assert (
+        "run `cap_rank_sweep/rank16_lr3e-4` (partition=nomig, gres=gpu:1, mem=9000G, "
+        "time=2:00:00): SLURM refuses it: allocation failure: Requested node configuration "
         "is not available" in stderr
+    )
 
 
 @pytest.mark.slow
 def test_register_warns_and_checkpoint_refuses_before_submitting(
-        slurm_cluster, dagster_home: Path, tmp_path: Path, tiny_model_dir: Path,
-        capitalization_data: Path, bad_profile: dict[str, str],
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    slurm_cluster,
+    dagster_home: Path,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    capitalization_data: Path,
+    bad_profile: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     name = f"tiny_{uuid.uuid4().hex[:6]}"
-    file = write_tiny_experiment(tmp_path, tiny_model_dir, capitalization_data, name=name,
-                                 runs="\n  - {name: lora8, type: fine-tuned, model: tiny-llama}\n")
+    file = write_tiny_experiment(
+        tmp_path,
+        tiny_model_dir,
+        capitalization_data,
+        name=name,
+        runs="\n  - {name: lora8, type: fine-tuned, model: tiny-llama}\n",
+    )
     monkeypatch.setenv("CK_CLUSTER_PROFILE", bad_profile["CK_CLUSTER_PROFILE"])
     assert main(["register", str(file)]) == 0
-    assert f"warning: {file}: the cluster could never run run `{name}/lora8` " \
-        "(partition=bigmem, mem=4G, time=0:30:00): partition `bigmem` does not exist" \
+    assert (
+        f"warning: {file}: the cluster could never run run `{name}/lora8` "
+        "(partition=bigmem, mem=4G, time=0:30:00): partition `bigmem` does not exist"
         in capsys.readouterr().err
+    )
     key = load_experiment(file).partition_key("lora8")
-    result = run_command(["dagster", "asset", "materialize", "-m", "ck_dagster", "--select",
-                          "run_config,checkpoint", "--partition", key], check=False,
-                         timeout=600, env={"CK_LAUNCHER": "slurm"})
+    result = run_command(
+        [
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "ck_dagster",
+            "--select",
+            "run_config,checkpoint",
+            "--partition",
+            key,
+        ],
+        check=False,
+        timeout=600,
+        env={"CK_LAUNCHER": "slurm"},
+    )
     assert result.returncode != 0
-    assert "Nothing was submitted: the cluster could never run run " in result.stdout + \
-        result.stderr
+    assert (
+        "Nothing was submitted: the cluster could never run run " in result.stdout + result.stderr
+    )
     assert SlurmLauncher().find(f"ck:{name}/lora8:train") == []

@@ -26,21 +26,25 @@ environment: {modules: [anaconda3/2025.6], conda_env: ck}
 
 
 def sbatch_options(script: str) -> dict[str, str]:
-    options = [line.removeprefix("#SBATCH --") for line in script.splitlines()
-               if line.startswith("#SBATCH --")]
+    options = [
+        line.removeprefix("#SBATCH --")
+        for line in script.splitlines()
+        if line.startswith("#SBATCH --")
+    ]
     return dict(option.partition("=")[::2] for option in options)
 
 
 def test_presets_della_keeps_the_v1_rules_and_generic_leaves_placement_to_the_cluster() -> None:
-    assert (DELLA.resources("1B").partition, DELLA.resources("8B").constraint) == \
-        ("nomig", "gpu80")
+    assert (DELLA.resources("1B").partition, DELLA.resources("8B").constraint) == ("nomig", "gpu80")
     mig = DELLA.request("1B", {"mig": True})
     assert (mig.mem, mig.partition) == ("16G", None)
     for size in ("1B", "3B", "8B", "70B"):
         generic = GENERIC.resources(size)
         assert (generic.partition, generic.constraint) == (None, None)
-        assert (generic.mem, generic.gpus) == (DELLA.resources(size).mem,
-                                               DELLA.resources(size).gpus)
+        assert (generic.mem, generic.gpus) == (
+            DELLA.resources(size).mem,
+            DELLA.resources(size).gpus,
+        )
 
 
 def test_a_site_profile_overrides_its_preset(tmp_path: Path) -> None:
@@ -48,40 +52,57 @@ def test_a_site_profile_overrides_its_preset(tmp_path: Path) -> None:
     file.write_text(SITE)
     profile = load_profile(str(file))
     one = profile.resources("1B")
-    assert (one.partition, one.mem, one.account, one.qos, one.time) == \
-        ("gpu", "32G", "my_lab", "short", "2:00:00")
+    assert (one.partition, one.mem, one.account, one.qos, one.time) == (
+        "gpu",
+        "32G",
+        "my_lab",
+        "short",
+        "2:00:00",
+    )
     three = profile.resources("3B")
     assert (three.partition, three.constraint, three.mem) == ("big", None, "80G")
     mig = profile.request("1B", {"mig": True})
     assert (mig.partition, mig.mem) == ("mig", "10G")
     environment = deployment_environment({"CK_CLUSTER_PROFILE": str(file)})
     assert environment.profile == profile
-    assert environment.lines() == ["module purge", "module load anaconda3/2025.6",
-                                   'eval "$(conda shell.bash hook)"', "conda activate ck"]
+    assert environment.lines() == [
+        "module purge",
+        "module load anaconda3/2025.6",
+        'eval "$(conda shell.bash hook)"',
+        "conda activate ck",
+    ]
 
 
 def test_precedence_is_size_then_profile_then_experiment_then_run(
-        tmp_path: Path, example_copy) -> None:
+    tmp_path: Path, example_copy
+) -> None:
     site = tmp_path / "site.yaml"
     site.write_text(SITE)
     file = example_copy("cap_rank_sweep.yaml")
-    file.write_text(file.read_text().replace(
-        "\nruns:", '\ncompute: {time: "3:00:00", qos: long}\nruns:'))
+    file.write_text(
+        file.read_text().replace("\nruns:", '\ncompute: {time: "3:00:00", qos: long}\nruns:')
+    )
     environment = JobEnvironment(profile=load_profile(str(site)))
     plan = plan_experiment_file(file, environment)
     rank4 = sbatch_options(plan.runs["rank4"].slurm_script)
     # size: 4 CPUs, 1 GPU; profile: partition, account, 32G; experiment: time and qos
-    assert (rank4["cpus-per-task"], rank4["gres"], rank4["partition"], rank4["account"],
-            rank4["mem"], rank4["time"], rank4["qos"]) == \
-        ("4", "gpu:1", "gpu", "my_lab", "32G", "3:00:00", "long")
+    assert (
+        rank4["cpus-per-task"],
+        rank4["gres"],
+        rank4["partition"],
+        rank4["account"],
+        rank4["mem"],
+        rank4["time"],
+        rank4["qos"],
+    ) == ("4", "gpu:1", "gpu", "my_lab", "32G", "3:00:00", "long")
     # the run's own compute has the last word
     overridden = sbatch_options(plan.runs["rank16_lr3e-4"].slurm_script)
-    assert (overridden["time"], overridden["mem"], overridden["qos"]) == \
-        ("2:00:00", "48G", "long")
+    assert (overridden["time"], overridden["mem"], overridden["qos"]) == ("2:00:00", "48G", "long")
 
 
 def test_the_profile_is_a_resource_setting_and_an_environment_variable(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("CK_CLUSTER_PROFILE", "generic")
     assert JobEnvironmentResource().environment().profile is GENERIC
     assert JobEnvironmentResource(cluster_profile="della").environment().profile is DELLA
@@ -89,14 +110,20 @@ def test_the_profile_is_a_resource_setting_and_an_environment_variable(
     assert JobEnvironmentResource().environment().profile is DELLA
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("sizes: {1B: {mem: lots}}\n", "site.yaml:1: sizes.1B.mem: Value error, is not a SLURM "
-     "memory size"),
-    ("sizes: {2B: {mem: 8G}}\n", "sizes.2B: unknown model size"),
-    ("partitions: {}\n", "site.yaml:1: partitions: Extra inputs are not permitted"),
-])
-def test_a_bad_profile_is_refused_with_its_file_line_and_field(tmp_path: Path, text: str,
-                                                                expected: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "sizes: {1B: {mem: lots}}\n",
+            "site.yaml:1: sizes.1B.mem: Value error, is not a SLURM memory size",
+        ),
+        ("sizes: {2B: {mem: 8G}}\n", "sizes.2B: unknown model size"),
+        ("partitions: {}\n", "site.yaml:1: partitions: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_profile_is_refused_with_its_file_line_and_field(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     file = tmp_path / "site.yaml"
     file.write_text(text)
     with pytest.raises(CkError, match=None) as caught:

@@ -28,15 +28,25 @@ def launcher(request, tmp_path) -> Launcher:
 
 def runner(launcher: Launcher, messages: list[str] | None = None, **kwargs) -> JobRunner:
     seen = messages if messages is not None else []
-    return JobRunner(launcher, poll_initial=0.3, poll_max=1.0, slot_wait=0.3,
-                     on_event=lambda key, message: seen.append(f"{key}: {message}"), **kwargs)
+    return JobRunner(
+        launcher,
+        poll_initial=0.3,
+        poll_max=1.0,
+        slot_wait=0.3,
+        on_event=lambda key, message: seen.append(f"{key}: {message}"),
+        **kwargs,
+    )
 
 
 def writes_done(folder: Path, body: str = "", *sbatch: str, name: str = "job.sh") -> JobRequest:
     """A request whose job writes `done` (after `body`); it is done when that file exists."""
     script = job_script(folder, f"{body}\necho ok > done", *sbatch, name=name)
-    return JobRequest(key=f"exp/{folder.name}", script=script, job_name=unique_name(),
-                      is_done=lambda: (folder / "done").exists())
+    return JobRequest(
+        key=f"exp/{folder.name}",
+        script=script,
+        job_name=unique_name(),
+        is_done=lambda: (folder / "done").exists(),
+    )
 
 
 def names_in_queue(launcher: Launcher, name: str) -> list[str]:
@@ -91,8 +101,13 @@ def test_interrupt_cancels_the_jobs(launcher, tmp_path):
             raise KeyboardInterrupt
         time.sleep(seconds)
 
-    follower = JobFollower(launcher, poll_initial=0.3, poll_max=1.0, cancel_on_interrupt=False,
-                           sleep=sleep_until_running)
+    follower = JobFollower(
+        launcher,
+        poll_initial=0.3,
+        poll_max=1.0,
+        cancel_on_interrupt=False,
+        sleep=sleep_until_running,
+    )
     with pytest.raises(KeyboardInterrupt):
         runner(launcher, follower=follower).run([request])
     assert job_ids
@@ -135,8 +150,10 @@ def test_out_of_memory_is_retried_once_with_the_requests_arguments(slurm_cluster
     if slurm_cluster.config("TaskPlugin") != "task/cgroup":
         pytest.skip("this cluster enforces no memory limit (no cgroup v1 memory controller)")
     launcher = SlurmLauncher(retry_total_s=30.0)
-    body = ('batch=8; for arg in "$@"; do case $arg in batch_size=*) batch=${arg#*=};; esac; done\n'
-            'echo "batch $batch"; head -c $((batch * 100))M /dev/zero | tail > /dev/null')
+    body = (
+        'batch=8; for arg in "$@"; do case $arg in batch_size=*) batch=${arg#*=};; esac; done\n'
+        'echo "batch $batch"; head -c $((batch * 100))M /dev/zero | tail > /dev/null'
+    )
     request = writes_done(tmp_path, body, "--mem=500M")
     request.oom_retry_args = lambda: ["batch_size=4", "gradient_accumulation_steps=2"]
     messages: list[str] = []
@@ -149,6 +166,7 @@ def test_out_of_memory_is_retried_once_with_the_requests_arguments(slurm_cluster
 
 def fail_node_when_running(launcher: Launcher, name: str, node: str) -> threading.Thread:
     """Set the node DOWN (its running jobs end NODE_FAIL) once job `name` runs, then back."""
+
     def fail() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -156,8 +174,10 @@ def fail_node_when_running(launcher: Launcher, name: str, node: str) -> threadin
             if found and found[0].state is JobState.RUNNING:
                 break
             time.sleep(0.2)
-        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
-                        "reason=ck_dagster test"], check=True)
+        subprocess.run(
+            ["scontrol", "update", f"nodename={node}", "state=down", "reason=ck_dagster test"],
+            check=True,
+        )
         time.sleep(1)
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"])
 
@@ -178,8 +198,10 @@ def test_node_failure_is_resubmitted_once(slurm_cluster, tmp_path, requeue):
         outcome = runner(launcher, messages).run([request])[request.key]
     finally:
         thread.join()
-        subprocess.run(["scontrol", "update", f"nodename={slurm_cluster.node}",
-                        "state=resume"], capture_output=True)
+        subprocess.run(
+            ["scontrol", "update", f"nodename={slurm_cluster.node}", "state=resume"],
+            capture_output=True,
+        )
     assert outcome.status == "completed", messages
     jobs = names_in_queue(launcher, request.job_name)
     if requeue == "--no-requeue":

@@ -87,11 +87,14 @@ def test_requeued_job_is_seen_pending_then_runs_again(slurm, tmp_path):
     assert tail(final[job_id].log_path) == "run 1"
 
 
-@pytest.mark.parametrize(("option", "message"), [
-    ("--partition=nosuchpart", "Invalid partition name specified"),
-    ("--gres=gpu:99", "Requested node configuration is not available"),
-    ("--constraint=nosuchfeature", "Invalid feature specification"),
-])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--partition=nosuchpart", "Invalid partition name specified"),
+        ("--gres=gpu:99", "Requested node configuration is not available"),
+        ("--constraint=nosuchfeature", "Invalid feature specification"),
+    ],
+)
 def test_refused_submission_carries_slurms_message(slurm, tmp_path, option, message):
     script = job_script(tmp_path, "true", option)
     with pytest.raises(SubmissionRefused, match=message):
@@ -100,9 +103,15 @@ def test_refused_submission_carries_slurms_message(slurm, tmp_path, option, mess
 
 def test_requests_of_real_model_sizes_are_accepted(slurm, tmp_path):
     """What a 70B run asks for (320G, 8 CPUs, 4 GPUs on gpu80) fits the test node."""
-    script = job_script(tmp_path, 'echo "gpus=$CUDA_VISIBLE_DEVICES"', "--mem=320G",
-                        "--cpus-per-task=8", "--gres=gpu:4", "--constraint=gpu80",
-                        "--partition=gpu")
+    script = job_script(
+        tmp_path,
+        'echo "gpus=$CUDA_VISIBLE_DEVICES"',
+        "--mem=320G",
+        "--cpus-per-task=8",
+        "--gres=gpu:4",
+        "--constraint=gpu80",
+        "--partition=gpu",
+    )
     job_id = slurm.submit(script, job_name=unique_name())
     status = follow(slurm, job_id)[0][job_id]
     assert status.state is JobState.COMPLETED
@@ -154,8 +163,9 @@ def test_statuses_of_many_jobs_take_one_call(slurm, tmp_path):
 
 def test_follower_survives_a_controller_restart(slurm_cluster, tmp_path):
     launcher = SlurmLauncher(retry_total_s=1.0, retry_initial_s=0.5, command_timeout_s=2.0)
-    job_id = launcher.submit(job_script(tmp_path, "sleep 12; echo finished"),
-                             job_name=unique_name())
+    job_id = launcher.submit(
+        job_script(tmp_path, "sleep 12; echo finished"), job_name=unique_name()
+    )
     wait_for_state(launcher, job_id, "RUNNING")
     follower = JobFollower(launcher, poll_initial=0.5, poll_max=2.0)
     follower.add(job_id)
@@ -201,16 +211,20 @@ def test_timeout(slurm, timeout_job):
 def test_exit_marker_shows_the_end_long_before_the_next_status_call(slurm, tmp_path):
     """A job from a real JobScript leaves its exit marker; the follower, whose next status call
     is an hour away after the first, sees the end within seconds through it."""
-    job = JobScript(job_name=unique_name("marker"), workdir=tmp_path,
-                    log_path=tmp_path / "logs" / "slurm-%j.out",
-                    resources=Resources(mem="100M", cpus=1, gpus=0, time="0:05:00"),
-                    command=["sleep", "4"])
+    job = JobScript(
+        job_name=unique_name("marker"),
+        workdir=tmp_path,
+        log_path=tmp_path / "logs" / "slurm-%j.out",
+        resources=Resources(mem="100M", cpus=1, gpus=0, time="0:05:00"),
+        command=["sleep", "4"],
+    )
     (tmp_path / "logs").mkdir()
     script = tmp_path / "job.slurm"
     script.write_text(job.render())
     job_id = slurm.submit(script, job_name=job.job_name)
-    follower = JobFollower(slurm, poll_initial=0.5, poll_max=3600.0, backoff=7200.0,
-                           follow_logs=False)
+    follower = JobFollower(
+        slurm, poll_initial=0.5, poll_max=3600.0, backoff=7200.0, follow_logs=False
+    )
     follower.add(job_id)
     timer = threading.Timer(120, follower.stop)
     timer.start()

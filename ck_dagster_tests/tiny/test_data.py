@@ -13,17 +13,25 @@ pytestmark = pytest.mark.unit
 
 
 def test_splits_have_the_sizes_asked_and_share_no_word(tmp_path: Path) -> None:
-    path = make_capitalization_dataset(tmp_path / "cap.json", n_train=300, n_validation=20,
-                                       n_test=40, seed=3)
+    path = make_capitalization_dataset(
+        tmp_path / "cap.json", n_train=300, n_validation=20, n_test=40, seed=3
+    )
     data = json.loads(path.read_text())
 
     assert {name: len(rows) for name, rows in data.items()} == {
-        "train": 300, "validation": 20, "test": 40}
+        "train": 300,
+        "validation": 20,
+        "test": 40,
+    }
     words = {name: {row["input"] for row in rows} for name, rows in data.items()}
     assert sum(len(w) for w in words.values()) == 360
-    assert all(row["input"].isalpha() and row["input"].islower()
-               and row["output"] == row["input"][0].upper() + row["input"][1:]
-               for rows in data.values() for row in rows)
+    assert all(
+        row["input"].isalpha()
+        and row["input"].islower()
+        and row["output"] == row["input"][0].upper() + row["input"][1:]
+        for rows in data.values()
+        for row in rows
+    )
     # every letter of the alphabet starts some training word, so the test split is fair.
     assert {w[0] for w in words["train"]} == set("abcdefghijklmnopqrstuvwxyz")
 

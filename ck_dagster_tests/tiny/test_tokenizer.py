@@ -43,10 +43,12 @@ def test_torchtune_reads_the_special_tokens_at_the_ids_written(tokenizer_dir: Pa
 
 @pytest.mark.parametrize("prompt,system_prompt", PROMPTS)
 def test_chat_template_renders_torchtunes_generation_prompt(
-        tokenizer_dir: Path, prompt: str, system_prompt: str) -> None:
+    tokenizer_dir: Path, prompt: str, system_prompt: str
+) -> None:
     messages = prompt_messages("apple", prompt=prompt, system_prompt=system_prompt)
     expected, _ = load_tokenizer(tokenizer_dir).tokenize_messages(
-        [*messages, Message(role="assistant", content="")], add_end_tokens=False)
+        [*messages, Message(role="assistant", content="")], add_end_tokens=False
+    )
     hf = AutoTokenizer.from_pretrained(tokenizer_dir)
     chat = [{"role": m.role, "content": m.text_content} for m in messages]
 

@@ -36,8 +36,9 @@ RECIPE_CONFIGS = {
 TUNE = Path(sys.executable).with_name("tune")
 
 
-def write_tune_config(path: Path, recipe: str, *, model_dir: Path, data: Path, output_dir: Path,
-                      **overrides: Any) -> Path:
+def write_tune_config(
+    path: Path, recipe: str, *, model_dir: Path, data: Path, output_dir: Path, **overrides: Any
+) -> Path:
     """Write ``recipe``'s shipped Llama 3.2 1B config, pointed at the tiny model and data.
 
     ``overrides`` are dotted torchtune paths, applied last (``epochs=...``, ``optimizer.lr=...``).
@@ -53,11 +54,17 @@ def write_tune_config(path: Path, recipe: str, *, model_dir: Path, data: Path, o
         "checkpointer.checkpoint_dir": str(model_dir),
         "checkpointer.checkpoint_files": spec.checkpoint_files,
         "checkpointer.model_type": spec.model_type,
-        "dataset": {"_component_": "ck_dagster.finetune.dataset.prompt_dataset",
-                    "data_files": str(data), "field": "train",
-                    "prompt": PROMPT, "system_prompt": SYSTEM_PROMPT},
-        "metric_logger": {"_component_": "torchtune.training.metric_logging.DiskLogger",
-                          "log_dir": str(output_dir / "logs")},
+        "dataset": {
+            "_component_": "ck_dagster.finetune.dataset.prompt_dataset",
+            "data_files": str(data),
+            "field": "train",
+            "prompt": PROMPT,
+            "system_prompt": SYSTEM_PROMPT,
+        },
+        "metric_logger": {
+            "_component_": "torchtune.training.metric_logging.DiskLogger",
+            "log_dir": str(output_dir / "logs"),
+        },
         "seed": 0,
         "epochs": 2,
         "gradient_accumulation_steps": 1,
@@ -81,11 +88,21 @@ def tune_run(recipe: str, config: Path) -> float:
     thread on a busy machine (other tests, other jobs) can make a run ten times slower.
     """
     source_root = str(Path(ck_dagster.__file__).parents[1])  # ck_dagster need not be installed
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")])),
+    }
     started = time.perf_counter()
-    result = subprocess.run([str(TUNE), "run", recipe, "--config", str(config)], env=env,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [str(TUNE), "run", recipe, "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, f"tune run failed:\n{result.stdout}\n{result.stderr}"
     return time.perf_counter() - started
 
@@ -96,23 +113,38 @@ def logged_losses(output_dir: Path) -> list[float]:
     return [float(m) for m in re.findall(r"\bloss:([-\d.e]+)", log.read_text())]
 
 
-def greedy_answers(model_dir: Path, inputs: list[str], *, prompt: str = PROMPT,
-                   system_prompt: str = SYSTEM_PROMPT, max_new_tokens: int = 16) -> list[str]:
+def greedy_answers(
+    model_dir: Path,
+    inputs: list[str],
+    *,
+    prompt: str = PROMPT,
+    system_prompt: str = SYSTEM_PROMPT,
+    max_new_tokens: int = 16,
+) -> list[str]:
     """Greedy answers of an HF model folder, prompted through its chat template like evaluation.
 
     Loads with transformers' Auto classes from local files only: no Hub look-up.
     """
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-    chats = [[{"role": m.role, "content": m.text_content}
-              for m in prompt_messages(x, prompt=prompt, system_prompt=system_prompt)]
-             for x in inputs]
-    batch = tokenizer.apply_chat_template(chats, add_generation_prompt=True, padding=True,
-                                          return_tensors="pt", return_dict=True)
+    chats = [
+        [
+            {"role": m.role, "content": m.text_content}
+            for m in prompt_messages(x, prompt=prompt, system_prompt=system_prompt)
+        ]
+        for x in inputs
+    ]
+    batch = tokenizer.apply_chat_template(
+        chats, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens)
-    return [a.strip() for a in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:],
-                                                       skip_special_tokens=True)]
+    return [
+        a.strip()
+        for a in tokenizer.batch_decode(
+            out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+    ]
 
 
 def exact_match(model_dir: Path, data: Path, split: str = "test") -> float:

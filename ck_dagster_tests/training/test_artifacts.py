@@ -42,7 +42,10 @@ def test_every_changed_or_added_value_is_named(tmp_path: Path) -> None:
     changed["model"]["lora_alpha"] = 16
     changed["max_steps_per_epoch"] = 10
     assert config_differences(tmp_path, changed) == [
-        "model.lora_alpha", "optimizer.lr", "max_steps_per_epoch"]
+        "model.lora_alpha",
+        "optimizer.lr",
+        "max_steps_per_epoch",
+    ]
 
 
 def test_an_out_of_memory_retry_counts_as_the_same_config(tmp_path: Path) -> None:

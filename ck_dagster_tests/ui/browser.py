@@ -52,12 +52,24 @@ class Browser:
     arrive), never fixed sleeps.
     """
 
-    def __init__(self, base_url: str, artifacts: Path, *, chromium: Path, chromedriver: Path,
-                 timeout: float = 30) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        artifacts: Path,
+        *,
+        chromium: Path,
+        chromedriver: Path,
+        timeout: float = 30,
+    ) -> None:
         options = Options()
         options.binary_location = str(chromium)  # no Selenium Manager: there is no internet
-        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                         "--disable-gpu", f"--window-size={WINDOW[0]},{WINDOW[1]}"):
+        for argument in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        ):
             options.add_argument(argument)
         self.driver = webdriver.Chrome(options=options, service=Service(str(chromedriver)))
         self.base_url = base_url
@@ -83,10 +95,13 @@ class Browser:
         """Wait until the page's visible text meets ``condition``; fail with what it shows."""
         try:
             WebDriverWait(self.driver, self.timeout, poll_frequency=0.2).until(
-                lambda _: condition(self.visible_text()))
+                lambda _: condition(self.visible_text())
+            )
         except TimeoutException:
-            raise AssertionError(f"{self.driver.current_url} did not show {what} within "
-                                 f"{self.timeout} s; it shows:\n{self.visible_text()}") from None
+            raise AssertionError(
+                f"{self.driver.current_url} did not show {what} within "
+                f"{self.timeout} s; it shows:\n{self.visible_text()}"
+            ) from None
 
     def wait_for_text(self, *texts: str) -> None:
         """Wait until the page shows every one of ``texts``."""
@@ -99,8 +114,7 @@ class Browser:
 
     def metadata_value(self, key: str) -> WebElement:
         """The value cell of metadata entry ``key`` in a Dagster metadata table."""
-        return self.driver.find_element(
-            By.XPATH, f"//tr[td[1][normalize-space()='{key}']]/td[2]")
+        return self.driver.find_element(By.XPATH, f"//tr[td[1][normalize-space()='{key}']]/td[2]")
 
     def table_rows(self, element: WebElement) -> list[list[str]]:
         """The rows (header included) of the first table in ``element``, as cell texts."""
@@ -121,15 +135,16 @@ class Browser:
             return cell
         links[0].click()
         return WebDriverWait(self.driver, self.timeout).until(
-            expected_conditions.visibility_of_element_located(
-                (By.CSS_SELECTOR, "[role=dialog]")))
+            expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, "[role=dialog]"))
+        )
 
     def click_last(self, text: str) -> None:
         """Click the last element on the page, other than a link, whose own text is ``text``
         (e.g. the oldest entry of an event list)."""
         self.wait_for_text(text)
-        self.driver.find_elements(
-            By.XPATH, f"//*[not(self::a)][normalize-space(text())='{text}']")[-1].click()
+        self.driver.find_elements(By.XPATH, f"//*[not(self::a)][normalize-space(text())='{text}']")[
+            -1
+        ].click()
 
     def image_width(self, element: WebElement, css: str) -> int:
         """The natural width of the image ``css`` in ``element`` (0 when it did not decode)."""
@@ -146,8 +161,10 @@ class Browser:
             for _ in range(3):
                 width, height = self.driver.execute_script(HIDDEN_JS)
                 current = self.driver.get_window_size()
-                grown = (min(current["width"] + width, LARGEST_SCREENSHOT[0]),
-                         min(current["height"] + height, LARGEST_SCREENSHOT[1]))
+                grown = (
+                    min(current["width"] + width, LARGEST_SCREENSHOT[0]),
+                    min(current["height"] + height, LARGEST_SCREENSHOT[1]),
+                )
                 if grown == (current["width"], current["height"]):
                     break
                 self.driver.set_window_size(*grown)

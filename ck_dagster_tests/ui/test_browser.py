@@ -44,12 +44,18 @@ RUN = "rank16_lr3e-4"  # sets a parameter of its own (lr) besides the LoRA rank
 def require_browser() -> None:
     """Skip the module, before anything slow starts, when a browser part is missing; on CI
     that is a failure, so the browser tests cannot silently stop running there."""
-    missing = [part for part, present in (
-        ("the selenium package (pip install -e '.[dev]')",
-         importlib.util.find_spec("selenium") is not None),
-        (f"{CHROMIUM} (apt-get install chromium)", CHROMIUM.exists()),
-        (f"{CHROMEDRIVER} (apt-get install chromium-driver)", CHROMEDRIVER.exists()),
-    ) if not present]
+    missing = [
+        part
+        for part, present in (
+            (
+                "the selenium package (pip install -e '.[dev]')",
+                importlib.util.find_spec("selenium") is not None,
+            ),
+            (f"{CHROMIUM} (apt-get install chromium)", CHROMIUM.exists()),
+            (f"{CHROMEDRIVER} (apt-get install chromium-driver)", CHROMEDRIVER.exists()),
+        )
+        if not present
+    ]
     if not missing:
         return
     reason = "browser tests need " + ", ".join(missing)
@@ -81,9 +87,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         run_command(["ck-dagster", "register", file], env=env)
         experiment = load_experiment(file)
         keys = [experiment.partition_key(run) for run in experiment.runs]
-        run_command(["dagster", "asset", "materialize", "-m", "ck_dagster",
-                     "--select", "recipe_config,run_config",
-                     "--partition-range", f"{keys[0]}...{keys[-1]}"], env=env)
+        run_command(
+            [
+                "dagster",
+                "asset",
+                "materialize",
+                "-m",
+                "ck_dagster",
+                "--select",
+                "recipe_config,run_config",
+                "--partition-range",
+                f"{keys[0]}...{keys[-1]}",
+            ],
+            env=env,
+        )
         server.wait_until_serving(SERVE_TIMEOUT)
         yield Served(server.url, experiment)
     finally:
@@ -110,32 +127,37 @@ def asset_page(asset: str, **params: str) -> str:
 def test_lineage_shows_run_config_and_what_it_is_made_from(browser: Browser) -> None:
     """run_config's upstream lineage graph: run_spec and recipe_config feed it, and both
     config assets show every partition filled."""
-    with browser.page(asset_page("run_config", view="lineage", lineageScope="upstream"),
-                      screenshot="run_config-lineage"):
+    with browser.page(
+        asset_page("run_config", view="lineage", lineageScope="upstream"),
+        screenshot="run_config-lineage",
+    ):
         # "run_config" is in the page title anyway; the other names are graph nodes only
         browser.wait_for_text("run_spec", "recipe_config")
-        browser.wait_for(lambda shown: shown.count("100% filled") == 2,
-                         "recipe_config and run_config 100% filled")
+        browser.wait_for(
+            lambda shown: shown.count("100% filled") == 2,
+            "recipe_config and run_config 100% filled",
+        )
 
 
-def test_every_run_config_partition_shows_materialized(browser: Browser,
-                                                        served: Served) -> None:
+def test_every_run_config_partition_shows_materialized(browser: Browser, served: Served) -> None:
     """The partitions tab counts the experiment's runs as materialized and lists them."""
     keys = [served.experiment.partition_key(run) for run in served.experiment.runs]
-    with browser.page(asset_page("run_config", view="partitions"),
-                      screenshot="run_config-partitions"):
-        browser.wait_for_text(f"Materialized ({len(keys)})", "Missing (0)", "Failed (0)",
-                              *keys)
+    with browser.page(
+        asset_page("run_config", view="partitions"), screenshot="run_config-partitions"
+    ):
+        browser.wait_for_text(f"Materialized ({len(keys)})", "Missing (0)", "Failed (0)", *keys)
 
 
 def partition_page(served: Served) -> str:
     """The URL path of the run's run_config partition: its status and latest metadata."""
-    return asset_page("run_config", view="partitions",
-                      partition=served.experiment.partition_key(RUN))
+    return asset_page(
+        "run_config", view="partitions", partition=served.experiment.partition_key(RUN)
+    )
 
 
-def test_a_run_config_partition_shows_its_values_and_files(browser: Browser,
-                                                           served: Served) -> None:
+def test_a_run_config_partition_shows_its_values_and_files(
+    browser: Browser, served: Served
+) -> None:
     """A partition's materialization metadata: the values table shows every value as it is
     on disk, each with its source (recipe, controls, run or derived), and the files' paths."""
     run_dir = served.experiment.run_dir(RUN)
@@ -149,15 +171,14 @@ def test_a_run_config_partition_shows_its_values_and_files(browser: Browser,
         assert header == ["path", "value", "source", "origin"]
         shown = {path: (value, source) for path, value, source, _ in rows}
         config = yaml.safe_load(finetune_yaml.read_text())
-        assert {path: value for path, (value, _) in shown.items()} == \
-            {path: str(lookup(config, path)).strip() for path in shown}
-        assert {source for _, source in shown.values()} == {"recipe", "controls", "run",
-                                                            "derived"}
+        assert {path: value for path, (value, _) in shown.items()} == {
+            path: str(lookup(config, path)).strip() for path in shown
+        }
+        assert {source for _, source in shown.values()} == {"recipe", "controls", "run", "derived"}
         assert {path: shown[path] for path in SOURCES} == SOURCES
 
 
-def test_a_run_config_partition_shows_its_slurm_script(browser: Browser,
-                                                       served: Served) -> None:
+def test_a_run_config_partition_shows_its_slurm_script(browser: Browser, served: Served) -> None:
     """The partition's slurm_script metadata is the finetune.slurm written for the run."""
     script = served.experiment.run_dir(RUN) / "finetune.slurm"
     with browser.page(partition_page(served), screenshot=f"run_config-{RUN}-slurm_script"):
@@ -167,9 +188,14 @@ def test_a_run_config_partition_shows_its_slurm_script(browser: Browser,
 
 # what the values table must say for the run's own parameters and a few others (the
 # example's controls set epochs 2 and batch size 4; lora_alpha is derived as 2 x rank)
-SOURCES = {"model.lora_rank": ("16", "run"), "optimizer.lr": ("0.0003", "run"),
-           "epochs": ("2", "controls"), "batch_size": ("4", "controls"),
-           "model.lora_alpha": ("32", "derived"), "model.lora_dropout": ("0.0", "recipe")}
+SOURCES = {
+    "model.lora_rank": ("16", "run"),
+    "optimizer.lr": ("0.0003", "run"),
+    "epochs": ("2", "controls"),
+    "batch_size": ("4", "controls"),
+    "model.lora_alpha": ("32", "derived"),
+    "model.lora_dropout": ("0.0", "recipe"),
+}
 
 
 def lookup(config: dict[str, Any], path: str) -> Any:

@@ -56,18 +56,30 @@ def ui(
     home = ensure_dagster_home(root / "dagster_home")
     data = json.loads(capitalization_data.read_text())
     (root / "words.json").write_text(json.dumps({**data, "test": data["test"][:TEST_WORDS]}))
-    file = write_tiny_experiment(root, tiny_model_dir, root / "words.json", runs=RUNS,
-                                 evaluation=MATRIX)
-    env = {"DAGSTER_HOME": str(home), "CK_LAUNCHER": "local",
-           "CK_LOCAL_JOBS_DIR": str(root / "jobs")}
+    file = write_tiny_experiment(
+        root, tiny_model_dir, root / "words.json", runs=RUNS, evaluation=MATRIX
+    )
+    env = {
+        "DAGSTER_HOME": str(home),
+        "CK_LAUNCHER": "local",
+        "CK_LOCAL_JOBS_DIR": str(root / "jobs"),
+    }
     run_command(["ck-dagster", "register", file], env=env)
     server = WebServer(home, root / "ui.log", token=True)
     try:
-        for selection in (["recipe_config,run_config,checkpoint,eval_log",
-                           "--partition-range", "tiny/lora8...tiny/base"],
-                          ["experiment_report", "--partition", "tiny"]):
-            run_command(["dagster", "asset", "materialize", "-m", "ck_dagster", "--select",
-                         *selection], env=env, timeout=900)
+        for selection in (
+            [
+                "recipe_config,run_config,checkpoint,eval_log",
+                "--partition-range",
+                "tiny/lora8...tiny/base",
+            ],
+            ["experiment_report", "--partition", "tiny"],
+        ):
+            run_command(
+                ["dagster", "asset", "materialize", "-m", "ck_dagster", "--select", *selection],
+                env=env,
+                timeout=900,
+            )
         server.wait_until_serving(SERVE_TIMEOUT)
         yield server
     finally:
