@@ -1,5 +1,7 @@
-"""A cruijff_kit v1 file, unedited but for its paths, trained and evaluated through real SLURM:
-parquet data, outputs under ``output.base_directory``, W&B offline, metadata from the file."""
+"""A cruijff_kit v1 file, unedited but for its paths and checkpoint options, trained and
+evaluated through real SLURM in one experiment: parquet data, validation loss, adapter-only
+epochs with ``epochs_to_save``, outputs under ``output.base_directory``, W&B offline, metadata
+from the file."""
 
 from __future__ import annotations
 
@@ -39,6 +41,13 @@ def test_a_v1_file_with_parquet_data_trains_and_evaluates_on_slurm(
             "      test: 100": f"      test: {TEST_ROWS}",
             # the last epoch only: one evaluation is enough to show parity on parquet
             "      epochs: [0, 1]": "      epochs: [1]",
+            # v1's checkpoint and validation options, in the same experiment
+            "  validation_during_training: false": (
+                "  validation_during_training: true\n"
+                "  run_val_every_n_steps: 2\n"
+                "  save_adapter_weights_only: true\n"
+                '  epochs_to_save: "1"'
+            ),
         },
     )
     assert main(["register", str(file)]) == 0
@@ -52,9 +61,15 @@ def test_a_v1_file_with_parquet_data_trains_and_evaluates_on_slurm(
     outputs = tmp_path / "ck-outputs" / "v1_rank_sweep" / f"ck-out-{run}"
     assert (run_dir / "finetune.yaml").is_file() and (run_dir / "finetune.slurm").is_file()
     assert not (run_dir / "artifacts").exists()
-    for epoch in (0, 1):
-        assert list((outputs / f"epoch_{epoch}").glob("*.safetensors"))
+    # epochs_to_save "1": epoch 0 was never written; epoch 1 holds the LoRA adapter only
+    assert sorted(p.name for p in outputs.glob("epoch_*")) == ["epoch_1"]
+    kept = {p.name for p in (outputs / "epoch_1").iterdir()}
+    assert {"adapter_model.pt", "adapter_config.json"} <= kept
+    assert not [n for n in kept if n.startswith("model")]  # no merged weights
     metadata = latest(key)
+    # validation loss on the parquet validation split, every 2 steps, beside the training loss
+    steps = [row.data["step"] for row in metadata["validation_curve"].records]
+    assert steps and all(step % 2 == 0 for step in steps) and metadata["final_val_loss"] > 0
     assert metadata["artifacts"] == str(outputs)
     assert Path(metadata["job_log"]).parent == outputs
     assert metadata["dataset"] == "words_capitalization"  # data.training.label
@@ -68,7 +83,7 @@ def test_a_v1_file_with_parquet_data_trains_and_evaluates_on_slurm(
     # evaluated on the parquet test split, with the run's system prompt (prompt parity)
     results = read_results(run_dir)
     assert results is not None and results.ok
-    [outcome] = results.evaluations
+    [outcome] = results.evaluations  # epoch 1: the base model with its adapter applied
     assert (outcome.label, outcome.completed) == ("epoch_1", TEST_ROWS)
     spec = (run_dir / "eval" / "eval_spec.json").read_text()
     assert "You are a helpful assistant." in spec and str(data) in spec
