@@ -257,15 +257,18 @@ def test_a_failing_job_reports_its_log_tail_and_others_still_count(experiment) -
     assert latest(exp.partition_key("bad")) == {}
 
 
-def test_a_refused_submission_is_a_clear_error(experiment) -> None:
+def test_a_request_the_cluster_cannot_run_is_refused_before_submitting(experiment) -> None:
+    """The preflight asks the cluster first (sbatch's own refusal of a request that passes
+    it is shown by test_slurm_cluster.py::test_refused_submission_carries_slurms_message)."""
     runs = """
   - {name: nowhere, type: fine-tuned, model: tiny-llama, compute: {partition: nosuchpart}}
 """
     exp = experiment(runs)
     result = materialize("checkpoint", keys(exp), check=False)
     output = result.stdout + result.stderr
-    assert result.returncode != 0 and "not submitted" in output
-    assert "invalid partition" in output.lower()
+    assert result.returncode != 0 and "Nothing was submitted" in output
+    assert "partition `nosuchpart` does not exist on this cluster" in output
+    assert jobs_named(exp, "nowhere") == []
 
 
 def test_the_pool_caps_jobs_in_the_queue(experiment) -> None:
