@@ -253,15 +253,21 @@ def test_sensor_registers_new_and_changed_files(
 
     with DagsterInstance.get() as instance:
         result = tick(None)
-        requested = {k for r in result.dynamic_partitions_requests for k in r.partition_keys}
-        assert requested == expected
+        requested = {
+            r.partitions_def_name: set(r.partition_keys) for r in result.dynamic_partitions_requests
+        }
+        assert requested == {
+            "runs": expected,
+            "experiments": {"cap_rank_sweep", "model_comparison"},
+        }
         assert {e.partition for e in result.asset_events} == expected
         # nothing changed: the next tick does nothing (the broken file is not re-logged either)
         again = tick(result.cursor)
         assert again.dynamic_partitions_requests == [] and again.asset_events == []
         # an edited file is looked at again
         file = folder / "cap_rank_sweep.yaml"
-        instance.add_dynamic_partitions("runs", sorted(requested))
+        for name, partition_keys in requested.items():
+            instance.add_dynamic_partitions(name, sorted(partition_keys))
         for event in result.asset_events:
             instance.report_runless_asset_event(event)
         file.write_text(file.read_text().replace("{lora_rank: 8}", "{lora_rank: 12}"))
