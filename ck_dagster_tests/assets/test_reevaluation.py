@@ -56,10 +56,10 @@ def evaluate(
     """Leave runs trained and evaluated with ``specs`` as their jobs would."""
     for key in trained:
         spec = specs[key]
-        for target in spec.targets:
-            if not Path(target.path).is_dir():
-                Path(target.path).mkdir(parents=True)
-                (Path(target.path) / "model.safetensors").write_bytes(b"w" * 10)
+        for target in spec.targets:  # the folder training wrote, never the base model's
+            if not Path(target.checkpoint).is_dir():
+                Path(target.checkpoint).mkdir(parents=True)
+                (Path(target.checkpoint) / "model.safetensors").write_bytes(b"w" * 10)
         spec.write()
         finished(spec).write(Path(spec.run_dir))
         materialized(instance, CHECKPOINT, key)
@@ -100,7 +100,8 @@ def test_a_tick_requests_nothing_when_nothing_changed_and_what_is_missing_retrai
             in skipped(tick(instance))
         )
         # a retrained checkpoint
-        weights = Path(specs["tiny/lora16"].targets[1].path) / "model.safetensors"
+        weights = Path(specs["tiny/lora16"].targets[1].checkpoint) / "model.safetensors"
+        assert tiny_model_dir not in weights.parents  # the shared base model stays untouched
         weights.write_bytes(b"retrained")
         assert ranges(tick(instance)) == [("tiny/lora16", "tiny/lora16")]
         # and a run trained but never evaluated
