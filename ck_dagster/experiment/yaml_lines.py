@@ -51,7 +51,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
             return super().construct_object(node, deep)
         except yaml.YAMLError:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
             value = node.value if isinstance(node, yaml.ScalarNode) else node.tag
             shown = value if len(value) <= 40 else value[:37] + "..."
             tag = node.tag.rsplit(":", 1)[-1]

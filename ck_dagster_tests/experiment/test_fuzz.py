@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from torchtune import config as tune_config
@@ -97,6 +97,7 @@ VALUES = st.recursive(
         ).map("".join),
     )
 )
+@example("!!int")  # an empty tagged scalar: PyYAML raised IndexError
 def test_any_text_loads_or_becomes_problems(text: str) -> None:
     loaded = load_yaml(text)
     assert (
