@@ -71,6 +71,11 @@ class ProvenancedConfig:
         for path, value in config_leaves(self.config):
             yield path, value, self.sources[path]
 
+    def remove(self, key: str) -> None:
+        """Drop a top-level key and the sources of its leaves."""
+        self.config.pop(key, None)
+        self._forget(key)
+
     def _forget(self, path: str) -> None:
         prefix = path + "."
         for key in [k for k in self.sources if k == path or k.startswith(prefix)]:

@@ -700,8 +700,11 @@ class _RunPlanner:
                     )
                 )
             return file.name, (str(file.parent),)
-        wanted = [key for key in parameters.CK_RECIPE_KEYS if key in config.config]
-        if not wanted:
+        present = [key for key in parameters.CK_RECIPE_KEYS if key in config.config]
+        wanted = [key for key in present if config.config[key] not in (None, False, "all")]
+        if not wanted:  # e.g. v1's `validation_during_training: false`: torchtune's recipe
+            for key in present:  # does just that, and would not read the key
+                config.remove(key)
             return recipe, ()
         if recipe not in CK_RECIPES:
             source = config.sources[wanted[0]]

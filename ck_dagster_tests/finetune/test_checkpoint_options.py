@@ -136,3 +136,16 @@ def test_adoption_expects_the_kept_epochs(tmp_path: Path) -> None:
     assert not is_complete(tmp_path, ())  # epochs_to_save: none, and the recipe not finished
     (tmp_path / FINISHED).write_text("{}")
     assert is_complete(tmp_path, ())
+
+
+def test_options_that_ask_for_nothing_keep_torchtunes_recipe_on_any_gpus(lora) -> None:
+    """v1 files say ``validation_during_training: false``: that asks for nothing ck_dagster's
+    recipe adds, so a 2-GPU run keeps torchtune's distributed recipe, without the keys."""
+    plan = lora(
+        '  validation_during_training: false\n  epochs_to_save: "all"\n',
+        runs="\n  - {name: tuned, type: fine-tuned, model: tiny-llama, compute: {gpus: 2}}",
+    )
+    assert plan.recipe == "lora_finetune_distributed"
+    assert plan.config is not None
+    assert "validation_during_training" not in plan.config.config
+    assert "epochs_to_save" not in plan.config.config
