@@ -31,15 +31,15 @@ from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-#: an odd batch: 675 sequences of 256 tokens need far more than 3 GB on the tiny model,
-#: the retry's 675 / 3 = 225 about 2.4 GB
+#: an odd batch: 2025 sequences of 256 tokens need far more than 3.5 GB on the tiny model,
+#: the retry's 2025 / 3 = 675 about 3 GB
 OOM_RUN = """
-  - {name: big, type: fine-tuned, model: tiny-llama, compute: {mem: 3000M},
-     parameters: {batch_size: 675, epochs: 1, max_steps_per_epoch: 1}}
+  - {name: big, type: fine-tuned, model: tiny-llama, compute: {mem: 3500M},
+     parameters: {batch_size: 2025, epochs: 1, max_steps_per_epoch: 1}}
 """
 
 
-def long_words(path: Path, rows: int = 675) -> Path:
+def long_words(path: Path, rows: int = 2025) -> Path:
     """A data file of long words: every sequence fills the tiny model's 256 tokens."""
     rng = random.Random(0)
 
@@ -62,8 +62,8 @@ def long_words(path: Path, rows: int = 675) -> Path:
 def test_out_of_memory_is_retried_with_a_smaller_batch_and_adopted(
     dagster_home, tmp_path, tiny_model_dir, slurm_cluster
 ) -> None:
-    """A batch that does not fit under --mem=3000M is killed by the cgroup (OUT_OF_MEMORY), then
-    trained with a third of the batch (675 is odd) and three times the accumulation; a second
+    """A batch that does not fit under --mem=3500M is killed by the cgroup (OUT_OF_MEMORY), then
+    trained with a third of the batch (2025 is odd) and three times the accumulation; a second
     materialization adopts it."""
     assert slurm_cluster.config("TaskPlugin") == "task/cgroup", "the test cluster lacks cgroups"
     file = write_tiny_experiment(
@@ -83,7 +83,7 @@ def test_out_of_memory_is_retried_with_a_smaller_batch_and_adopted(
     assert metadata["oom_retry"] and metadata["job_id"] == second.job_id
     assert [(a["job_id"], a["state"], a["args"]) for a in metadata["attempts"]] == [
         (first.job_id, "OUT_OF_MEMORY", []),
-        (second.job_id, "COMPLETED", ["batch_size=225", "gradient_accumulation_steps=3"]),
+        (second.job_id, "COMPLETED", ["batch_size=675", "gradient_accumulation_steps=3"]),
     ]
     assert metadata["oom_retry_note"].startswith(f"job {first.job_id} ran out of memory")
     assert SlurmLauncher().accounting(second.job_id).state is JobState.COMPLETED

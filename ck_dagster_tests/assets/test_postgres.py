@@ -48,11 +48,12 @@ def test_whole_chain_on_postgres(
         f"{keys[0]}...{keys[-1]}",
     )
     assert "tiny_eval/tuned: submitted job" in log
-    materialize("--select", "experiment_report")
+    materialize("--select", "experiment_report", "--partition", "tiny_eval")
     with DagsterInstance.get() as instance:
         tuned = metadata(instance, "checkpoint", "tiny_eval/tuned")
         assert tuned["state"] == "COMPLETED" and tuned["epochs_saved"] > 0
         assert metadata(instance, "eval_log", "tiny_eval/tuned")["errored_samples"] == 0
-        assert "| tuned | fine-tuned |" in metadata(instance, "experiment_report", None)["report"]
+        report = metadata(instance, "experiment_report", "tiny_eval")["report"]
+        assert "| tuned |" in report and "McNemar" in report
         assert instance.get_latest_materialization_event(AssetKey("experiment_report"))
         assert "slurm_jobs" in instance.event_log_storage.get_concurrency_keys()
