@@ -75,16 +75,19 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A fresh Dagster home with the example experiment registered and its configs
-    materialized by the real CLIs, shown by dagster-webserver. The server starts first so that
-    its start-up overlaps the CLIs' work (the UI reads the instance live)."""
+    materialized by the real CLIs, shown by dagster-webserver. The server starts once the
+    instance exists, so that its start-up overlaps the materialization (the UI reads the
+    instance live)."""
     root = tmp_path_factory.mktemp("ui")
     # ck_dagster's instance settings switch off the community dialog that would cover pages
     home = ensure_dagster_home(root / "dagster_home")
     file = Path(shutil.copytree(EXAMPLES, root / "examples")) / EXAMPLE  # runs go beside it
     env = {"DAGSTER_HOME": str(home)}
+    # registering first creates the instance's SQLite databases: two processes creating them
+    # at once can leave two alembic heads ("more than one head present")
+    run_command(["ck-dagster", "register", file], env=env)
     server = WebServer(home, root / "webserver.log")
     try:
-        run_command(["ck-dagster", "register", file], env=env)
         experiment = load_experiment(file)
         keys = [experiment.partition_key(run) for run in experiment.runs]
         run_command(
