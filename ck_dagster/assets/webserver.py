@@ -10,6 +10,7 @@ create are their owner's only (``ck-dagster ui`` sets it before it touches the i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import getpass
 import os
 import signal
@@ -70,6 +71,9 @@ def serve_ui(home: Path, port: int | None, echo: Callable[[str], object] = print
 
     from ck_dagster.assets.dagster_internals import webserver_app
 
+    # SIGTERM before uvicorn takes the signal over (loading the webserver takes seconds) must
+    # still unwind the context managers below, which stop the daemon
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     token = ensure_token(home)
     if home.stat().st_mode & 0o077:
         echo(f"note: other users can read {home} (the run history is there): chmod 700 {home}")
@@ -97,6 +101,7 @@ def _daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
         [str(command), "run", "-m", DEFINITIONS_MODULE, "--log-level", "warning"],
         env=child_environment({"DAGSTER_HOME": str(home)}),
         start_new_session=True,
+        preexec_fn=_terminate_with_parent,
     )
     try:
         yield process
@@ -109,3 +114,19 @@ def _daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM as a normal exit, so ``finally`` blocks run."""
+    raise SystemExit(128 + signum)
+
+
+#: prctl(2): the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the daemon's process, before it starts: Linux sends it SIGTERM when ``ck-dagster ui``
+    dies, even by SIGKILL, so no daemon outlives its UI."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
