@@ -26,6 +26,8 @@ from ck_dagster.slurm.script import exit_marker
 from ck_dagster.slurm.states import JobState, JobStatus
 
 _log = logging.getLogger(__name__)
+#: status calls at the short interval after a job's exit marker appears, before backing off.
+ENDING_CALLS = 5
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class JobFollower:
         self._drained: set[str] = set()
         #: the exit marker each job was last seen with (its mtime), so each one counts once.
         self._markers: dict[str, float] = {}
+        #: quick status calls left for jobs whose marker is out but whose end SLURM has not
+        #: shown yet (the controller lags a script's exit by a few seconds).
+        self._ending: dict[str, int] = {}
         self._interval = poll_initial
         self._next_status = clock()
 
@@ -150,7 +155,7 @@ class JobFollower:
             events += changes
             if any(e.kind == "controller" for e in changes):
                 self._interval = min(max(self._interval, self.poll_initial) * 2, self.poll_max)
-            elif any(e.kind in ("state", "lost") for e in changes):
+            elif any(e.kind in ("state", "lost") for e in changes) or self._still_ending():
                 self._interval = self.poll_initial
             else:
                 self._interval = min(self._interval * self.backoff, self.poll_max)
@@ -202,8 +207,17 @@ class JobFollower:
                 continue
             if self._markers.get(job_id) != mtime:
                 self._markers[job_id] = mtime
+                self._ending[job_id] = ENDING_CALLS
                 new = True
         return new
+
+    def _still_ending(self) -> bool:
+        """Spend one quick call on each job whose marker is out but that SLURM still shows
+        unfinished; True while any has calls left (then the status interval stays short)."""
+        waiting = [j for j in self.unfinished if self._ending.get(j, 0) > 0]
+        for job_id in waiting:
+            self._ending[job_id] -= 1
+        return bool(waiting)
 
     def _poll(self) -> Iterable[JobEvent]:
         """One status call; events for what changed."""

@@ -196,6 +196,30 @@ def test_exit_marker_makes_the_end_seen_before_the_backed_off_status_call(tmp_pa
     assert launcher.poll_times[:5] == [0, 2, 6, 14, 30]
 
 
+@pytest.mark.parametrize("lag", [0, 4, 8])
+def test_a_controller_that_shows_the_end_late_is_asked_again_soon(tmp_path, lag):
+    """The marker is out at t=100 but SLURM shows the job running ``lag`` s longer (epilog,
+    COMPLETING): the status calls stay 2 s apart until it shows the end."""
+    clock = FakeClock()
+    log = tmp_path / "slurm-1.out"
+    launcher = ScriptedLauncher(clock, {"1": [(0, "RUNNING"), (100 + lag, "COMPLETED")]})
+    launcher.statuses = _with_log(launcher.statuses, log)  # type: ignore[method-assign]
+
+    def sleep(seconds: float) -> None:
+        before = clock.now
+        clock.sleep(seconds)
+        if before < 100 <= clock.now:
+            exit_marker(log, "1").write_text("0\n")
+
+    follower = JobFollower(
+        launcher, poll_initial=2.0, poll_max=3600.0, backoff=2.0, clock=clock, sleep=sleep
+    )
+    follower.add("1")
+    list(follower.events())
+    assert follower.statuses["1"].state is JobState.COMPLETED
+    assert launcher.poll_times[-1] <= 102 + lag
+
+
 def test_a_marker_seen_once_does_not_keep_the_status_calls_short(tmp_path):
     """A requeued job's old marker (the same job id) triggers one call, then backoff resumes."""
     clock = FakeClock()
