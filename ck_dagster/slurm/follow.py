@@ -27,7 +27,7 @@ from ck_dagster.slurm.states import JobState, JobStatus
 
 _log = logging.getLogger(__name__)
 #: status calls at the short interval after a job's exit marker appears, before backing off.
-ENDING_CALLS = 5
+ENDING_CALLS = 10
 
 
 @dataclass(frozen=True)

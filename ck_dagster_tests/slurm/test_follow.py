@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ck_dagster.slurm.follow import JobFollower
+from ck_dagster.slurm.follow import ENDING_CALLS, JobFollower
 from ck_dagster.slurm.launcher import ControllerUnavailable
 from ck_dagster.slurm.script import exit_marker
 from ck_dagster.slurm.states import JobState, JobStatus
@@ -221,7 +221,8 @@ def test_a_controller_that_shows_the_end_late_is_asked_again_soon(tmp_path, lag)
 
 
 def test_a_marker_seen_once_does_not_keep_the_status_calls_short(tmp_path):
-    """A requeued job's old marker (the same job id) triggers one call, then backoff resumes."""
+    """A requeued job's old marker (the same job id) triggers a few quick calls (SLURM may lag
+    a real end), then backoff resumes."""
     clock = FakeClock()
     log = tmp_path / "slurm-1.out"
     exit_marker(log, "1").write_text("0\n")
@@ -233,7 +234,7 @@ def test_a_marker_seen_once_does_not_keep_the_status_calls_short(tmp_path):
     follower.add("1")
     list(follower.events())
     gaps = [b - a for a, b in zip(launcher.poll_times, launcher.poll_times[1:])]
-    assert max(gaps) == 60 and len(launcher.poll_times) < 20
+    assert max(gaps) == 60 and gaps.count(2.0) <= ENDING_CALLS + 1
 
 
 def _with_log(statuses, log: Path):
