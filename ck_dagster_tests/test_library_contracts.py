@@ -29,6 +29,23 @@ def test_dagster_automation_context_reaches_instance_and_subsets() -> None:
     assert callable(getattr(EntitySubset, "compute_intersection_with_partition_keys", None))
 
 
+def test_dagster_concurrency_pool_claims_per_key(tmp_path) -> None:
+    """assets/dagster_internals.py: a pool made, claimed per key up to its limit, freed."""
+    from dagster import DagsterInstance
+
+    from ck_dagster.assets.dagster_internals import ConcurrencyPool
+
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        pool = ConcurrencyPool(instance, "jobs")
+        assert pool.ensure(1) and not pool.ensure(5), "fix the adapter"
+        assert pool.claim("run-a", "train[r1]") and not pool.claim("run-b", "train[r2]")
+        assert pool.holders() == {"run-a"}
+        pool.free("run-a", "train[r1]")
+        assert pool.claim("run-b", "train[r2]")
+        pool.free_run("run-b")
+        assert pool.holders() == set()
+
+
 def test_inspect_default_max_tokens_is_still_inspects() -> None:
     """evaluation/provider.py mirrors inspect-ai's default for new tokens."""
     from inspect_ai._util.constants import DEFAULT_MAX_TOKENS

@@ -10,6 +10,8 @@ whose instance and partition subsets are reached through its ``asset_graph_view`
 ``EntitySubset``, which Dagster documents for such conditions but does not export.
 ``ck-dagster status`` asks Dagster's stale-status resolver (what the UI shows), and
 ``ck-dagster ui`` embeds the webserver's app (tested over HTTP in ``ui/test_token.py``).
+Jobs hold slots of a Dagster concurrency pool one per job, not one per op step, which only
+the event-log storage's slot methods allow (:class:`ConcurrencyPool`).
 ``ck_dagster_tests/test_library_contracts.py`` fails loudly if Dagster moves or renames them.
 """
 
@@ -19,6 +21,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import sqlalchemy.exc
 from dagster import AutomationContext, DagsterInstance
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.definitions.data_version import (
@@ -29,6 +32,7 @@ from dagster._core.definitions.data_version import (
 from dagster._core.loader import LoadingContext
 
 __all__ = [
+    "ConcurrencyPool",
     "StaleStatus",
     "candidates_among",
     "condition_instance",
@@ -94,3 +98,42 @@ def webserver_app(instance: DagsterInstance, module: str, location: str) -> Iter
         instance, workspace_load_target=target, version=__version__
     ) as workspace:
         yield create_app_from_workspace_process_context(workspace)
+
+
+class ConcurrencyPool:
+    """A Dagster concurrency pool (the one ``dagster instance concurrency set`` and the UI's
+    pools page show), claimed slot by slot under keys of our choosing within a Dagster run."""
+
+    def __init__(self, instance: DagsterInstance, name: str) -> None:
+        self._storage = instance.event_log_storage
+        self.name = name
+
+    def ensure(self, limit: int) -> bool:
+        """Create the pool with ``limit`` slots unless it exists; True if this call made it.
+        Two processes may create it at once: on Postgres the loser's insert hits the unique key
+        (Dagster's own upsert is not atomic), which only means the pool is there."""
+        if self.name in self._storage.get_concurrency_keys():
+            return False
+        try:
+            self._storage.set_concurrency_slots(self.name, limit)
+        except sqlalchemy.exc.IntegrityError:
+            if self.name not in self._storage.get_concurrency_keys():
+                raise
+            return False
+        return True
+
+    def claim(self, run_id: str, key: str) -> bool:
+        """Take a slot for ``key`` of Dagster run ``run_id``; False while the pool is full."""
+        return self._storage.claim_concurrency_slot(self.name, run_id, key).is_claimed
+
+    def free(self, run_id: str, key: str) -> None:
+        """Give back the slot held for ``key`` of ``run_id``."""
+        self._storage.free_concurrency_slot_for_step(run_id, key)
+
+    def holders(self) -> set[str]:
+        """The Dagster runs that hold slots of this pool."""
+        return {slot.run_id for slot in self._storage.get_concurrency_info(self.name).claimed_slots}
+
+    def free_run(self, run_id: str) -> None:
+        """Give back every slot ``run_id`` holds, in any pool."""
+        self._storage.free_concurrency_slots_for_run(run_id)

@@ -21,6 +21,7 @@ from dagster import (
     MetadataValue,
 )
 
+from ck_dagster.assets.dagster_internals import ConcurrencyPool
 from ck_dagster.slurm.choose import choose_launcher
 from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.runner import JobOutcome, JobRequest, JobRunner
@@ -126,39 +127,34 @@ class PoolSlots:
         log: Callable[[str], object],
     ):
         self.instance = instance
-        self.storage = instance.event_log_storage
-        self.pool = pool
+        self.pool = ConcurrencyPool(instance, pool)
         self.run_id = run_id
         self.label = label
         self.log = log
         self._last_cleanup = 0.0
-        if pool not in self.storage.get_concurrency_keys():
-            self.storage.set_concurrency_slots(pool, default_limit)
+        if self.pool.ensure(default_limit):
             log(f"concurrency pool `{pool}` created with {default_limit} slots")
 
     def acquire(self, key: str) -> bool:
-        if self.storage.claim_concurrency_slot(self.pool, self.run_id, self._step(key)).is_claimed:
+        if self.pool.claim(self.run_id, self._step(key)):
             return True
         if time.monotonic() - self._last_cleanup > 30 and self._free_abandoned():
-            return self.storage.claim_concurrency_slot(
-                self.pool, self.run_id, self._step(key)
-            ).is_claimed
+            return self.pool.claim(self.run_id, self._step(key))
         return False
 
     def release(self, key: str) -> None:
-        self.storage.free_concurrency_slot_for_step(self.run_id, self._step(key))
+        self.pool.free(self.run_id, self._step(key))
 
     def _step(self, key: str) -> str:
         return f"{self.label}[{key}]"
 
     def _free_abandoned(self) -> bool:
         self._last_cleanup = time.monotonic()
-        info = self.storage.get_concurrency_info(self.pool)
         freed = False
-        for run_id in {slot.run_id for slot in info.claimed_slots} - {self.run_id}:
+        for run_id in self.pool.holders() - {self.run_id}:
             run = self.instance.get_run_by_id(run_id)
             if run is None or run.is_finished or _process_gone(run.tags):
-                self.storage.free_concurrency_slots_for_run(run_id)
+                self.pool.free_run(run_id)
                 self.log(f"freed pool slots of run {run_id}, which is no longer running")
                 freed = True
         return freed

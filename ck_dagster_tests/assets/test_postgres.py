@@ -3,6 +3,9 @@ with the README's dagster.yaml (every test of this module runs on a fresh databa
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,51 @@ def test_whole_chain_on_postgres(
         assert "| tuned |" in report and "McNemar" in report
         assert instance.get_latest_materialization_event(AssetKey("experiment_report"))
         assert "slurm_jobs" in instance.event_log_storage.get_concurrency_keys()
+
+
+#: a process that creates pools race-0, race-1, ... each when the test says go, printing the
+#: outcome of each (True if this process made it, or the error).
+_CREATE_POOLS = """
+import pathlib, sys, time
+from dagster import DagsterInstance
+from ck_dagster.assets.dagster_internals import ConcurrencyPool
+folder, attempts = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+with DagsterInstance.get() as instance:
+    for attempt in range(attempts):
+        pool = ConcurrencyPool(instance, f"race-{attempt}")
+        (folder / f"ready-{attempt}-{sys.argv[3]}").touch()
+        while not (folder / f"go-{attempt}").exists():
+            time.sleep(0.001)
+        try:
+            print(pool.ensure(3), flush=True)
+        except Exception as exc:
+            print(repr(exc), flush=True)
+"""
+
+
+def test_processes_creating_the_pool_at_once_all_get_it(dagster_home: Path, tmp_path: Path) -> None:
+    """Six processes create one pool in the same instant (as materializations do on a fresh
+    deployment), three times over: Dagster's insert is not atomic on Postgres (CI once saw a
+    duplicate-key error), and none of them may fail."""
+    attempts, count = 3, 6
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CREATE_POOLS, str(tmp_path), str(attempts), str(n)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(count)
+    ]
+    for attempt in range(attempts):
+        deadline = time.monotonic() + 300
+        while len(list(tmp_path.glob(f"ready-{attempt}-*"))) < count:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
+            time.sleep(0.05)
+        (tmp_path / f"go-{attempt}").touch()
+    outcomes = [process.communicate(timeout=300)[0].splitlines() for process in processes]
+    for attempt in range(attempts):
+        made = [o[attempt] for o in outcomes]
+        assert set(made) <= {"True", "False"}, made
+        assert made.count("True") >= 1, made
+    with DagsterInstance.get() as instance:
+        assert instance.event_log_storage.get_concurrency_info("race-2").slot_count == 3
