@@ -7,8 +7,10 @@ shows the reports as they come and collects the JSON lines into the closing tabl
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -156,17 +158,31 @@ def rows(figures: dict) -> list[tuple[str, str, str, str]]:
 
 
 def main() -> int:
+    started = datetime.now(timezone.utc)
+    load = os.getloadavg()[0]
     results = {script: run(script, args) for script, args in BENCHMARKS}
     table = [("benchmark", "ck_dagster", "baseline", "ratio")]
     for script, figures in results.items():
         table += rows(figures) if figures else [(script, "FAILED", "-", "-")]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    print("\n===== summary")
-    for index, row in enumerate(table):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
+    print(
+        f"\n===== summary: `make bench` of {started:%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} cores, load {load:.1f} at the start"
+    )
+    print(markdown(table))
     return 0 if all(results.values()) else 1
+
+
+def _cell(cell: str) -> str:
+    """A sub-row's indent (two spaces) becomes a dash, which Markdown keeps."""
+    return "– " + cell.strip() if cell.startswith("  ") else cell or "-"
+
+
+def markdown(table: list[tuple[str, str, str, str]]) -> str:
+    """The table as Markdown (the README's benchmark table is pasted from it)."""
+    header, *body = table
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in body]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
