@@ -158,3 +158,10 @@ def test_the_dagster_layer_takes_its_settings_from_the_definitions() -> None:
     assert {m for m, names in imported.items() if "dagster.EnvVar" in names} == {
         "ck_dagster.definitions"
     }
+
+
+def test_one_did_you_mean_helper() -> None:
+    """Every unknown name gets its hint from ``errors.did_you_mean``: no other module matches
+    names itself (``difflib``)."""
+    matchers = {m for m, path in MODULES.items() if "difflib" in set(imported_names(path))}
+    assert matchers == {"ck_dagster.errors"}
