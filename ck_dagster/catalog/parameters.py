@@ -100,23 +100,21 @@ class _Unacceptable:
 
 def _accepts(schema: Mapping[str, Any]) -> str:
     """What a parameter's JSON schema accepts, in words: ``a whole number from 1 to 8192``."""
-    branches = [s for s in schema.get("anyOf", ()) if s.get("type") != "null"]
-    if branches:
-        nullable = len(branches) < len(schema["anyOf"])
-        return " or ".join(_accepts(b) for b in branches) + (", or null" if nullable else "")
-    why = f" ({schema['$comment']})" if "$comment" in schema else ""
-    example = f" (e.g. {schema['examples'][0]})" if "examples" in schema else ""
+    if "anyOf" in schema:  # an optional value: a value of one type, or null
+        [value] = [branch for branch in schema["anyOf"] if branch.get("type") != "null"]
+        return _accepts(value) + ", or null"
     if "enum" in schema:
         return "one of: " + ", ".join(map(str, schema["enum"]))
-    kind = schema.get("type")
+    kind, examples = schema.get("type"), schema.get("examples")
     if kind == "boolean":
         return "true or false"
     if kind == "string":
         return "text (quote it in YAML)"
     if kind == "array":
-        items = ", ".join(map(str, schema["examples"][0])) if example else ""
-        return "a list of names" + (f", e.g. [{items}]" if items else "")
+        return "a list of names" + (f", e.g. [{', '.join(examples[0])}]" if examples else "")
     noun = "a whole number" if kind == "integer" else "a number"
+    example = f" (e.g. {examples[0]})" if examples else ""
+    why = f" ({schema['$comment']})" if "$comment" in schema else ""
     return noun + _range(schema) + example + why
 
 
