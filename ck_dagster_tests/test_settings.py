@@ -47,6 +47,8 @@ def test_every_variable_is_read_and_documented() -> None:
         cluster_profile="generic",
     )
     assert JobEnvironment.from_env(env) == JobEnvironment(("a/1", "b/2"), "ck", None)
+    assert Settings.from_env(env).given == set(env)
+    assert Settings.from_env({**env, "CK_LAUNCHER": ""}).given == set(env) - {"CK_LAUNCHER"}
 
 
 def test_read_when_asked_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
