@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
+# at collection: importing Dagster runs `file` once (its croniter asks for the architecture),
+# which the unit tests' guard would take for a process the test started
+from dagster import EnvVar, build_resources
+
+from ck_dagster.definitions import build_definitions
 from ck_dagster.settings import DEFAULT_REEVALUATE_CRON, VARIABLES, Settings, child_environment
+from ck_dagster.slurm.local import LocalLauncher
 from ck_dagster.slurm.script import JobEnvironment
 
 pytestmark = pytest.mark.unit
@@ -62,8 +68,6 @@ def test_read_when_asked_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_schedule_ticks_at_the_cron_of_the_environment_the_definitions_are_built_in(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ck_dagster.definitions import build_definitions
-
     def cron() -> str:
         schedule = build_definitions(Settings.from_env()).resolve_schedule_def("reevaluate_runs")
         return schedule.cron_schedule
@@ -79,11 +83,6 @@ def test_resources_take_a_set_variable_as_envvar_read_when_a_run_starts(
 ) -> None:
     """Set variables reach the resources through Dagster's EnvVar (resolved by the process that
     runs, so the UI names the variable); unset ones leave the resources' defaults."""
-    from dagster import EnvVar, build_resources
-
-    from ck_dagster.definitions import build_definitions
-    from ck_dagster.slurm.local import LocalLauncher
-
     for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)
     with build_resources(build_definitions(Settings.from_env()).resources) as unset:
