@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
 #: where a row's input goes in a prompt template.
 INPUT_PLACEHOLDER = "{input}"
@@ -39,13 +39,6 @@ _Flag = Annotated[bool, Field(strict=True)]
 _Text = Annotated[str, Field(strict=True)]
 
 
-def _described(kind: Any, description: str, why: str = "") -> Any:
-    """``kind`` with what it sets; ``why`` says where a bound comes from (JSON schema's
-    ``$comment``, also shown in the message that refuses a value)."""
-    extra = {"$comment": why} if why else None
-    return Annotated[kind, Field(description=description, json_schema_extra=extra)]
-
-
 def _with_placeholder(prompt: str) -> str:
     if INPUT_PLACEHOLDER not in prompt:
         raise ValueError(f"must contain `{INPUT_PLACEHOLDER}` where each row's input goes")
@@ -57,8 +50,8 @@ def _epochs_named(value: Any) -> Any:
     return value
 
 
+#: the JSON schema of ``epochs_to_save`` (what :func:`parse_epochs` reads).
 _EPOCHS_SCHEMA = {
-    "description": 'epochs whose checkpoints are kept: "all", "none", "0,2,4" or a list',
     "anyOf": [
         {"enum": ["all", "none"]},
         {"type": "string", "pattern": r"^\s*\d+\s*(,\s*\d+\s*)*$"},
@@ -129,154 +122,129 @@ def _range(schema: Mapping[str, Any]) -> str:
     return (f" above {above}" if above is not None else "") + upper
 
 
-def _parameter(name: str, path: str, kind: Any) -> Parameter:
-    return Parameter(name, path, TypeAdapter(kind))
+def _parameter(name: str, path: str, kind: Any, description: str, why: str = "") -> Parameter:
+    """A parameter whose value has type ``kind``; ``why`` says where a bound comes from (JSON
+    schema's ``$comment``, also shown in the message that refuses a value)."""
+    extra = {"$comment": why} if why else None
+    described = Annotated[kind, Field(description=description, json_schema_extra=extra)]
+    return Parameter(name, path, TypeAdapter(described))
 
 
 _PARAMETERS = [
     _parameter(
         "lora_rank",
         "model.lora_rank",
-        _described(
-            Annotated[int, Field(strict=True, ge=1, le=MAX_LORA_RANK)],
-            "LoRA rank",
-            "no model is wider",
-        ),
+        Annotated[int, Field(strict=True, ge=1, le=MAX_LORA_RANK)],
+        "LoRA rank",
+        "no model is wider",
     ),
-    _parameter(
-        "lora_alpha",
-        "model.lora_alpha",
-        _described(_NumberAboveZero, "LoRA alpha (default 2 x rank)"),
-    ),
+    _parameter("lora_alpha", "model.lora_alpha", _NumberAboveZero, "LoRA alpha (default 2 x rank)"),
     _parameter(
         "lora_dropout",
         "model.lora_dropout",
-        _described(Annotated[float, Field(strict=True, ge=0, lt=1)], "dropout on LoRA layers"),
+        Annotated[float, Field(strict=True, ge=0, lt=1)],
+        "dropout on LoRA layers",
     ),
     _parameter(
         "lora_attn_modules",
         "model.lora_attn_modules",
-        Annotated[
-            list[_Text],
-            Field(
-                strict=True,
-                min_length=1,
-                description="attention projections LoRA adapts",
-                examples=[["q_proj", "v_proj"]],
-            ),
-        ],
+        Annotated[list[_Text], Field(strict=True, min_length=1, examples=[["q_proj", "v_proj"]])],
+        "attention projections LoRA adapts",
     ),
+    _parameter("apply_lora_to_mlp", "model.apply_lora_to_mlp", _Flag, "LoRA on MLP layers"),
     _parameter(
-        "apply_lora_to_mlp", "model.apply_lora_to_mlp", _described(_Flag, "LoRA on MLP layers")
+        "apply_lora_to_output", "model.apply_lora_to_output", _Flag, "LoRA on the output projection"
     ),
-    _parameter(
-        "apply_lora_to_output",
-        "model.apply_lora_to_output",
-        _described(_Flag, "LoRA on the output projection"),
-    ),
-    _parameter(
-        "learning_rate", "optimizer.lr", _described(_NumberAboveZero, "learning rate (v1's name)")
-    ),
-    _parameter("lr", "optimizer.lr", _described(_NumberAboveZero, "learning rate")),
-    _parameter(
-        "weight_decay", "optimizer.weight_decay", _described(_NumberFromZero, "weight decay")
-    ),
+    _parameter("learning_rate", "optimizer.lr", _NumberAboveZero, "learning rate (v1's name)"),
+    _parameter("lr", "optimizer.lr", _NumberAboveZero, "learning rate"),
+    _parameter("weight_decay", "optimizer.weight_decay", _NumberFromZero, "weight decay"),
     _parameter(
         "num_warmup_steps",
         "lr_scheduler.num_warmup_steps",
-        _described(_WholeFromZero, "learning-rate warm-up steps"),
+        _WholeFromZero,
+        "learning-rate warm-up steps",
     ),
-    _parameter(
-        "max_seq_len", "tokenizer.max_seq_len", _described(_WholeAboveZero, "longest tokenized row")
-    ),
-    _parameter("batch_size", "batch_size", _described(_WholeAboveZero, "rows per step per device")),
+    _parameter("max_seq_len", "tokenizer.max_seq_len", _WholeAboveZero, "longest tokenized row"),
+    _parameter("batch_size", "batch_size", _WholeAboveZero, "rows per step per device"),
     _parameter(
         "epochs",
         "epochs",
-        _described(
-            Annotated[int, Field(strict=True, ge=1, le=MAX_EPOCHS)],
-            "passes over the training split",
-        ),
+        Annotated[int, Field(strict=True, ge=1, le=MAX_EPOCHS)],
+        "passes over the training split",
     ),
     _parameter(
         "gradient_accumulation_steps",
         "gradient_accumulation_steps",
-        _described(_WholeAboveZero, "steps per optimizer update"),
+        _WholeAboveZero,
+        "steps per optimizer update",
     ),
     _parameter(
         "max_steps_per_epoch",
         "max_steps_per_epoch",
-        _described(_WholeAboveZero | None, "cap on steps per epoch (null: no cap)"),
+        _WholeAboveZero | None,
+        "cap on steps per epoch (null: no cap)",
     ),
     _parameter(
         "seed",
         "seed",
-        _described(
-            Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)],
-            "training seed",
-            "torchtune's seed range",
-        ),
+        Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)],
+        "training seed",
+        "torchtune's seed range",
     ),
-    _parameter(
-        "log_every_n_steps",
-        "log_every_n_steps",
-        _described(_WholeAboveZero, "loss logging interval"),
-    ),
+    _parameter("log_every_n_steps", "log_every_n_steps", _WholeAboveZero, "loss logging interval"),
     _parameter(
         "save_adapter_weights_only",
         "save_adapter_weights_only",
-        _described(_Flag, "LoRA: save only the adapter per epoch, evaluated on the base model"),
+        _Flag,
+        "LoRA: save only the adapter per epoch, evaluated on the base model",
     ),
     # read by ck_dagster's recipes (ck_dagster/training/lora_recipe.py, full_recipe.py), which
     # a run trains with as soon as its config has one of these keys
     _parameter(
         "epochs_to_save",
         "epochs_to_save",
-        Annotated[Any, AfterValidator(_epochs_named), WithJsonSchema(_EPOCHS_SCHEMA)],
+        Annotated[Any, AfterValidator(_epochs_named), Field(json_schema_extra=_EPOCHS_SCHEMA)],
+        'epochs whose checkpoints are kept: "all", "none", "0,2,4" or a list',
     ),
     _parameter(
         "save_last_epoch_only",
         "save_last_epoch_only",
-        _described(_Flag, "keep only the last epoch's checkpoint"),
+        _Flag,
+        "keep only the last epoch's checkpoint",
     ),
     _parameter(
         "stash_adapter_weights",
         "stash_adapter_weights",
-        _described(
-            _Flag, "LoRA with merged weights: move the adapter files into epoch_N/adapter_weights/"
-        ),
+        _Flag,
+        "LoRA with merged weights: move the adapter files into epoch_N/adapter_weights/",
     ),
     _parameter(
         "validation_during_training",
         "validation_during_training",
-        _described(_Flag, "loss on the validation split at every epoch's end"),
+        _Flag,
+        "loss on the validation split at every epoch's end",
     ),
     _parameter(
         "run_val_every_n_steps",
         "run_val_every_n_steps",
-        _described(_WholeFromZero, "also every N optimizer steps (0: at epochs' ends only)"),
+        _WholeFromZero,
+        "also every N optimizer steps (0: at epochs' ends only)",
     ),
-    _parameter("compile", "compile", _described(_Flag, "torch.compile the model")),
-    _parameter("dtype", "dtype", _described(Literal["fp32", "bf16", "fp16"], "training precision")),
-    _parameter(
-        "device", "device", _described(Literal["cuda", "cpu", "mps", "xpu", "npu"], "device")
-    ),
+    _parameter("compile", "compile", _Flag, "torch.compile the model"),
+    _parameter("dtype", "dtype", Literal["fp32", "bf16", "fp16"], "training precision"),
+    _parameter("device", "device", Literal["cuda", "cpu", "mps", "xpu", "npu"], "device"),
     _parameter(
         "prompt",
         "dataset.prompt",
-        _described(
-            Annotated[
-                _Text,
-                AfterValidator(_with_placeholder),
-                # the schema's form of the check above, which words its refusal
-                Field(json_schema_extra={"pattern": re.escape(INPUT_PLACEHOLDER)}),
-            ],
-            f"prompt template; `{INPUT_PLACEHOLDER}` marks where each row's input goes",
-        ),
+        Annotated[
+            _Text,
+            AfterValidator(_with_placeholder),
+            # the schema's form of the check above, which words its refusal
+            Field(json_schema_extra={"pattern": re.escape(INPUT_PLACEHOLDER)}),
+        ],
+        f"prompt template; `{INPUT_PLACEHOLDER}` marks where each row's input goes",
     ),
-    _parameter(
-        "system_prompt", "dataset.system_prompt", _described(_Text, "system prompt ('' for none)")
-    ),
+    _parameter("system_prompt", "dataset.system_prompt", _Text, "system prompt ('' for none)"),
 ]
 
 #: friendly parameter names and what they set.
