@@ -22,7 +22,8 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
 #: where a row's input goes in a prompt template.
 INPUT_PLACEHOLDER = "{input}"
-_RECIPE_REFERENCE = re.compile(r"^[A-Za-z0-9_./-]+$")
+#: ``controls.custom_recipe``: a module path or a .py file path, nothing a shell would read.
+_RECIPE_REFERENCE = TypeAdapter(Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9_./-]+$")])
 #: the largest seed torchtune and numpy accept (2^32 - 1).
 MAX_SEED = 2**32 - 1
 #: the largest LoRA rank: the hidden size of the largest model ck_dagster knows (70B: 8192).
@@ -295,15 +296,14 @@ def parse_epochs(value: Any) -> tuple[int, ...] | None:
 
 def check_recipe_reference(value: Any) -> str | None:
     """Why ``value`` is no ``controls.custom_recipe`` (a module path or .py file), or None."""
-    ok = isinstance(value, str) and bool(_RECIPE_REFERENCE.match(value))
-    return (
-        None
-        if ok
-        else (
+    try:
+        _RECIPE_REFERENCE.validate_python(value)
+    except ValidationError:
+        return (
             "must be a Python module path (my_pkg.my_recipe) or a .py file "
             "path, without spaces or shell characters"
         )
-    )
+    return None
 
 
 #: control keys that are not training parameters.
