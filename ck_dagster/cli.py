@@ -300,12 +300,12 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ck_dagster.assets.launcher import LauncherResource
     from ck_dagster.assets.status import status_lines
     from ck_dagster.definitions import defs
+    from ck_dagster.slurm.choose import choose_launcher
 
     instance = _instance()
-    launcher = None if args.no_jobs else LauncherResource().launcher(lambda message: None)
+    launcher = None if args.no_jobs else choose_launcher(log=lambda message: None)
     for line in status_lines(instance, defs, args.experiment, launcher):
         print(line)
     return 0

@@ -1,7 +1,8 @@
 """Every environment variable ck_dagster reads, in one place, read when asked (never at import).
 
 The CLI and the domain packages take a :class:`Settings`; the Dagster resources have config
-fields of their own and fall back to these. Child processes (jobs, SLURM's clients) get this
+fields of their own, which ``ck_dagster.definitions`` fills from these (as ``EnvVar`` where a
+variable is set) when it builds the definitions. Child processes (jobs, SLURM's clients) get this
 process's environment through :func:`child_environment`.
 """
 
@@ -50,6 +51,9 @@ class Settings:
     dagster_home: str | None = None
     #: the PATH that ``sbatch`` is looked up on.
     path: str | None = None
+    #: the variables of :data:`VARIABLES` the environment sets (not empty): where a Dagster
+    #: resource may take its value as ``EnvVar`` (``ck_dagster.definitions``).
+    given: frozenset[str] = field(default=frozenset(), compare=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -68,6 +72,7 @@ class Settings:
             cache_dir=Path(env.get("CK_DAGSTER_CACHE") or Path.home() / ".cache" / "ck_dagster"),
             dagster_home=env.get("DAGSTER_HOME") or None,
             path=env.get("PATH"),
+            given=frozenset(name for name in VARIABLES if env.get(name)),
         )
 
 

@@ -146,3 +146,22 @@ def test_only_the_settings_module_reads_the_environment() -> None:
             ):
                 readers.add(module)
     assert readers == {"ck_dagster.settings"}
+
+
+def test_the_dagster_layer_takes_its_settings_from_the_definitions() -> None:
+    """Settings in one place for Dagster: no asset module or resource reads ``Settings`` itself;
+    ``ck_dagster.definitions`` builds the resources and the schedule from them (``EnvVar`` where
+    a variable is set), and is the one module that names ``EnvVar``."""
+    imported = {module: set(imported_names(path)) for module, path in MODULES.items()}
+    readers = {m for m, names in imported.items() if "ck_dagster.settings.Settings" in names}
+    assert {m for m in readers if m.startswith("ck_dagster.assets")} == set()
+    assert {m for m, names in imported.items() if "dagster.EnvVar" in names} == {
+        "ck_dagster.definitions"
+    }
+
+
+def test_one_did_you_mean_helper() -> None:
+    """Every unknown name gets its hint from ``errors.did_you_mean``: no other module matches
+    names itself (``difflib``)."""
+    matchers = {m for m, path in MODULES.items() if "difflib" in set(imported_names(path))}
+    assert matchers == {"ck_dagster.errors"}

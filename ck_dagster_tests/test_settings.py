@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
+# at collection: importing Dagster runs `file` once (its croniter asks for the architecture),
+# which the unit tests' guard would take for a process the test started
+from dagster import EnvVar, build_resources
+
+from ck_dagster.definitions import build_definitions
 from ck_dagster.settings import DEFAULT_REEVALUATE_CRON, VARIABLES, Settings, child_environment
+from ck_dagster.slurm.local import LocalLauncher
 from ck_dagster.slurm.script import JobEnvironment
 
 pytestmark = pytest.mark.unit
@@ -47,6 +53,8 @@ def test_every_variable_is_read_and_documented() -> None:
         cluster_profile="generic",
     )
     assert JobEnvironment.from_env(env) == JobEnvironment(("a/1", "b/2"), "ck", None)
+    assert Settings.from_env(env).given == set(env)
+    assert Settings.from_env({**env, "CK_LAUNCHER": ""}).given == set(env) - {"CK_LAUNCHER"}
 
 
 def test_read_when_asked_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,3 +63,51 @@ def test_read_when_asked_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CK_EXPERIMENTS_DIR", "/later")
     assert Settings.from_env().experiments_dir == "/later"
     assert child_environment({"X_CK": "1"})["CK_EXPERIMENTS_DIR"] == "/later"
+
+
+def test_the_schedule_ticks_at_the_cron_of_the_environment_the_definitions_are_built_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def cron() -> str:
+        schedule = build_definitions(Settings.from_env()).resolve_schedule_def("reevaluate_runs")
+        return schedule.cron_schedule
+
+    monkeypatch.delenv("CK_REEVALUATE_CRON", raising=False)
+    assert cron() == DEFAULT_REEVALUATE_CRON
+    monkeypatch.setenv("CK_REEVALUATE_CRON", "15 3 * * *")
+    assert cron() == "15 3 * * *"
+
+
+def test_resources_take_a_set_variable_as_envvar_read_when_a_run_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Set variables reach the resources through Dagster's EnvVar (resolved by the process that
+    runs, so the UI names the variable); unset ones leave the resources' defaults."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with build_resources(build_definitions(Settings.from_env()).resources) as unset:
+        assert unset.experiments_folder.folder() is None and unset.reevaluation.force is False
+        assert unset.job_environment.environment().profile.name == "della"
+    variables = {
+        "CK_EXPERIMENTS_DIR": "/first",
+        "CK_LAUNCHER": "local",
+        "CK_LOCAL_JOBS_DIR": str(tmp_path / "jobs"),
+        "CK_CLUSTER_PROFILE": "generic",
+        "CK_JOB_MODULES": "a/1 b/2",
+        "CK_JOB_CONDA_ENV": "ck",
+        "CK_REEVALUATE_FORCE": "1",
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    resources = build_definitions(Settings.from_env()).resources
+    assert resources["experiments_folder"].path == EnvVar("CK_EXPERIMENTS_DIR")
+    monkeypatch.setenv("CK_EXPERIMENTS_DIR", "/later")
+    with build_resources(resources) as built:
+        assert built.experiments_folder.folder() == Path("/later")
+        assert built.reevaluation.force is True
+        environment = built.job_environment.environment()
+        assert (environment.profile.name, environment.modules) == ("generic", ("a/1", "b/2"))
+        assert environment.conda_env == "ck"
+        launcher = built.launcher.launcher(lambda message: None)
+        assert isinstance(launcher, LocalLauncher)
+        assert launcher.state_dir == (tmp_path / "jobs").resolve()

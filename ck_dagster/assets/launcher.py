@@ -36,13 +36,16 @@ CLAIM_PREFIX = "ck_dagster/claim/"
 class LauncherResource(ConfigurableResource):
     """Where jobs run and how many may sit in the queue at once.
 
-    ``kind``: ``slurm`` or ``local``; left empty, ``CK_LAUNCHER`` decides, else SLURM when
-    ``sbatch`` is on PATH. ``pool``/``pool_limit``: the Dagster concurrency pool that caps jobs
-    in the queue across every Dagster run (the limit applies when the pool has none set yet;
-    change it later with ``dagster instance concurrency set <pool> <n>`` or in the UI).
+    ``kind``: ``slurm`` or ``local``; left empty, SLURM when ``sbatch`` is on PATH.
+    ``local_jobs_dir``: where the local launcher keeps its job records. ``ck_dagster.definitions``
+    sets both from ``CK_LAUNCHER`` and ``CK_LOCAL_JOBS_DIR``. ``pool``/``pool_limit``: the
+    Dagster concurrency pool that caps jobs in the queue across every Dagster run (the limit
+    applies when the pool has none set yet; change it later with ``dagster instance
+    concurrency set <pool> <n>`` or in the UI).
     """
 
     kind: str | None = None
+    local_jobs_dir: str | None = None
     pool: str = "slurm_jobs"
     pool_limit: int = 25
     poll_initial: float = 2.0
@@ -51,7 +54,7 @@ class LauncherResource(ConfigurableResource):
 
     def launcher(self, log: Callable[[str], object]) -> Launcher:
         """The launcher for this deployment; the choice, and why, goes to ``log``."""
-        return choose_launcher(log=log, kind=self.kind)
+        return choose_launcher({}, log, kind=self.kind, local_jobs_dir=self.local_jobs_dir)
 
     def runner(
         self,

@@ -25,6 +25,7 @@ from dagster import (
     DefaultScheduleStatus,
     RunConfig,
     RunRequest,
+    ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
     define_asset_job,
@@ -42,7 +43,6 @@ from ck_dagster.assets.registry import (
 from ck_dagster.assets.training import checkpoint
 from ck_dagster.evaluation.results import stale_reason
 from ck_dagster.evaluation.spec import EVAL_DIR, SPEC_FILE, EvalSpec
-from ck_dagster.settings import Settings
 
 #: the run tags that make a run request cover a partition range.
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -50,14 +50,10 @@ RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_p
 
 class ReevaluationResource(ConfigurableResource):
     """What the ``reevaluate_runs`` schedule evaluates: only stale or missing evaluations, or,
-    with ``force``, every run that has a checkpoint. Left unset, ``CK_REEVALUATE_FORCE``
-    (``1``/``true``) decides."""
+    with ``force``, every run that has a checkpoint (``ck_dagster.definitions`` sets it from
+    ``CK_REEVALUATE_FORCE``)."""
 
-    force: bool | None = None
-
-    def forced(self) -> bool:
-        """Whether ticks re-evaluate every trained run, current or not."""
-        return self.force if self.force is not None else Settings.from_env().reevaluate_force
+    force: bool = False
 
 
 reevaluate_job = define_asset_job(
@@ -69,11 +65,17 @@ reevaluate_job = define_asset_job(
 )
 
 
-@schedule(
-    job=reevaluate_job,
-    cron_schedule=Settings.from_env().reevaluate_cron,
-    default_status=DefaultScheduleStatus.RUNNING,
-)
+def reevaluate_schedule(cron: str) -> ScheduleDefinition:
+    """The ``reevaluate_runs`` schedule, ticking at ``cron`` (``ck_dagster.definitions`` passes
+    the deployment's ``CK_REEVALUATE_CRON``, read when the definitions are built)."""
+    return schedule(
+        name="reevaluate_runs",
+        job=reevaluate_job,
+        cron_schedule=cron,
+        default_status=DefaultScheduleStatus.RUNNING,
+    )(reevaluate_runs)
+
+
 def reevaluate_runs(
     context: ScheduleEvaluationContext, reevaluation: ReevaluationResource
 ) -> Iterator[RunRequest | SkipReason]:
@@ -87,7 +89,7 @@ def reevaluate_runs(
     if not trained:
         yield SkipReason("no registered run with an evaluation has a checkpoint yet")
         return
-    force = reevaluation.forced()
+    force = reevaluation.force
     stale = {key: "forced" for key in trained} if force else stale_evaluations(instance, versions)
     for reason in sorted(set(stale.values())):
         context.log.info(f"{reason}: " + some([k for k, r in stale.items() if r == reason]))

@@ -27,7 +27,7 @@ from ck_dagster.catalog.models import KnownModel
 from ck_dagster.catalog.parameters import INPUT_PLACEHOLDER
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.imports import local_imports
-from ck_dagster.experiment.data import data_digest, split_sizes
+from ck_dagster.experiment.data import EVALUATION_NEEDS, data_digest, missing_rows, split_sizes
 from ck_dagster.experiment.problems import ExperimentFileError, FieldPath, Problem
 from ck_dagster.experiment.schema import EvalTask, Evaluation, MatrixEntry, Scorer
 from ck_dagster.fileio import atomic_write_text
@@ -456,21 +456,14 @@ def _test_data(plan: RunPlan, *, needed: bool) -> EvalData:
             f"data file {path} not found",
             "point it at the JSON file with train/validation/test splits",
         )
-    rows = split_sizes(path).get(TEST_SPLIT, 0)
-    if needed and not rows:
-        raise _problem(
-            plan,
-            ("data", "training", "path"),
-            f"{path} has no rows in a `{TEST_SPLIT}` split, which the built-in "
-            "evaluation task scores",
-            f"add a `{TEST_SPLIT}` split of rows, or give the task a `script`",
-        )
+    for message, fix in missing_rows(path, *([EVALUATION_NEEDS] if needed else [])):
+        raise _problem(plan, ("data", "training", "path"), message, fix)
     return EvalData(
         path=str(path),
         sha256=data_digest(path),
         input_key=input_key,
         output_key=output_key,
-        rows=rows,
+        rows=split_sizes(path).get(TEST_SPLIT, 0),
     )
 
 

@@ -13,7 +13,7 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ck_dagster.errors import CkError
 from ck_dagster.fileio import sha256_file
@@ -38,6 +38,40 @@ def parquet_splits(folder: Path) -> dict[str, list[Path]]:
         if match:
             splits.setdefault(match["split"], []).append(file)
     return splits
+
+
+class SplitNeed(NamedTuple):
+    """A split some reader of the data needs rows in: who, and what else would do instead."""
+
+    split: str
+    reader: str
+    instead: str = ""
+
+
+#: the rows fine-tuning trains on.
+TRAINING_NEEDS = SplitNeed("train", "fine-tuned runs train on it")
+#: the rows the built-in evaluation task scores (a task with its own script reads its own).
+EVALUATION_NEEDS = SplitNeed(
+    "test", "the built-in evaluation task scores it", "give the task a `script`"
+)
+
+
+def missing_rows(path: Path, *needs: SplitNeed) -> list[tuple[str, str]]:
+    """(message, fix) for each needed split the data at ``path`` has no rows in: the one check
+    of empty splits, made when the experiment file, a run's own data file and an evaluation are
+    read. CkError when the data cannot be read."""
+    sizes = split_sizes(path)
+    kind = "split" if is_parquet(path) else "list"
+    where = f"data {'folder' if is_parquet(path) else 'file'} {path}"
+    return [
+        (
+            f"{where} has no rows in a `{need.split}` {kind}, and {need.reader}",
+            f"add a `{need.split}` {kind} of rows"
+            + (f", or {need.instead}" if need.instead else ""),
+        )
+        for need in needs
+        if not sizes.get(need.split)
+    ]
 
 
 def split_sizes(path: Path) -> dict[str, int]:

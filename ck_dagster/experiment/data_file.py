@@ -55,8 +55,6 @@ def _problems(
             (f"data file {path} holds a JSON {type(data).__name__}, not an object of splits", _FIX),
         )
     found = []
-    if not data.get("train"):
-        found.append((f"data file {path} has no rows in a `train` list", _FIX))
     for split in SPLITS:
         problem = _split_problem(data.get(split, []), split, input_key, output_key)
         if problem:

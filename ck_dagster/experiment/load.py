@@ -16,7 +16,13 @@ from ck_dagster.catalog.models import MODELS
 from ck_dagster.catalog.parameters import CONTROL_KEYS, PARAMETERS, config_path
 from ck_dagster.errors import CkError, did_you_mean
 from ck_dagster.experiment import values
-from ck_dagster.experiment.data import parquet_splits, split_sizes
+from ck_dagster.experiment.data import (
+    EVALUATION_NEEDS,
+    TRAINING_NEEDS,
+    missing_rows,
+    parquet_splits,
+    split_sizes,
+)
 from ck_dagster.experiment.data_file import data_file_problems
 from ck_dagster.experiment.problems import (
     ExperimentFileError,
@@ -505,26 +511,14 @@ def _data_problems(experiment: Experiment) -> list[Problem]:
                 "point it at a folder of train.parquet, validation.parquet and test.parquet",
             )
         ]
+    needs = [TRAINING_NEEDS] if any(not r.is_control for r in spec.runs) else []
+    if spec.evaluation and any(t.script is None for t in spec.evaluation.tasks):
+        needs.append(EVALUATION_NEEDS)
     try:
         sizes = split_sizes(path)
+        problems = [Problem(where, message, fix) for message, fix in missing_rows(path, *needs)]
     except CkError as exc:
         return [Problem(where, str(exc))]
-    problems = []
-    needed = (
-        {"train": "fine-tuned runs train on it"} if any(not r.is_control for r in spec.runs) else {}
-    )
-    if spec.evaluation and any(t.script is None for t in spec.evaluation.tasks):
-        needed["test"] = "the built-in evaluation task scores it"
-    for split, why in needed.items():
-        if not sizes.get(split):
-            kind = "list" if data.format == "json" else "split"
-            problems.append(
-                Problem(
-                    where,
-                    f"{path} has no rows in a `{split}` {kind}, and {why}",
-                    f"add a `{split}` {kind} to the data",
-                )
-            )
     for split, expected in (
         data.splits.model_dump(exclude_none=True) if data.splits else {}
     ).items():

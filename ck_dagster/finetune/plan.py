@@ -30,7 +30,7 @@ import yaml
 from ck_dagster.catalog import parameters
 from ck_dagster.catalog.models import MODELS, KnownModel
 from ck_dagster.errors import CkError, did_you_mean, printable
-from ck_dagster.experiment.data import data_digest, parquet_splits
+from ck_dagster.experiment.data import TRAINING_NEEDS, data_digest, missing_rows, parquet_splits
 from ck_dagster.experiment.data_file import data_file_problems
 from ck_dagster.experiment.load import read_experiment
 from ck_dagster.experiment.problems import ExperimentFileError, Problem
@@ -610,6 +610,7 @@ class _RunPlanner:
         found = [
             Problem(source.field, message, fix)
             for message, fix in data_file_problems(data, training.input_key, training.output_key)
+            or missing_rows(data, TRAINING_NEEDS)
         ]
         self.problems += found
         return None if found else str(data)

@@ -20,10 +20,13 @@ def choose_launcher(
     log: Callable[[str], None] = _log.info,
     *,
     kind: str | None = None,
+    local_jobs_dir: str | None = None,
 ) -> Launcher:
     """The launcher for this machine: ``kind``, else ``CK_LAUNCHER=slurm|local``, else SLURM
-    when ``sbatch`` is on PATH, else local (``env``: the environment to read, default this
-    process's). Says which one and why through ``log``."""
+    when ``sbatch`` is on PATH, else local, keeping its records in ``local_jobs_dir``, else
+    ``CK_LOCAL_JOBS_DIR`` (``env``: the environment to read, default this process's; the
+    Dagster resource passes none and gives its own fields). Says which one and why through
+    ``log``."""
     settings = Settings.from_env(env)
     choice = (kind or settings.launcher).strip().lower()
     if choice not in ("", "slurm", "local"):
@@ -32,7 +35,11 @@ def choose_launcher(
             "or 'local', or unset it to use SLURM when sbatch is on PATH"
         )
     if choice:
-        why = f"launcher resource kind={choice}" if kind else f"CK_LAUNCHER={choice}"
+        why = (
+            f"launcher resource kind={choice}, from CK_LAUNCHER or the resource's config"
+            if kind
+            else f"CK_LAUNCHER={choice}"
+        )
     else:
         sbatch = shutil.which("sbatch", path=settings.path)
         choice = "slurm" if sbatch else "local"
@@ -41,6 +48,6 @@ def choose_launcher(
     if choice == "slurm":
         launcher = SlurmLauncher()
     else:
-        launcher = LocalLauncher(state_dir=settings.local_jobs_dir)
+        launcher = LocalLauncher(state_dir=local_jobs_dir or settings.local_jobs_dir)
     log(f"launcher: {choice} ({why})")
     return launcher

@@ -81,7 +81,19 @@ class JobEnvironment:
         virtual environment this Python runs in (if any); ``CK_JOB_VENV=none`` turns that off.
         """
         settings = Settings.from_env(environ)
-        modules, conda_env, venv = settings.job_modules, settings.job_conda_env, settings.job_venv
+        return cls.chosen(settings.job_modules, settings.job_conda_env, settings.job_venv, profile)
+
+    @classmethod
+    def chosen(
+        cls,
+        modules: tuple[str, ...],
+        conda_env: str | None,
+        venv: str | None,
+        profile: ClusterProfile = DELLA,
+    ) -> JobEnvironment:
+        """What jobs activate, given the deployment's settings (the variables, or the Dagster
+        resource): these, else the profile's, else this Python's virtual environment; a
+        ``venv`` of ``none`` (or empty) activates none."""
         if venv is None and not modules and conda_env is None:
             if profile.has_environment:
                 return cls(profile.modules, profile.conda_env, profile.venv, profile)

@@ -64,7 +64,8 @@ def test_local_launcher_trains_and_shows_progress(
         out.seek(0)
         log = out.read()
     assert process.returncode == 0, log
-    assert "launcher: local (CK_LAUNCHER=local)" in log
+    # CK_LAUNCHER reaches the launcher resource as EnvVar, read by the run's process
+    assert "launcher: local (launcher resource kind=local, from CK_LAUNCHER" in log
     assert "tiny/lora8: job 1: " in log and "-> COMPLETED" in log
     assert "tiny/lora8: epoch 1, step" in log and ", loss " in log  # progress from the job log
     assert list((experiment.run_dir("lora8") / "artifacts" / "epoch_1").glob("*.safetensors"))

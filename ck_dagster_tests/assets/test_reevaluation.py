@@ -26,13 +26,14 @@ from dagster import (
 from ck_dagster.assets.reevaluation import (
     ReevaluationResource,
     contiguous_blocks,
-    reevaluate_runs,
+    reevaluate_schedule,
 )
 from ck_dagster.assets.registry import apply_registration, prepare_registration
 from ck_dagster.assets.resources import ExperimentsFolderResource, JobEnvironmentResource
 from ck_dagster.assets.sensors import experiments_sensor
-from ck_dagster.definitions import defs
+from ck_dagster.definitions import build_definitions, defs
 from ck_dagster.evaluation.spec import EvalSpec
+from ck_dagster.settings import DEFAULT_REEVALUATE_CRON, Settings
 from ck_dagster.slurm.script import JobEnvironment
 from ck_dagster_tests.assets.test_automation import CHECKPOINT, EVAL, materialized
 from ck_dagster_tests.evaluation.test_results import finished
@@ -65,13 +66,16 @@ def evaluate(
         materialized(instance, CHECKPOINT, key)
 
 
-def tick(instance: DagsterInstance, **settings: bool) -> list[RunRequest | SkipReason]:
+def tick(
+    instance: DagsterInstance, reevaluation: ReevaluationResource | None = None, **settings: bool
+) -> list[RunRequest | SkipReason]:
+    """One tick of the schedule, with ``reevaluation`` or a resource of ``settings``."""
     with build_schedule_context(
         instance=instance,
         scheduled_execution_time=TICK,
-        resources={"reevaluation": ReevaluationResource(**settings)},
+        resources={"reevaluation": reevaluation or ReevaluationResource(**settings)},
     ) as context:
-        return list(reevaluate_runs(context))
+        return list(reevaluate_schedule(DEFAULT_REEVALUATE_CRON)(context))
 
 
 def ranges(result: list[RunRequest | SkipReason], force: bool = False) -> list[tuple[str, str]]:
@@ -232,8 +236,9 @@ def test_a_forced_tick_covers_every_trained_run(
         materialized(instance, CHECKPOINT, "other/lora8")
         assert "nothing to re-evaluate" in skipped(tick(instance))
         assert ranges(tick(instance, force=True), force=True) == [("tiny/lora8", "tiny/lora16")]
-        monkeypatch.setenv("CK_REEVALUATE_FORCE", "1")
-        assert ranges(tick(instance), force=True) == [("tiny/lora8", "tiny/lora16")]
+        monkeypatch.setenv("CK_REEVALUATE_FORCE", "1")  # the deployment's definitions force it
+        forced = build_definitions(Settings.from_env()).resources["reevaluation"]
+        assert ranges(tick(instance, forced), force=True) == [("tiny/lora8", "tiny/lora16")]
         assert "nothing to re-evaluate" in skipped(tick(instance, force=False))
 
 

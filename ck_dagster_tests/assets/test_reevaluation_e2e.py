@@ -13,7 +13,7 @@ import json
 import pytest
 from dagster import AssetKey, DagsterInstance, RunRequest, SkipReason, build_schedule_context
 
-from ck_dagster.assets.reevaluation import ReevaluationResource, reevaluate_runs
+from ck_dagster.assets.reevaluation import ReevaluationResource
 from ck_dagster.assets.registry import EVAL_SPEC, registered_versions
 from ck_dagster.definitions import defs
 from ck_dagster.experiment.load import load_experiment
@@ -31,7 +31,7 @@ def tick(instance: DagsterInstance) -> list[RunRequest | SkipReason]:
         scheduled_execution_time=TICK,
         resources={"reevaluation": ReevaluationResource()},
     ) as context:
-        return list(reevaluate_runs(context))
+        return list(defs.resolve_schedule_def("reevaluate_runs")(context))
 
 
 def execute(instance: DagsterInstance, assets: str, **kwargs) -> str:

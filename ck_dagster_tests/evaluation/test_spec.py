@@ -214,6 +214,12 @@ def test_the_builtin_task_needs_a_test_split(experiment: Write, tmp_path: Path) 
     data.write_text(json.dumps({"train": [{"input": "a", "output": "A"}] * 8, "test": []}))
     with pytest.raises(ExperimentFileError, match="no rows in a `test` (list|split)"):
         spec(experiment(data=data))
+    # the same check, for a data file the controls set instead (read when the run is planned)
+    file = experiment(controls=f"  dataset.data_files: {data}")
+    refused = r"run `tuned`: data file .* `test` list"
+    with pytest.raises(ExperimentFileError, match=refused) as raised:
+        spec(file)
+    assert "or give the task a `script`" in str(raised.value)
 
 
 def test_the_version_covers_the_modules_a_task_script_imports_from_its_folders(

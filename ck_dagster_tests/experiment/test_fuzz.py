@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from torchtune import config as tune_config
 
 from ck_dagster.cli import main
+from ck_dagster.experiment.data import TRAINING_NEEDS, missing_rows
 from ck_dagster.experiment.data_file import data_file_problems
 from ck_dagster.experiment.yaml_lines import load_yaml
 from ck_dagster.finetune.merge import ProvenancedConfig, Source
@@ -285,7 +286,7 @@ JSON = st.recursive(
 def test_any_data_file_is_read_or_refused_with_a_reason(tmp_path: Path, text: str) -> None:
     path = tmp_path / f"data-{abs(hash(text))}.json"
     path.write_text(text)
-    problems = data_file_problems(path, "input", "output")
+    problems = data_file_problems(path, "input", "output") or missing_rows(path, TRAINING_NEEDS)
     assert all(message.startswith(f"data file {path}") for message, _ in problems)
     try:
         rows = json.loads(text).get("train")

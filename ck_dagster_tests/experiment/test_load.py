@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,16 @@ def test_numbers_and_times_read_as_researchers_write_them(tmp_path: Path) -> Non
     assert run.parameters["lr"] == 3e-4 and isinstance(run.parameters["lr"], float)
     assert run.compute is not None and run.compute.time == "2:00:00"
     assert experiment.spec.controls["lr"] == 1e-4
+
+
+def test_a_split_is_needed_only_by_what_reads_it(tmp_path: Path) -> None:
+    """A data file without train rows is refused for fine-tuned runs (the malformed corpus)
+    but not for an experiment of control runs, which never train."""
+    malformed = Path(__file__).parent / "malformed"
+    shutil.copytree(malformed / "data", tmp_path / "data")
+    fine_tuned = "  - name: rank4\n    type: fine-tuned\n"
+    text = (malformed / "data_without_train.yaml").read_text()
+    controls_only = re.sub(rf"{fine_tuned}(    .*\n)*", "", text)
+    assert fine_tuned in text and "type: fine-tuned" not in controls_only
+    (tmp_path / "controls.yaml").write_text(controls_only)
+    assert [run.name for run in load_experiment(tmp_path / "controls.yaml").runs] == ["base"]

@@ -252,8 +252,9 @@ def test_json_without_a_train_split_is_refused_when_the_file_is_read(
     )
     with pytest.raises(ExperimentFileError) as caught:
         load_experiment(file)
-    assert f"data.training.path: data file {data} has no rows in a `train` list" in str(
-        caught.value
+    assert (
+        f"data.training.path: data file {data} has no rows in a `train` list, and fine-tuned "
+        "runs train on it (add a `train` list of rows)" in str(caught.value)
     )
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from dagster import build_resources
 
 from ck_dagster.assets.resources import JobEnvironmentResource
+from ck_dagster.definitions import build_definitions
 from ck_dagster.errors import CkError
 from ck_dagster.finetune.cluster_profile import deployment_environment, load_profile
 from ck_dagster.finetune.plan import plan_experiment_file
-from ck_dagster.slurm.profile import DELLA, GENERIC
+from ck_dagster.settings import Settings
+from ck_dagster.slurm.profile import DELLA, GENERIC, ClusterProfile
 from ck_dagster.slurm.script import JobEnvironment
 
 SITE = """name: mysite
@@ -103,10 +106,17 @@ def test_precedence_is_size_then_profile_then_experiment_then_run(
 def test_the_profile_is_a_resource_setting_and_an_environment_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    def profile() -> ClusterProfile:
+        """The profile of the resource the deployment's definitions build."""
+        resources = build_definitions(Settings.from_env()).resources
+        with build_resources({"job_environment": resources["job_environment"]}) as built:
+            return built.job_environment.environment().profile
+
     monkeypatch.setenv("CK_CLUSTER_PROFILE", "generic")
-    assert JobEnvironmentResource().environment().profile is GENERIC
+    assert profile() is GENERIC
     assert JobEnvironmentResource(cluster_profile="della").environment().profile is DELLA
     monkeypatch.delenv("CK_CLUSTER_PROFILE")
+    assert profile() is DELLA
     assert JobEnvironmentResource().environment().profile is DELLA
 
 
