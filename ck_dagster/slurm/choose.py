@@ -23,7 +23,8 @@ def choose_launcher(
 ) -> Launcher:
     """The launcher for this machine: ``kind``, else ``CK_LAUNCHER=slurm|local``, else SLURM
     when ``sbatch`` is on PATH, else local (``env``: the environment to read, default this
-    process's). Says which one and why through ``log``."""
+    process's). Says which one and why through ``log``, and, for SLURM, each retry of an
+    unanswering controller."""
     settings = Settings.from_env(env)
     choice = (kind or settings.launcher).strip().lower()
     if choice not in ("", "slurm", "local"):
@@ -39,7 +40,7 @@ def choose_launcher(
         why = f"sbatch found at {sbatch}" if sbatch else "no sbatch on PATH"
     launcher: Launcher
     if choice == "slurm":
-        launcher = SlurmLauncher()
+        launcher = SlurmLauncher(log=log)
     else:
         launcher = LocalLauncher(state_dir=settings.local_jobs_dir)
     log(f"launcher: {choice} ({why})")

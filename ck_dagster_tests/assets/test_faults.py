@@ -217,7 +217,7 @@ def test_a_controller_down_during_sbatch_is_retried_and_makes_one_job(
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     assert refused.startswith("1 ") and "unable to contact slurm controller" in refused.lower()
-    assert "sbatch: controller not answering" in output, output
+    assert "checkpoint - sbatch: controller not answering" in output, output  # the run's log
     *_, accepted = sbatch_gate.returned()
     assert accepted.split() == ["0"], sbatch_gate.returned()
     [job] = jobs_named(exp, "one")
@@ -245,7 +245,7 @@ def test_a_submission_whose_answer_was_lost_is_adopted_not_sent_again(
     assert lost.startswith("1 ") and "socket timed out" in lost.lower(), lost
     [job] = jobs_named(exp, "one")
     assert job.state is JobState.COMPLETED
-    assert f"sbatch timed out but job {job.job_id} " in output, output
+    assert f"checkpoint - sbatch timed out but job {job.job_id} " in output, output
     assert sbatch_gate.returned() == [lost], "sbatch was run again"
     assert latest(partition)["job_id"] == job.job_id
 
@@ -265,7 +265,7 @@ def test_a_controller_restart_during_a_materialization_is_followed_through(
     slurm_cluster.restart_controller(down_s=25)
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
-    assert "squeue: controller not answering" in output, output
+    assert "checkpoint - squeue: controller not answering" in output, output
     [job] = jobs_named(exp, "long")
     assert job.job_id == job_id and job.state is JobState.COMPLETED
     assert latest(partition)["job_id"] == job_id
