@@ -26,7 +26,7 @@ def choose_launcher(
     when ``sbatch`` is on PATH, else local, keeping its records in ``local_jobs_dir``, else
     ``CK_LOCAL_JOBS_DIR`` (``env``: the environment to read, default this process's; the
     Dagster resource passes none and gives its own fields). Says which one and why through
-    ``log``."""
+    ``log``, and, for SLURM, each retry of an unanswering controller."""
     settings = Settings.from_env(env)
     choice = (kind or settings.launcher).strip().lower()
     if choice not in ("", "slurm", "local"):
@@ -46,7 +46,7 @@ def choose_launcher(
         why = f"sbatch found at {sbatch}" if sbatch else "no sbatch on PATH"
     launcher: Launcher
     if choice == "slurm":
-        launcher = SlurmLauncher()
+        launcher = SlurmLauncher(log=log)
     else:
         launcher = LocalLauncher(state_dir=local_jobs_dir or settings.local_jobs_dir)
     log(f"launcher: {choice} ({why})")

@@ -75,10 +75,12 @@ class SlurmLauncher:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         run: CommandRunner = subprocess.run,
+        log: Callable[[str], object] | None = None,
     ) -> None:
         """``retry_*`` bound how long an unanswering controller is retried (total, first and
         longest pause); ``find_window_days`` is how far back ``find`` asks accounting;
-        ``run`` runs each SLURM command (``subprocess.run``)."""
+        ``run`` runs each SLURM command (``subprocess.run``); ``log`` is told of each retry
+        and adopted submission (e.g. the Dagster run's log; default: a logging warning)."""
         self.retry_total_s = retry_total_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -88,6 +90,7 @@ class SlurmLauncher:
         self._sleep = sleep
         self._clock = clock
         self._run_command = run
+        self._log = log or _log.warning
         self._user = getpass.getuser()
 
     # -- the Launcher interface ----------------------------------------------------------------
@@ -119,9 +122,7 @@ class SlurmLauncher:
                 argv, cwd=script.parent, env=run_env, adopt=lambda: self._live_job_named(job_name)
             )
         except _AlreadySubmitted as done:
-            _log.warning(
-                "sbatch timed out but job %s (%s) is queued: using it", done.job_id, job_name
-            )
+            self._log(f"sbatch timed out but job {done.job_id} ({job_name}) is queued: using it")
             return done.job_id
         if result.returncode != 0:
             message = _clean(result.stderr) or f"sbatch exited {result.returncode}"
@@ -300,11 +301,9 @@ class SlurmLauncher:
                     f"{self.retry_total_s:g}s: {problem}. Check `scontrol ping` and "
                     "`sinfo`, or ask the cluster's administrators."
                 )
-            _log.warning(
-                "%s: controller not answering (%s); retrying in %.1fs",
-                argv[0],
-                problem,
-                min(pause, remaining),
+            self._log(
+                f"{argv[0]}: controller not answering ({problem}); "
+                f"retrying in {min(pause, remaining):.1f}s"
             )
             self._sleep(min(pause, remaining))
             pause = min(pause * 2, self.retry_max_s)

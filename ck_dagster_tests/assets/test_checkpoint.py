@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,30 @@ def materialize(
     return run_command(args, check=check, timeout=600, env={"CK_LAUNCHER": "slurm"})
 
 
-def start_materialize(partition: str) -> subprocess.Popen[str]:
+@dataclass(frozen=True)
+class Step:
+    """An asset whose materialization runs one SLURM job per run: the job name's last part,
+    what its messages say the job does to the run, and what must be materialized first."""
+
+    asset: str
+    kind: str
+    verb: str
+    needs: str = ""
+
+    def prepare(self, experiment, run: str) -> None:
+        """Materialize what this step's job needs (a trained checkpoint for an evaluation)."""
+        if self.needs:
+            materialize(self.needs, [experiment.partition_key(run)])
+
+
+TRAINING = Step("checkpoint", "train", "trained")
+EVALUATION = Step("eval_log", "eval", "evaluated", needs="checkpoint")
+
+
+def start_materialize(
+    partition: str, step: Step = TRAINING, config: dict | None = None
+) -> subprocess.Popen[str]:
+    """`dagster asset materialize` of ``step`` for one partition, started, output piped."""
     return subprocess.Popen(
         [
             str(BIN / "dagster"),
@@ -84,9 +108,10 @@ def start_materialize(partition: str) -> subprocess.Popen[str]:
             "-m",
             "ck_dagster",
             "--select",
-            "checkpoint",
+            step.asset,
             "--partition",
             partition,
+            *(["--config-json", json.dumps(config)] if config else []),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -95,10 +120,10 @@ def start_materialize(partition: str) -> subprocess.Popen[str]:
     )
 
 
-def latest(partition: str) -> dict:
+def latest(partition: str, asset: str = "checkpoint") -> dict:
     with DagsterInstance.get() as instance:
         records = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey("checkpoint"), asset_partitions=[partition]),
+            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]),
             limit=1,
         ).records
         if not records:
@@ -106,18 +131,34 @@ def latest(partition: str) -> dict:
         return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
-def jobs_named(experiment, run: str) -> list:
-    return SlurmLauncher().find(f"ck:{experiment.name}/{run}:train")
+def jobs_named(experiment, run: str, step: Step = TRAINING) -> list:
+    return SlurmLauncher().find(f"ck:{experiment.name}/{run}:{step.kind}")
 
 
-def wait_running(experiment, run: str, limit: float = 120) -> str:
+def wait_running(experiment, run: str, limit: float = 120, step: Step = TRAINING) -> str:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        found = jobs_named(experiment, run)
+        found = jobs_named(experiment, run, step)
         if found and found[0].state is JobState.RUNNING:
             return found[0].job_id
         time.sleep(0.5)
-    raise AssertionError(f"no running job for {run}: {jobs_named(experiment, run)}")
+    raise AssertionError(f"no running job for {run}: {jobs_named(experiment, run, step)}")
+
+
+def wait_cancelled(job_id: str, limit: float = 60) -> None:
+    """Wait until accounting (sacct, which records how every job ended) says CANCELLED."""
+    deadline = time.monotonic() + limit
+    while True:
+        state = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if state[:1] == ["CANCELLED"]:
+            return
+        assert time.monotonic() < deadline, f"job {job_id} is {state} in sacct, not CANCELLED"
+        time.sleep(0.5)
 
 
 def test_trains_every_run_through_slurm_then_adopts(experiment) -> None:
@@ -163,26 +204,14 @@ def test_trains_every_run_through_slurm_then_adopts(experiment) -> None:
     assert len(list(exp.run_dir("lora16").glob("artifacts.previous-*"))) == 1
 
 
-def test_terminating_the_run_cancels_the_job(experiment) -> None:
-    exp = experiment(LONG_RUN)
-    process = start_materialize(exp.partition_key("long"))
-    job_id = wait_running(exp, "long")
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode != 0
-    deadline = time.monotonic() + 30
-    while jobs_named(exp, "long")[0].state is not JobState.CANCELLED:
-        assert time.monotonic() < deadline, jobs_named(exp, "long")
-        time.sleep(0.5)
-    assert f"cancelled job(s) {job_id}" in output
-
-
-def test_terminating_from_the_ui_cancels_the_job(experiment, dagster_home, tmp_path) -> None:
+@pytest.mark.parametrize("step", [TRAINING, EVALUATION], ids=["training", "evaluation"])
+def test_terminating_from_the_ui_cancels_the_job(experiment, dagster_home, tmp_path, step) -> None:
     """Launched and terminated through the webserver's GraphQL API, as the UI's Materialize
     and Terminate buttons do (`dagster dev`: the daemon runs what is launched)."""
     from dagster_graphql import DagsterGraphQLClient
 
     exp = experiment(LONG_RUN)
+    step.prepare(exp, "long")
     server = WebServer(
         dagster_home, tmp_path / "dagster-dev.log", env={"CK_LAUNCHER": "slurm"}, daemon=True
     )
@@ -193,27 +222,22 @@ def test_terminating_from_the_ui_cancels_the_job(experiment, dagster_home, tmp_p
             "__ASSET_JOB",
             repository_location_name="ck_dagster",
             repository_name="__repository__",
-            asset_selection=["checkpoint"],
+            asset_selection=[step.asset],
             tags={"dagster/partition": exp.partition_key("long")},
         )
-        job_id = wait_running(exp, "long", limit=SERVE_TIMEOUT + 120)
+        job_id = wait_running(exp, "long", limit=SERVE_TIMEOUT + 120, step=step)
         client.terminate_run(run_id)
+        wait_cancelled(job_id)
         deadline = time.monotonic() + 60
-        while (
-            jobs_named(exp, "long")[0].state is not JobState.CANCELLED
-            or client.get_run_status(run_id) is not DagsterRunStatus.CANCELED
-        ):
-            assert time.monotonic() < deadline, (
-                jobs_named(exp, "long"),
-                client.get_run_status(run_id),
-            )
+        while client.get_run_status(run_id) is not DagsterRunStatus.CANCELED:
+            assert time.monotonic() < deadline, client.get_run_status(run_id)
             time.sleep(0.5)
     finally:
         server.stop()
     with DagsterInstance.get() as instance:
         logs = [e.user_message for e in instance.all_logs(run_id)]
     assert any(f"cancelled job(s) {job_id}" in message for message in logs), logs
-    assert len(jobs_named(exp, "long")) == 1
+    assert len(jobs_named(exp, "long", step)) == 1
 
 
 def test_reattaches_after_the_process_was_killed(experiment) -> None:

@@ -15,6 +15,8 @@ from ck_dagster.assets.launcher import InstanceClaims
 from ck_dagster.slurm.runner import JobRequest
 from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixture)
+    EVALUATION,
+    TRAINING,
     experiment,
     jobs_named,
     latest,
@@ -85,19 +87,21 @@ def test_claims_made_at_the_same_moment_have_one_winner(dagster_home) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_two_materializations_at_once_make_one_job(experiment) -> None:  # noqa: F811  (the imported fixture)
+@pytest.mark.parametrize("step", [TRAINING, EVALUATION], ids=["training", "evaluation"])
+def test_two_materializations_at_once_make_one_job(experiment, step) -> None:  # noqa: F811  (the imported fixture)
     exp = experiment(SHORT_RUN)
+    step.prepare(exp, "one")
     partition = exp.partition_key("one")
-    processes = [start_materialize(partition), start_materialize(partition)]
+    processes = [start_materialize(partition, step), start_materialize(partition, step)]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
-    [job] = jobs_named(exp, "one")
+    [job] = jobs_named(exp, "one", step)
     submitted = [o for o in outputs if f"submitted job {job.job_id}" in o]
     assert len(submitted) == 1, outputs
     other = outputs[1 - outputs.index(submitted[0])]
-    holder = re.search(r"is being trained by Dagster run (\S+), job (\d+)", other)
+    holder = re.search(rf"is being {step.verb} by Dagster run (\S+), job (\d+)", other)
     assert holder and holder.group(2) == job.job_id, other
     assert all(p.returncode == 0 for p in processes), outputs
-    assert latest(partition)["job_id"] == job.job_id
+    assert latest(partition, step.asset)["job_id"] == job.job_id
 
 
 @pytest.mark.slurm

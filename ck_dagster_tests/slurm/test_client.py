@@ -141,9 +141,12 @@ def test_submit_failures_say_what_slurm_said(
 def test_a_silent_controller_is_retried_with_backoff_then_answers(script: Path) -> None:
     clock = FakeClock()
     fake = FakeSlurm({"sbatch": [DOWN, DOWN, DOWN, (0, "7\n", "")]})
-    slurm = launcher(fake, clock, retry_initial_s=1, retry_max_s=3)
+    told: list[str] = []
+    slurm = launcher(fake, clock, retry_initial_s=1, retry_max_s=3, log=told.append)
     assert slurm.submit(script, job_name="j") == "7"
     assert clock.sleeps == [1, 2, 3]
+    assert len(told) == 3 and told[0].startswith("sbatch: controller not answering (")
+    assert told[0].endswith("); retrying in 1.0s")
     assert slurm.calls["sbatch"] == 4
     assert not fake.ran("squeue"), "a refused connection cannot have queued a job: no lookup"
 
@@ -176,8 +179,10 @@ def test_a_timed_out_sbatch_whose_job_was_queued_is_adopted(script: Path) -> Non
             "sacct": [(0, "", "")],
         }
     )
-    assert launcher(fake).submit(script, job_name="ck:e/r:train") == "90"
+    told: list[str] = []
+    assert launcher(fake, log=told.append).submit(script, job_name="ck:e/r:train") == "90"
     assert len(fake.ran("sbatch")) == 1
+    assert told[-1] == "sbatch timed out but job 90 (ck:e/r:train) is queued: using it"
     assert "--user" in fake.ran("squeue")[0]
 
 
