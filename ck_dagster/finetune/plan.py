@@ -40,7 +40,7 @@ from ck_dagster.fileio import sha256_file
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
 from ck_dagster.finetune.cluster_profile import deployment_environment
 from ck_dagster.finetune.merge import ProvenancedConfig, Source
-from ck_dagster.finetune.validate import component_errors
+from ck_dagster.finetune.validate import component_errors, save_results
 from ck_dagster.slurm.preflight import Refusal, preflight
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
@@ -253,6 +253,7 @@ def _plan_runs(
         problems += planner.problems
         if plan is not None:
             runs[run.name] = plan
+    save_results()
     problems += _matrix_problems(experiment, runs)
     return runs, [
         Problem(p.path, p.message, p.fix, p.line or experiment.line_of(p.path)) for p in problems

@@ -55,7 +55,7 @@ def _node_errors(node: str, config_json: str, keepable: bool) -> list[Error]:
     if key not in results:
         results[key] = _validate(node, config_json)
         if keepable:
-            _keep(key, results[key])
+            _unsaved()[key] = results[key]
     return [tuple(error) for error in results[key]]  # type: ignore[misc]
 
 
@@ -90,13 +90,25 @@ def _results() -> dict[str, list[Error]]:
         return {}
 
 
-def _keep(key: str, errors: list[Error]) -> None:
-    """Add one result to the on-disk file (merged with what other processes wrote)."""
+@cache
+def _unsaved() -> dict[str, list[Error]]:
+    """Keepable results found by this process and not yet in the on-disk file."""
+    return {}
+
+
+def save_results() -> None:
+    """Add this process's new results to the on-disk file (merged with what other processes
+    wrote), in one write: planners call it once per experiment, not once per component, as a
+    write per result made registering 1000 new runs quadratic in the file's size."""
+    unsaved = _unsaved()
+    if not unsaved:
+        return
     try:
         kept = json.loads(_results_file().read_text())
     except (OSError, ValueError):
         kept = {}
-    kept[key] = errors
+    kept.update(unsaved)
+    unsaved.clear()
     try:
         atomic_write_text(_results_file(), json.dumps(kept))
     except OSError:
