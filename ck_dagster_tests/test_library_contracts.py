@@ -3,6 +3,8 @@ one adapter module: these tests fail loudly, naming the adapter, when a library 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 # Imported here, at collection: importing Dagster runs `file` (platform.architecture) once, and a
@@ -18,6 +20,40 @@ def test_dagster_observation_data_version_tag() -> None:
 
     observation = AssetObservation("spec", tags=data_version_tags("v-123"))
     assert observation.data_version == "v-123", "Dagster moved DATA_VERSION_TAG: fix the adapter"
+
+
+def test_dagster_sqlite_observations_stored_in_one_transaction(tmp_path: Path) -> None:
+    """assets/dagster_internals.py: observations reported in one batch read back as reported
+    ones do, the storage is left as it was, and a batch that fails part-way stores nothing."""
+    from dagster import (
+        AssetKey,
+        AssetRecordsFilter,
+        DagsterInstance,
+        DagsterInvariantViolationError,
+    )
+
+    from ck_dagster.assets.dagster_internals import data_version_tags, report_observations
+    from ck_dagster.assets.instance import ensure_dagster_home
+
+    instance = DagsterInstance.from_config(str(ensure_dagster_home(tmp_path)))
+    storage = instance.event_log_storage
+    lock = storage._db_lock  # type: ignore[attr-defined]
+
+    def observed(key: str) -> dict[str, str | None]:
+        records = instance.fetch_observations(AssetRecordsFilter(asset_key=AssetKey(key)), 10)
+        return {r.partition_key or "": r.asset_observation.data_version for r in records.records}  # type: ignore[union-attr]
+
+    def spec(key: str, partition: str) -> AssetObservation:
+        return AssetObservation(key, partition=partition, tags=data_version_tags(partition))
+
+    report_observations(instance, [spec("a", "p1"), spec("a", "p2")])
+    assert observed("a") == {"p1": "p1", "p2": "p2"}, "fix report_observations"
+    assert "_connect" not in vars(storage) and storage._db_lock is lock  # type: ignore[attr-defined]
+    with pytest.raises(DagsterInvariantViolationError):
+        report_observations(instance, [spec("b", "p1"), "not an observation"])  # type: ignore[list-item]
+    assert observed("b") == {}, "a failed batch stored part of itself: fix report_observations"
+    report_observations(instance, [spec("b", "p3")])  # the storage still works
+    assert observed("b") == {"p3": "p3"}
 
 
 def test_dagster_automation_context_reaches_instance_and_subsets() -> None:

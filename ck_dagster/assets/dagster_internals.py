@@ -10,16 +10,20 @@ whose instance and partition subsets are reached through its ``asset_graph_view`
 ``EntitySubset``, which Dagster documents for such conditions but does not export.
 ``ck-dagster status`` asks Dagster's stale-status resolver (what the UI shows), and
 ``ck-dagster ui`` embeds the webserver's app (tested over HTTP in ``ui/test_token.py``).
+``report_observations`` stores many runless observations in one SQLite transaction per shard:
+Dagster's public ``report_runless_asset_event`` opens, commits and closes a connection per
+event (~5-15 ms each on SQLite), so registering 1000 runs spent most of its time there.
 ``ck_dagster_tests/test_library_contracts.py`` fails loudly if Dagster moves or renames them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from dagster import AutomationContext, DagsterInstance
+from dagster import AssetObservation, AutomationContext, DagsterInstance
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.definitions.data_version import (
     DATA_VERSION_TAG,
@@ -27,12 +31,14 @@ from dagster._core.definitions.data_version import (
     StaleStatus,
 )
 from dagster._core.loader import LoadingContext
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 __all__ = [
     "StaleStatus",
     "candidates_among",
     "condition_instance",
     "data_version_tags",
+    "report_observations",
     "stale_status_resolver",
     "webserver_app",
 ]
@@ -41,6 +47,51 @@ __all__ = [
 def data_version_tags(version: str) -> dict[str, str]:
     """The tags that give an ``AssetObservation`` the data version ``version``."""
     return {DATA_VERSION_TAG: version}
+
+
+def report_observations(
+    instance: DagsterInstance, observations: Sequence[AssetObservation]
+) -> None:
+    """Report runless observations as ``report_runless_asset_event`` does; on SQLite storage
+    in one transaction per database file instead of a connection and commit per event."""
+    storage = instance.event_log_storage
+    if not isinstance(storage, SqliteEventLogStorage):  # Postgres pools its connections
+        for observation in observations:
+            instance.report_runless_asset_event(observation)
+        return
+    with _one_transaction_per_shard(storage):
+        for observation in observations:
+            instance.report_runless_asset_event(observation)
+
+
+@contextlib.contextmanager
+def _one_transaction_per_shard(storage: SqliteEventLogStorage) -> Iterator[None]:
+    """While open, the storage's ``_connect(shard)`` hands out one connection per shard, in a
+    transaction committed when the block ends (rolled back if it raises). Its lock becomes
+    re-entrant for this thread meanwhile (two shards are open at once); other threads wait."""
+    connect, lock = storage._connect, storage._db_lock
+    connections: dict[str, Any] = {}
+    with lock, contextlib.ExitStack() as shards:
+        storage._db_lock = shards.enter_context(_held(threading.RLock()))
+
+        @contextlib.contextmanager
+        def shared(shard: str) -> Iterator[Any]:
+            if shard not in connections:
+                connections[shard] = shards.enter_context(connect(shard))
+            yield connections[shard]
+
+        storage._connect = shared  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            del storage._connect
+            storage._db_lock = lock
+
+
+@contextlib.contextmanager
+def _held(lock: Any) -> Iterator[Any]:
+    with lock:
+        yield lock
 
 
 def condition_instance(context: AutomationContext) -> DagsterInstance:

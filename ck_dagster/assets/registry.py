@@ -22,7 +22,7 @@ from dagster import (
     MetadataValue,
 )
 
-from ck_dagster.assets.dagster_internals import data_version_tags
+from ck_dagster.assets.dagster_internals import data_version_tags, report_observations
 from ck_dagster.assets.partitions import experiments_partitions, runs_partitions, split_key
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.spec import EvalSpec, eval_specs_for
@@ -194,8 +194,7 @@ def apply_registration(instance: DagsterInstance, registration: Registration) ->
         instance.add_dynamic_partitions(
             experiments_partitions.name, [registration.plan.experiment.name]
         )
-    for observation in registration.observations:
-        instance.report_runless_asset_event(observation)
+    report_observations(instance, registration.observations)
 
 
 def registered_keys(instance: DagsterInstance) -> list[str]:
