@@ -147,12 +147,17 @@ def preflight(jobs: Iterable[tuple[str, Resources, str]]) -> list[Refusal] | Non
     if cluster is None:
         return None
     refusals = []
+    # The controller judges a script by its request alone (job name, log and folder aside),
+    # so runs asking for the same resources share one sbatch: 1000 runs of a sweep, one call.
+    verdicts: dict[Resources, list[str]] = {}
     for name, resources, script in jobs:
-        reasons = check_request(cluster, resources)
-        if not reasons:
-            refused = sbatch_test_only(script)
-            reasons = [refused] if refused else []
-        refusals += [Refusal(name, describe_request(resources), r) for r in reasons]
+        if resources not in verdicts:
+            reasons = check_request(cluster, resources)
+            if not reasons:
+                refused = sbatch_test_only(script)
+                reasons = [refused] if refused else []
+            verdicts[resources] = reasons
+        refusals += [Refusal(name, describe_request(resources), r) for r in verdicts[resources]]
     return refusals
 
 
