@@ -111,3 +111,26 @@ def test_torchtune_recipe_sources_still_read_cfg_keys() -> None:
     assert {"epochs", "batch_size", "optimizer", "gradient_accumulation_steps"} <= keys_read_by(
         "lora_finetune_single_device"
     )
+
+
+def test_omegaconf_yaml_loader_reads_configs_as_omegaconf_create_does() -> None:
+    """finetune/torchtune_internals.py: OmegaConf's loader alone reads config text as
+    ``OmegaConf.create`` does (floats, escapes, interpolations, block text), and refuses a
+    duplicate key as it does."""
+    from omegaconf import OmegaConf
+
+    from ck_dagster.finetune.torchtune_internals import read_config_text
+
+    text = (
+        "lr: 1e-4\nquoted: '1e-4'\nwhole: 3\nflag: true\nnothing: null\n"
+        "out: ${output_dir}/logs\nescaped: \\${oc.env:HOME}\n"
+        "prompt: |\n  Capitalize: {input}\n  done\n"
+        "model: {_component_: torchtune.models.llama3_2.lora_llama3_2_1b, lora_rank: 8,"
+        " modules: [q_proj, v_proj]}\n"
+    )
+    expected = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    assert read_config_text(text) == expected, "OmegaConf's loader changed: fix the adapter"
+    with pytest.raises(Exception) as created:
+        OmegaConf.create("a: 1\na: 2\n")
+    with pytest.raises(type(created.value)):
+        read_config_text("a: 1\na: 2\n")
