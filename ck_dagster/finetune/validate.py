@@ -25,6 +25,8 @@ _ARGUMENT = re.compile(r"(?:unexpected keyword argument|missing a required argum
 #: so their results can be kept between processes.
 _KEEPABLE = ("torch.", "torchtune.", "ck_dagster.")
 _PACKAGES = ("torch", "torchtune", "torchao", "omegaconf")
+#: what stands for any text without interpolations in a validation's key (see ``_shape``).
+_PLAIN_TEXT = "plain text"
 
 Error = tuple[str, str | None, str]
 
@@ -34,13 +36,14 @@ def component_errors(config: Mapping[str, Any]) -> list[Error]:
     errors: list[Error] = []
     for node, value in config.items():
         if _is_component(value):
-            # Only the keys the node interpolates (${output_dir}) matter to it, so runs that
-            # share a component share one validation.
+            # Only the node and the keys it interpolates (${output_dir}) matter to it, and of
+            # text only that it is text: torchtune binds arguments by name, not value. So the
+            # runs of a sweep (a folder each) share one validation.
             text = json.dumps(value, sort_keys=True)
             used = {key: config[key] for key in _INTERPOLATION.findall(text) if key in config}
             errors += _node_errors(
                 node,
-                json.dumps({**used, node: value}, sort_keys=True),
+                json.dumps(_shape({**used, node: value}), sort_keys=True),
                 str(value["_component_"]).startswith(_KEEPABLE),
             )
     return errors
@@ -133,6 +136,16 @@ def _results_file() -> Path:
 def _argument_error(node: str, message: str) -> tuple[str, str | None, str]:
     match = _ARGUMENT.search(message)
     return node, match.group(1) if match else None, message
+
+
+def _shape(value: Any) -> Any:
+    """``value`` with each text that interpolates nothing (a path, a name) replaced by one
+    stand-in; components' paths and interpolations are kept, as validation depends on them."""
+    if isinstance(value, Mapping):
+        return {k: v if k == "_component_" else _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return _PLAIN_TEXT if isinstance(value, str) and "${" not in value else value
 
 
 def _is_component(value: Any) -> bool:
