@@ -24,7 +24,7 @@ from dagster import (
 
 from ck_dagster.assets.dagster_internals import data_version_tags, report_observations
 from ck_dagster.assets.partitions import experiments_partitions, runs_partitions, split_key
-from ck_dagster.errors import CkError
+from ck_dagster.errors import CkError, name_list
 from ck_dagster.evaluation.spec import EvalSpec, eval_specs_for
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.finetune.plan import (
@@ -98,14 +98,6 @@ class Registration:
             if keys:
                 lines.append(f"  {what}: {name_list(keys)}")
         return "\n".join(lines)
-
-
-def name_list(names: list[str], shown: int = 10) -> str:
-    """``a, b, c``; past ``shown`` names, ``a, b, ... and 240 more`` (a 1000-run sweep's edit
-    stays one readable line)."""
-    if len(names) <= shown:
-        return ", ".join(names)
-    return f"{', '.join(names[:shown])}, ... and {len(names) - shown} more"
 
 
 def run_spec_observation(plan: RunPlan) -> AssetObservation:
