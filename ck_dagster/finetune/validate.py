@@ -25,8 +25,8 @@ _ARGUMENT = re.compile(r"(?:unexpected keyword argument|missing a required argum
 #: so their results can be kept between processes.
 _KEEPABLE = ("torch.", "torchtune.", "ck_dagster.")
 _PACKAGES = ("torch", "torchtune", "torchao", "omegaconf")
-#: what stands for any text without interpolations in a validation's key (see ``_shape``).
-_PLAIN_TEXT = "plain text"
+#: what stands for any plain value in a validation's key (see ``_shape``).
+_PLAIN = "plain value"
 
 Error = tuple[str, str | None, str]
 
@@ -37,8 +37,8 @@ def component_errors(config: Mapping[str, Any]) -> list[Error]:
     for node, value in config.items():
         if _is_component(value):
             # Only the node and the keys it interpolates (${output_dir}) matter to it, and of
-            # text only that it is text: torchtune binds arguments by name, not value. So the
-            # runs of a sweep (a folder each) share one validation.
+            # a plain value only that it is there: torchtune binds arguments by name, not
+            # value. So the runs of a sweep (a folder, a rank each) share one validation.
             text = json.dumps(value, sort_keys=True)
             used = {key: config[key] for key in _INTERPOLATION.findall(text) if key in config}
             errors += _node_errors(
@@ -139,13 +139,13 @@ def _argument_error(node: str, message: str) -> tuple[str, str | None, str]:
 
 
 def _shape(value: Any) -> Any:
-    """``value`` with each text that interpolates nothing (a path, a name) replaced by one
-    stand-in; components' paths and interpolations are kept, as validation depends on them."""
+    """``value`` with each plain value (a path, a name, a number) replaced by one stand-in;
+    components' paths and interpolations are kept, as validation depends on them."""
     if isinstance(value, Mapping):
         return {k: v if k == "_component_" else _shape(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_shape(item) for item in value]
-    return _PLAIN_TEXT if isinstance(value, str) and "${" not in value else value
+    return value if isinstance(value, str) and "${" in value else _PLAIN
 
 
 def _is_component(value: Any) -> bool:
