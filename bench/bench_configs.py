@@ -135,6 +135,7 @@ def bench_ck_dagster(root: Path, count: int) -> dict[str, float]:
         "steps_s": float(events[1]),
         "imports_s": timed([sys.executable, "-c", "import ck_dagster.definitions"], env)[0],
         "config_work_s": config_work(file, root / "in_process"),
+        "event_ms": event_write_ms(root / "event_probe"),
     }
 
 
@@ -149,6 +150,33 @@ starts = [e.timestamp for e in steps if e.dagster_event_type.value == "STEP_STAR
 ends = [e.timestamp for e in steps if e.dagster_event_type.value == "STEP_SUCCESS"]
 print(len(logs), max(ends) - min(starts))
 """
+
+
+# Dagster's own cost of storing one event on this disk: runless observations, one call each
+# (the public API), in a fresh SQLite home. Prints milliseconds per event.
+EVENT_COST = r"""
+import sys, time
+from dagster import AssetObservation, DagsterInstance
+instance = DagsterInstance.get()
+count = int(sys.argv[1])
+start = time.perf_counter()
+for i in range(count):
+    instance.report_runless_asset_event(AssetObservation("probe", partition=f"p{i}"))
+print((time.perf_counter() - start) / count * 1000)
+"""
+
+
+def event_write_ms(root: Path, count: int = 200) -> float:
+    """Milliseconds Dagster takes to store one event, one at a time, in a fresh SQLite home."""
+    env = {**os.environ, "DAGSTER_HOME": str(ensure_dagster_home(root))}
+    done = subprocess.run(
+        [sys.executable, "-c", EVENT_COST, str(count)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(done.stdout.split()[-1])
 
 
 def config_work(file: Path, out: Path) -> float:
@@ -214,6 +242,10 @@ def main() -> None:
         f"({ours['events']} events stored)"
     )
     print(f"    the config work itself, in-process    {ours['config_work_s']:8.2f} s")
+    print(
+        f"    Dagster storing one event here        {ours['event_ms']:8.1f} ms "
+        f"(x {ours['events']} events = {ours['event_ms'] * ours['events'] / 1000:.1f} s)"
+    )
     print(f"  v1: a process per run running tune cp   {v1_total:8.2f} s{scaled}")
     print(f"  speed-up, v1 / (register + materialize) {ratio:8.1f}x")
     print(f"  speed-up, v1 / config work              {v1_total / ours['config_work_s']:8.1f}x")

@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parent
 #: 1000 runs are measured and scaled (it is a process per run: linear by construction).
 BENCHMARKS = [
     ("bench_configs.py", ["--runs", "1000", "--baseline-runs", "20"]),
+    ("bench_ui_partitions.py", ["--runs", "1000"]),
     ("bench_slurm_polling.py", []),
     ("bench_materialization_delay.py", []),
     ("bench_eval.py", []),
@@ -70,10 +71,38 @@ def rows(figures: dict) -> list[tuple[str, str, str, str]]:
                 "-",
             ),
             (
+                f"  Dagster storing one event (SQLite), x {figures['events']} in materialize",
+                f"{figures['event_ms']:.1f} ms",
+                "-",
+                f"{figures['event_ms'] * figures['events'] / 1000:.0f} s in all",
+            ),
+            (
                 "  the config work alone, in-process",
                 f"{figures['config_work_s']:.2f} s",
                 f"{figures['v1_s']:.0f} s",
                 f"{figures['v1_s'] / figures['config_work_s']:.0f}x faster",
+            ),
+        ]
+    if name == "ui_partitions":
+        runs, small = figures["runs"], figures["baseline_runs"]
+        return [
+            (
+                f"checkpoint partitions page in Chromium, {runs} runs (vs {small}), median",
+                f"{figures['before_s']:.2f} s",
+                f"{figures['before_baseline_s']:.2f} s",
+                f"{figures['before_s'] / figures['before_baseline_s']:.1f}x",
+            ),
+            (
+                "  the same once every run is trained",
+                f"{figures['after_s']:.2f} s",
+                f"{figures['after_baseline_s']:.2f} s",
+                f"{figures['after_s'] / figures['after_baseline_s']:.1f}x",
+            ),
+            (
+                "  first (cold) load, before / after training",
+                f"{figures['before_cold_s']:.2f} / {figures['after_cold_s']:.2f} s",
+                "-",
+                "-",
             ),
         ]
     if name == "slurm_polling":

@@ -153,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _register(args: argparse.Namespace) -> int:
     from ck_dagster.assets.registry import apply_registration, prepare_registration
+    from ck_dagster.slurm.preflight import summarize
 
     instance = _instance()
     # Validate every file before registering any: a refused file registers nothing.
@@ -177,10 +178,10 @@ def _register(args: argparse.Namespace) -> int:
     for registration in registrations:
         apply_registration(instance, registration)
         print(registration.summary())
-        for refusal in registration.plan.preflight() or []:
+        for refused in summarize(registration.plan.preflight() or []):
             print(
                 f"ck-dagster: warning: {registration.plan.experiment.file}: the cluster could "
-                f"never run {refusal}",
+                f"never run {refused}",
                 file=sys.stderr,
             )
     return 0
@@ -189,6 +190,7 @@ def _register(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace) -> int:
     from ck_dagster.evaluation.spec import eval_specs_for
     from ck_dagster.finetune.plan import plan_experiment_file
+    from ck_dagster.slurm.preflight import summarize
     from ck_dagster.slurm.script import check_script
 
     plan = plan_experiment_file(args.file)
@@ -216,8 +218,8 @@ def _dry_run(args: argparse.Namespace) -> int:
     if refusals is None:
         print("no SLURM controller answered: the cluster was not asked about the jobs")
         return 0
-    for refusal in refusals:
-        print(f"ck-dagster: {args.file}: the cluster could never run {refusal}", file=sys.stderr)
+    for refused in summarize(refusals):
+        print(f"ck-dagster: {args.file}: the cluster could never run {refused}", file=sys.stderr)
     if refusals:
         print(
             f"ck-dagster: {len({r.run for r in refusals})} run(s) would be refused by the "

@@ -1,5 +1,5 @@
-"""Errors a user can act on: shown as a message, never as a traceback; and the one
-"did you mean" hint every unknown name gets."""
+"""Errors a user can act on: shown as a message, never as a traceback; the one "did you mean"
+hint every unknown name gets; and the one way a long list of names is shortened."""
 
 from __future__ import annotations
 
@@ -37,3 +37,11 @@ def printable(text: str) -> str:
         else ch
         for ch in text
     )
+
+
+def name_list(names: list[str], shown: int = 10) -> str:
+    """``a, b, c``; past ``shown`` names, ``a, b, ... and 240 more`` (a 1000-run sweep's edit
+    stays one readable line)."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, ... and {len(names) - shown} more"

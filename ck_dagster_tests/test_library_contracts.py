@@ -3,6 +3,8 @@ one adapter module: these tests fail loudly, naming the adapter, when a library 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 # Imported here, at collection: importing Dagster runs `file` (platform.architecture) once, and a
@@ -18,6 +20,81 @@ def test_dagster_observation_data_version_tag() -> None:
 
     observation = AssetObservation("spec", tags=data_version_tags("v-123"))
     assert observation.data_version == "v-123", "Dagster moved DATA_VERSION_TAG: fix the adapter"
+
+
+def test_dagster_sqlite_observations_stored_in_one_transaction(tmp_path: Path) -> None:
+    """assets/dagster_internals.py: observations reported in one batch read back as reported
+    ones do, the storage is left as it was, and a batch that fails part-way stores nothing."""
+    from dagster import (
+        AssetKey,
+        AssetRecordsFilter,
+        DagsterInstance,
+        DagsterInvariantViolationError,
+    )
+
+    from ck_dagster.assets.dagster_internals import data_version_tags, report_observations
+    from ck_dagster.assets.instance import ensure_dagster_home
+
+    instance = DagsterInstance.from_config(str(ensure_dagster_home(tmp_path)))
+    storage = instance.event_log_storage
+    lock = storage._db_lock  # type: ignore[attr-defined]
+
+    def observed(key: str) -> dict[str, str | None]:
+        records = instance.fetch_observations(AssetRecordsFilter(asset_key=AssetKey(key)), 10)
+        return {r.partition_key or "": r.asset_observation.data_version for r in records.records}  # type: ignore[union-attr]
+
+    def spec(key: str, partition: str) -> AssetObservation:
+        return AssetObservation(key, partition=partition, tags=data_version_tags(partition))
+
+    report_observations(instance, [spec("a", "p1"), spec("a", "p2")])
+    assert observed("a") == {"p1": "p1", "p2": "p2"}, "fix report_observations"
+    assert "_connect" not in vars(storage) and storage._db_lock is lock  # type: ignore[attr-defined]
+    with pytest.raises(DagsterInvariantViolationError):
+        report_observations(instance, [spec("b", "p1"), "not an observation"])  # type: ignore[list-item]
+    assert observed("b") == {}, "a failed batch stored part of itself: fix report_observations"
+    report_observations(instance, [spec("b", "p3")])  # the storage still works
+    assert observed("b") == {"p3": "p3"}
+
+
+def test_dagster_sqlite_batch_makes_other_threads_wait(tmp_path: Path) -> None:
+    """assets/dagster_internals.py: a thread that writes while a batch is open (a daemon's other
+    sensors share the instance) waits for the batch to end, then writes on its own connection."""
+    import threading
+    import time
+
+    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+    from ck_dagster.assets.dagster_internals import data_version_tags, report_observations
+    from ck_dagster.assets.instance import ensure_dagster_home
+
+    instance = DagsterInstance.from_config(str(ensure_dagster_home(tmp_path)))
+    done, errors = threading.Event(), []
+
+    def spec(key: str, partition: str) -> AssetObservation:
+        return AssetObservation(key, partition=partition, tags=data_version_tags(partition))
+
+    def other() -> None:
+        try:
+            instance.report_runless_asset_event(spec("other", "x"))
+        except Exception as exc:  # the failure under test, checked below
+            errors.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=other)
+
+    class Batch(list):
+        def __iter__(self):  # type: ignore[override]
+            yield spec("a", "p1")
+            thread.start()
+            time.sleep(0.5)
+            assert not done.is_set(), "another thread wrote inside the batch: fix the adapter"
+            yield spec("a", "p2")
+
+    report_observations(instance, Batch([None, None]))
+    thread.join(timeout=30)
+    assert done.is_set() and not errors, errors
+    records = instance.fetch_observations(AssetRecordsFilter(asset_key=AssetKey("other")), 10)
+    assert len(records.records) == 1
 
 
 def test_dagster_automation_context_reaches_instance_and_subsets() -> None:
@@ -92,3 +169,26 @@ def test_torchtune_recipe_sources_still_read_cfg_keys() -> None:
     assert {"epochs", "batch_size", "optimizer", "gradient_accumulation_steps"} <= keys_read_by(
         "lora_finetune_single_device"
     )
+
+
+def test_omegaconf_yaml_loader_reads_configs_as_omegaconf_create_does() -> None:
+    """finetune/torchtune_internals.py: OmegaConf's loader alone reads config text as
+    ``OmegaConf.create`` does (floats, escapes, interpolations, block text), and refuses a
+    duplicate key as it does."""
+    from omegaconf import OmegaConf
+
+    from ck_dagster.finetune.torchtune_internals import read_config_text
+
+    text = (
+        "lr: 1e-4\nquoted: '1e-4'\nwhole: 3\nflag: true\nnothing: null\n"
+        "out: ${output_dir}/logs\nescaped: \\${oc.env:HOME}\n"
+        "prompt: |\n  Capitalize: {input}\n  done\n"
+        "model: {_component_: torchtune.models.llama3_2.lora_llama3_2_1b, lora_rank: 8,"
+        " modules: [q_proj, v_proj]}\n"
+    )
+    expected = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    assert read_config_text(text) == expected, "OmegaConf's loader changed: fix the adapter"
+    with pytest.raises(Exception) as created:
+        OmegaConf.create("a: 1\na: 2\n")
+    with pytest.raises(type(created.value)):
+        read_config_text("a: 1\na: 2\n")

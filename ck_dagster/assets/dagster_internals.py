@@ -12,17 +12,21 @@ whose instance and partition subsets are reached through its ``asset_graph_view`
 ``ck-dagster ui`` embeds the webserver's app (tested over HTTP in ``ui/test_token.py``).
 Jobs hold slots of a Dagster concurrency pool one per job, not one per op step, which only
 the event-log storage's slot methods allow (:class:`ConcurrencyPool`).
+``report_observations`` stores many runless observations in one SQLite transaction per shard:
+Dagster's public ``report_runless_asset_event`` opens, commits and closes a connection per
+event (~5-15 ms each on SQLite), so registering 1000 runs spent most of its time there.
 ``ck_dagster_tests/test_library_contracts.py`` fails loudly if Dagster moves or renames them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy.exc
-from dagster import AutomationContext, DagsterInstance
+from dagster import AssetObservation, AutomationContext, DagsterInstance
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.definitions.data_version import (
     DATA_VERSION_TAG,
@@ -30,6 +34,7 @@ from dagster._core.definitions.data_version import (
     StaleStatus,
 )
 from dagster._core.loader import LoadingContext
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 __all__ = [
     "ConcurrencyPool",
@@ -37,6 +42,7 @@ __all__ = [
     "candidates_among",
     "condition_instance",
     "data_version_tags",
+    "report_observations",
     "stale_status_resolver",
     "webserver_app",
 ]
@@ -45,6 +51,56 @@ __all__ = [
 def data_version_tags(version: str) -> dict[str, str]:
     """The tags that give an ``AssetObservation`` the data version ``version``."""
     return {DATA_VERSION_TAG: version}
+
+
+def report_observations(
+    instance: DagsterInstance, observations: Sequence[AssetObservation]
+) -> None:
+    """Report runless observations as ``report_runless_asset_event`` does; on SQLite storage
+    in one transaction per database file instead of a connection and commit per event."""
+    storage = instance.event_log_storage
+    if not isinstance(storage, SqliteEventLogStorage):  # Postgres pools its connections
+        for observation in observations:
+            instance.report_runless_asset_event(observation)
+        return
+    with _one_transaction_per_shard(storage):
+        for observation in observations:
+            instance.report_runless_asset_event(observation)
+
+
+@contextlib.contextmanager
+def _one_transaction_per_shard(storage: SqliteEventLogStorage) -> Iterator[None]:
+    """While open, the storage's ``_connect(shard)`` hands out one connection per shard, in a
+    transaction committed when the block ends (rolled back if it raises). Its lock becomes
+    re-entrant for this thread meanwhile (two shards are open at once); other threads wait."""
+    connect, lock = storage._connect, storage._db_lock
+    connections: dict[str, Any] = {}
+    owner = threading.get_ident()
+    with lock, contextlib.ExitStack() as shards:
+        storage._db_lock = shards.enter_context(_held(threading.RLock()))
+
+        @contextlib.contextmanager
+        def shared(shard: str) -> Iterator[Any]:
+            if threading.get_ident() != owner:  # another thread (a daemon's): it waits
+                with connect(shard) as connection:  # on the lock this thread holds
+                    yield connection
+                return
+            if shard not in connections:
+                connections[shard] = shards.enter_context(connect(shard))
+            yield connections[shard]
+
+        storage._connect = shared  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            del storage._connect
+            storage._db_lock = lock
+
+
+@contextlib.contextmanager
+def _held(lock: Any) -> Iterator[Any]:
+    with lock:
+        yield lock
 
 
 def condition_instance(context: AutomationContext) -> DagsterInstance:

@@ -22,9 +22,9 @@ from dagster import (
     MetadataValue,
 )
 
-from ck_dagster.assets.dagster_internals import data_version_tags
+from ck_dagster.assets.dagster_internals import data_version_tags, report_observations
 from ck_dagster.assets.partitions import experiments_partitions, runs_partitions, split_key
-from ck_dagster.errors import CkError
+from ck_dagster.errors import CkError, name_list
 from ck_dagster.evaluation.spec import EvalSpec, eval_specs_for
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.finetune.plan import (
@@ -98,14 +98,6 @@ class Registration:
             if keys:
                 lines.append(f"  {what}: {name_list(keys)}")
         return "\n".join(lines)
-
-
-def name_list(names: list[str], shown: int = 10) -> str:
-    """``a, b, c``; past ``shown`` names, ``a, b, ... and 240 more`` (a 1000-run sweep's edit
-    stays one readable line)."""
-    if len(names) <= shown:
-        return ", ".join(names)
-    return f"{', '.join(names[:shown])}, ... and {len(names) - shown} more"
 
 
 def run_spec_observation(plan: RunPlan) -> AssetObservation:
@@ -194,8 +186,7 @@ def apply_registration(instance: DagsterInstance, registration: Registration) ->
         instance.add_dynamic_partitions(
             experiments_partitions.name, [registration.plan.experiment.name]
         )
-    for observation in registration.observations:
-        instance.report_runless_asset_event(observation)
+    report_observations(instance, registration.observations)
 
 
 def registered_keys(instance: DagsterInstance) -> list[str]:

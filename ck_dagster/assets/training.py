@@ -28,6 +28,7 @@ from ck_dagster.assets.progress import ProgressObservations
 from ck_dagster.assets.resources import JobEnvironmentResource
 from ck_dagster.finetune.plan import RunPlan, preflight_runs
 from ck_dagster.slurm.client import SlurmLauncher
+from ck_dagster.slurm.preflight import summarize
 from ck_dagster.slurm.runner import JobOutcome
 from ck_dagster.training.progress import training_progress
 from ck_dagster.training.submit import describe, training_request
@@ -85,7 +86,7 @@ def refuse_unrunnable(plans: dict[str, RunPlan], requests: dict[str, Any]) -> No
     if refusals:
         raise Failure(
             description="Nothing was submitted: the cluster could never run "
-            + "; ".join(str(r) for r in refusals)
+            + "; ".join(summarize(refusals))
         )
 
 

@@ -8,14 +8,16 @@ from typing import Any
 import yaml
 
 from ck_dagster.finetune.torchtune_internals import keys_read_by
-from ck_dagster.finetune.validate import component_errors
+from ck_dagster.finetune.validate import component_errors, save_results
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def validation_problems(config_file: Path, recipe: str) -> list[str]:
     """What torchtune's validation says of the file (empty when it passes)."""
-    return [f"{node}: {message}" for node, _, message in component_errors(_load(config_file))]
+    errors = component_errors(_load(config_file))
+    save_results()  # a write only when the file had a component not validated before
+    return [f"{node}: {message}" for node, _, message in errors]
 
 
 def unknown_key_problems(config_file: Path, recipe: str) -> list[str]:

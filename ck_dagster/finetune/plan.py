@@ -40,7 +40,8 @@ from ck_dagster.fileio import sha256_file
 from ck_dagster.finetune.catalog import TRAINING_RECIPES, recipe_catalog
 from ck_dagster.finetune.cluster_profile import deployment_environment
 from ck_dagster.finetune.merge import ProvenancedConfig, Source
-from ck_dagster.finetune.validate import component_errors
+from ck_dagster.finetune.torchtune_internals import read_config_text
+from ck_dagster.finetune.validate import component_errors, save_results
 from ck_dagster.slurm.preflight import Refusal, preflight
 from ck_dagster.slurm.resources import Resources
 from ck_dagster.slurm.script import JobEnvironment, JobScript, job_name_for
@@ -253,6 +254,7 @@ def _plan_runs(
         problems += planner.problems
         if plan is not None:
             runs[run.name] = plan
+    save_results()
     problems += _matrix_problems(experiment, runs)
     return runs, [
         Problem(p.path, p.message, p.fix, p.line or experiment.line_of(p.path)) for p in problems
@@ -832,10 +834,8 @@ def check_reads_back(text: str, meant: dict[str, Any]) -> str:
     """``text`` when torchtune's reader (OmegaConf) reads it back as ``meant``; a
     :class:`CkError` otherwise, so a config that would train on something else is never
     written."""
-    from omegaconf import OmegaConf
-
     try:
-        read = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+        read = read_config_text(text)
     except Exception as exc:  # noqa: BLE001 - any failure to read it back is the same refusal
         read = f"unreadable ({exc})"
     if read != meant:

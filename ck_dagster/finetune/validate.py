@@ -25,6 +25,8 @@ _ARGUMENT = re.compile(r"(?:unexpected keyword argument|missing a required argum
 #: so their results can be kept between processes.
 _KEEPABLE = ("torch.", "torchtune.", "ck_dagster.")
 _PACKAGES = ("torch", "torchtune", "torchao", "omegaconf")
+#: what stands for any plain value in a validation's key (see ``_shape``).
+_PLAIN = "plain value"
 
 Error = tuple[str, str | None, str]
 
@@ -34,13 +36,14 @@ def component_errors(config: Mapping[str, Any]) -> list[Error]:
     errors: list[Error] = []
     for node, value in config.items():
         if _is_component(value):
-            # Only the keys the node interpolates (${output_dir}) matter to it, so runs that
-            # share a component share one validation.
+            # Only the node and the keys it interpolates (${output_dir}) matter to it, and of
+            # a plain value only that it is there: torchtune binds arguments by name, not
+            # value. So the runs of a sweep (a folder, a rank each) share one validation.
             text = json.dumps(value, sort_keys=True)
             used = {key: config[key] for key in _INTERPOLATION.findall(text) if key in config}
             errors += _node_errors(
                 node,
-                json.dumps({**used, node: value}, sort_keys=True),
+                json.dumps(_shape({**used, node: value}), sort_keys=True),
                 str(value["_component_"]).startswith(_KEEPABLE),
             )
     return errors
@@ -55,7 +58,7 @@ def _node_errors(node: str, config_json: str, keepable: bool) -> list[Error]:
     if key not in results:
         results[key] = _validate(node, config_json)
         if keepable:
-            _keep(key, results[key])
+            _unsaved()[key] = results[key]
     return [tuple(error) for error in results[key]]  # type: ignore[misc]
 
 
@@ -90,13 +93,25 @@ def _results() -> dict[str, list[Error]]:
         return {}
 
 
-def _keep(key: str, errors: list[Error]) -> None:
-    """Add one result to the on-disk file (merged with what other processes wrote)."""
+@cache
+def _unsaved() -> dict[str, list[Error]]:
+    """Keepable results found by this process and not yet in the on-disk file."""
+    return {}
+
+
+def save_results() -> None:
+    """Add this process's new results to the on-disk file (merged with what other processes
+    wrote), in one write: planners call it once per experiment, not once per component, as a
+    write per result made registering 1000 new runs quadratic in the file's size."""
+    unsaved = _unsaved()
+    if not unsaved:
+        return
     try:
         kept = json.loads(_results_file().read_text())
     except (OSError, ValueError):
         kept = {}
-    kept[key] = errors
+    kept.update(unsaved)
+    unsaved.clear()
     try:
         atomic_write_text(_results_file(), json.dumps(kept))
     except OSError:
@@ -121,6 +136,16 @@ def _results_file() -> Path:
 def _argument_error(node: str, message: str) -> tuple[str, str | None, str]:
     match = _ARGUMENT.search(message)
     return node, match.group(1) if match else None, message
+
+
+def _shape(value: Any) -> Any:
+    """``value`` with each plain value (a path, a name, a number) replaced by one stand-in;
+    components' paths and interpolations are kept, as validation depends on them."""
+    if isinstance(value, Mapping):
+        return {k: v if k == "_component_" else _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return value if isinstance(value, str) and "${" in value else _PLAIN
 
 
 def _is_component(value: Any) -> bool:

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ck_dagster.errors import name_list
 from ck_dagster.slurm.resources import Resources
 
 #: seconds to wait for sinfo or sbatch --test-only.
@@ -42,14 +43,12 @@ class Cluster:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A job the cluster could never run: which run, what it asks for, what is missing."""
+    """A job the cluster could never run: which run, what it asks for, what is missing (shown
+    by :func:`summarize`)."""
 
     run: str
     request: str
     reason: str
-
-    def __str__(self) -> str:
-        return f"run `{self.run}` ({self.request}): {self.reason}"
 
 
 def _run(args: list[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
@@ -147,13 +146,30 @@ def preflight(jobs: Iterable[tuple[str, Resources, str]]) -> list[Refusal] | Non
     if cluster is None:
         return None
     refusals = []
+    # The controller judges a script by its request alone (job name, log and folder aside),
+    # so runs asking for the same resources share one sbatch: 1000 runs of a sweep, one call.
+    verdicts: dict[Resources, list[str]] = {}
     for name, resources, script in jobs:
-        reasons = check_request(cluster, resources)
-        if not reasons:
-            refused = sbatch_test_only(script)
-            reasons = [refused] if refused else []
-        refusals += [Refusal(name, describe_request(resources), r) for r in reasons]
+        if resources not in verdicts:
+            reasons = check_request(cluster, resources)
+            if not reasons:
+                refused = sbatch_test_only(script)
+                reasons = [refused] if refused else []
+            verdicts[resources] = reasons
+        refusals += [Refusal(name, describe_request(resources), r) for r in verdicts[resources]]
     return refusals
+
+
+def summarize(refusals: Iterable[Refusal]) -> list[str]:
+    """One line per distinct (request, reason), naming its runs: a 1000-run sweep that asks
+    for a partition the cluster lacks gets one line, not 1000."""
+    runs: dict[tuple[str, str], list[str]] = {}
+    for refusal in refusals:
+        runs.setdefault((refusal.request, refusal.reason), []).append(f"`{refusal.run}`")
+    return [
+        f"run{'s' if len(names) > 1 else ''} {name_list(names)} ({request}): {reason}"
+        for (request, reason), names in runs.items()
+    ]
 
 
 def _names(names: Iterable[str]) -> str:

@@ -1,10 +1,11 @@
-"""Registration summaries stay one readable line per kind of change, however many runs."""
+"""Registration summaries and preflight warnings stay one readable line per kind of change
+or refusal, however many runs."""
 
 from __future__ import annotations
 
 import pytest
 
-from ck_dagster.assets.registry import name_list
+from ck_dagster.errors import name_list
 
 pytestmark = pytest.mark.unit
 
@@ -20,3 +21,17 @@ def test_long_lists_are_summarized() -> None:
 def test_short_lists_are_written_out() -> None:
     assert name_list(["a/x", "a/y"]) == "a/x, a/y"
     assert name_list([f"k{i}" for i in range(10)]).count("k") == 10
+
+
+def test_refusals_are_one_line_per_request_and_reason() -> None:
+    """1000 runs the cluster could never run, for one reason, make one warning line."""
+    from ck_dagster.slurm.preflight import Refusal, summarize
+
+    refusals = [Refusal(f"s/r{i:03d}", "partition=nomig", "no such partition") for i in range(1000)]
+    refusals.append(Refusal("s/big", "mem=9000G", "SLURM refuses it"))
+    lines = summarize(refusals)
+    assert lines == [
+        "runs `s/r000`, `s/r001`, `s/r002`, `s/r003`, `s/r004`, `s/r005`, `s/r006`, `s/r007`, "
+        "`s/r008`, `s/r009`, ... and 990 more (partition=nomig): no such partition",
+        "run `s/big` (mem=9000G): SLURM refuses it",
+    ]

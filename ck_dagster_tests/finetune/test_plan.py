@@ -235,6 +235,18 @@ print("torch imported:", "torch" in sys.modules)
     ]
     assert runs[0] == "refused: True\ntorch imported: True\n"
     assert runs[1] == "refused: True\ntorch imported: False\n"
+    # the same experiment in another folder (every output_dir new) needs no validation either
+    moved = tmp_path / "elsewhere" / "bad.yaml"
+    moved.parent.mkdir()
+    moved.write_text(bad.read_text().replace("cap_rank_sweep", "cap_rank_moved"))
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", code, str(moved)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert elsewhere == "refused: True\ntorch imported: False\n"
 
 
 def test_a_distributed_recipe_on_one_gpu_runs_under_torchrun_and_on_none_is_refused(
