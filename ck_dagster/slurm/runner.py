@@ -109,7 +109,8 @@ class Attempt:
     reason: str = ""
     #: the ``--time`` it was submitted with; None: the script's own.
     time: str | None = None
-    #: why it was submitted again (e.g. "job 12 PREEMPTED: resumed from epoch 1"); "" at first.
+    #: why it was submitted (e.g. "job 12 ended PREEMPTED: resumed from epoch_0, training on
+    #: at epoch 1"); "" for a first submission from scratch.
     why: str = ""
 
 
@@ -120,7 +121,8 @@ class Resubmission:
     args: tuple[str, ...]
     #: ``--time`` for the new job; None: the script's own.
     time: str | None = None
-    #: what is resumed, for people ("resumed from epoch 1 (epoch_0 saved)"); "" when restarted.
+    #: what is resumed, for people ("resumed from epoch_0, training on at epoch 1"); "" when
+    #: started from scratch.
     resumes: str = ""
 
 
@@ -417,19 +419,19 @@ class JobRunner:
         outcome: JobOutcome,
         args: Sequence[str],
         *,
-        time: str | None = None,
+        time_limit: str | None = None,
         why: str = "",
         resume: bool = False,
     ) -> None:
         if not resume:
             request.before_submit()
         job_id = self.launcher.submit(
-            request.script, job_name=request.job_name, args=args, time_limit=time
+            request.script, job_name=request.job_name, args=args, time_limit=time_limit
         )
-        outcome.attempts.append(Attempt(job_id, tuple(args), time=time, why=why))
+        outcome.attempts.append(Attempt(job_id, tuple(args), time=time_limit, why=why))
         self._follow(request, job_id)
         suffix = f" with {' '.join(args)}" if args else ""
-        suffix += f", --time={time}" if time else ""
+        suffix += f", --time={time_limit}" if time_limit else ""
         self.on_event(request.key, f"submitted job {job_id} ({self.launcher.name}){suffix}")
 
     def _follow(self, request: JobRequest, job_id: str) -> None:
@@ -530,7 +532,12 @@ class JobRunner:
                 f"{why} ({state.describe()}); resubmission {resubmits}/{self.max_resubmits}",
             )
             self._resubmit(
-                request, outcome, again.args, time=again.time, why=why, resume=bool(again.resumes)
+                request,
+                outcome,
+                again.args,
+                time_limit=again.time,
+                why=why,
+                resume=bool(again.resumes),
             )
         elif (
             state is JobState.OUT_OF_MEMORY
@@ -572,12 +579,12 @@ class JobRunner:
         outcome: JobOutcome,
         args: Sequence[str],
         *,
-        time: str | None = None,
+        time_limit: str | None = None,
         why: str = "",
         resume: bool = False,
     ) -> None:
         try:
-            self._submit(request, outcome, args, time=time, why=why, resume=resume)
+            self._submit(request, outcome, args, time_limit=time_limit, why=why, resume=resume)
         except CkError as exc:
             self._fail(request, outcome, f"resubmission refused: {exc}")
 
