@@ -48,16 +48,21 @@ def without_resume(args: Sequence[str]) -> tuple[str, ...]:
 
 def resume_point(artifacts: Path, epochs: int) -> ResumePoint | None:
     """Where a stopped job of a run training ``epochs`` epochs into ``artifacts`` can go on: the
-    last saved epoch, when torchtune's recipe state was written after it and epochs are left;
+    last epoch saved whole (torchtune's recipe state written after it), when epochs are left;
     None otherwise (then nothing is resumed)."""
     state = artifacts / RECIPE_STATE
-    saved = [c for c in epoch_checkpoints(artifacts) if c.has_weights]
-    if not state.is_file() or not saved or saved[-1].epoch + 1 >= epochs:
+    if not state.is_file():
+        return None
+    written = state.stat().st_mtime
+    # the state is written last: an epoch with a newer file was cut short while being saved
+    saved = [
+        c
+        for c in epoch_checkpoints(artifacts)
+        if c.has_weights and max((c.path / name).stat().st_mtime for name in c.files) <= written
+    ]
+    if not saved or saved[-1].epoch + 1 >= epochs:
         return None
     last = saved[-1]
-    newest = max((last.path / name).stat().st_mtime for name in last.files)
-    if state.stat().st_mtime < newest:  # stopped while saving: the state is an older epoch's
-        return None
     overrides = ["resume_from_checkpoint=True", f"checkpointer.recipe_checkpoint={RECIPE_STATE}"]
     adapters = sorted(name for name in last.files if Path(name).name == ADAPTER)
     if adapters:

@@ -61,10 +61,20 @@ def test_nothing_to_resume_without_state_after_the_epoch_or_epochs_left(tmp_path
     saved(tmp_path, 0, "adapter_model.pt", at=100)
     assert resume_point(tmp_path, epochs=2) is None  # no recipe state
     recipe_state(tmp_path, at=99)
-    assert resume_point(tmp_path, epochs=2) is None  # the state is an earlier epoch's
+    assert resume_point(tmp_path, epochs=2) is None  # the state is from before epoch 0
     recipe_state(tmp_path, at=101)
     assert resume_point(tmp_path, epochs=1) is None  # the last epoch is saved: nothing left
     assert resume_point(tmp_path, epochs=2) is not None
+
+
+def test_an_epoch_cut_short_while_saving_is_passed_over(tmp_path: Path) -> None:
+    """Stopped while saving epoch 1: its weights are newer than the recipe state (epoch 0's)."""
+    saved(tmp_path, 0, "adapter_model.pt", at=100)
+    recipe_state(tmp_path, at=101)
+    saved(tmp_path, 1, "model-00001-of-00001.safetensors", at=200)
+    point = resume_point(tmp_path, epochs=3)
+    assert point is not None and point.epoch == 0
+    assert point.overrides[-1] == "checkpointer.adapter_checkpoint=epoch_0/adapter_model.pt"
 
 
 def test_a_resume_keeps_an_out_of_memory_retrys_batch_and_replaces_an_older_resume() -> None:
