@@ -140,9 +140,6 @@ class RecipeFeatures:
             f"ck_dagster: keeping epochs {sorted(self._ck_keep)}; validation "
             f"{'on' if self._ck_val_loader is not None else 'off'}"
         )
-        if cfg.get("resume_from_checkpoint", False):
-            epoch = self.epochs_run  # type: ignore[attr-defined]
-            log.info(f"ck_dagster: resumed from epoch_{epoch - 1}: training on at epoch {epoch}")
 
     def _ck_after_step(self) -> None:
         step = self.global_step  # type: ignore[attr-defined]
