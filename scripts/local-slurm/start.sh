@@ -3,11 +3,11 @@
 # (Debian bookworm, as root, no systemd): munged, mariadb + slurmdbd (so `sacct` works),
 # slurmctld and slurmd, with fake GPUs as gres.
 #
-# Partitions debug (the default), gpu and nomig share the node. A hidden partition `urgent`
-# (PriorityTier=10; not listed by a plain sinfo) preempts them for real
-# (PreemptType=preempt/partition_prio): a job it preempts in debug is cancelled and ends
-# PREEMPTED (PreemptMode=CANCEL); one in gpu or nomig is requeued (the global REQUEUE). Only a
-# job sent to `urgent` preempts anything: `sbatch -p urgent --exclusive --wrap 'sleep 5'`.
+# Preemption: PreemptType=preempt/partition_prio is set, so a test adds a higher-priority
+# partition at run time (`scontrol create PartitionName=urgent PriorityTier=10 ...`, and debug's
+# PreemptMode=CANCEL so that its preempted jobs end PREEMPTED), then deletes it: see the
+# `preemptor` fixture in ck_dagster_tests/assets/test_resume.py. Not here for good: sinfo lists
+# every partition to root, Hidden=YES or not, which would change the preflight's messages.
 #
 # Safe to run again: installs only missing packages, rewrites the config only when it changed
 # (then restarts slurmctld/slurmd), starts only daemons that are down, and returns once the node
@@ -174,10 +174,9 @@ $over_memory
 $accounting_lines
 $gres_types
 NodeName=$node CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM_MB $node_gres $node_features State=UNKNOWN
-PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE PreemptMode=CANCEL State=UP
+PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$node MaxTime=INFINITE State=UP
 PartitionName=nomig Nodes=$node MaxTime=INFINITE State=UP
-PartitionName=urgent Nodes=$node MaxTime=INFINITE PriorityTier=10 PreemptMode=OFF Hidden=YES State=UP
 EOF
 
 # slurmd accepts only character or block devices as gres files: /dev/fakegpuN are /dev/null twins.
