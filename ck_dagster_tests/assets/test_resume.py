@@ -1,27 +1,33 @@
 """Jobs stopped from outside, for real, under `dagster asset materialize`: preempted by a job of
-the test cluster's higher-priority partition, killed by a node set down. Each is resubmitted
-and resumes from its last saved epoch."""
+the test cluster's higher-priority partition, killed by a node set down, ended by their time
+limit. Each is resubmitted and resumes from its last saved epoch."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import string
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ck_dagster.experiment.load import load_experiment
 from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixture)
     experiment,
     jobs_named,
     latest,
+    materialize,
 )
 from ck_dagster_tests.fixtures.dagster import BIN, run_command
+from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -112,11 +118,12 @@ def scontrol(*args: str) -> None:
 
 @pytest.fixture
 def preemptor(slurm_cluster, tmp_path) -> Iterator:
-    """``preempt()`` submits a job to the cluster's `urgent` partition that needs the whole node,
-    so that SLURM preempts (cancels: PREEMPTED) the jobs running in `debug`; it ends in 2 s.
+    """``preempt()`` submits a job to a partition `urgent` that needs the whole node, so that
+    SLURM preempts (cancels: PREEMPTED) the jobs running in `debug`; it ends in 2 s.
 
-    scripts/local-slurm/start.sh configures both partitions so; on a cluster that an older
-    start.sh configured, they are set up here with scontrol and put back as found."""
+    The cluster's PreemptType=preempt/partition_prio ranks partitions by PriorityTier: `urgent`
+    (tier 10 over the others' 1) is created here with scontrol, and `debug` given
+    PreemptMode=CANCEL; both are put back as found (see scripts/local-slurm/start.sh)."""
     created = partition_setting("urgent", "PartitionName") is None
     mode = partition_setting("debug", "PreemptMode")
     if created:
@@ -305,3 +312,67 @@ def test_a_node_failure_under_a_materialization_resumes_from_the_saved_epoch(
     assert process.returncode == 0, output
     assert f"job {first} ended NODE_FAIL: resumed from epoch_0" in output
     assert_resumed(exp, partition, first, JobState.NODE_FAIL, epoch_0)
+
+
+#: 20 epochs of 90 steps of 8 sequences of ~250 tokens (6 s each on an idle machine, several
+#: times that on a busy one) under a one-minute limit: some epochs are saved before SLURM stops
+#: the job (65-85 s after it starts), and more are left however busy the machine is.
+TIMED_RUN = """
+  - {name: timed, type: fine-tuned, model: tiny-llama, compute: {time: "1"},
+     parameters: {lora_rank: 8, epochs: 20, batch_size: 8, max_steps_per_epoch: 90}}
+"""
+TIMED_EPOCHS, TIMED_STEPS = 20, 90
+
+
+def hundred_letter_words(path: Path, rows: int = 800) -> Path:
+    """Capitalization data of 100-letter words: steps ten times slower than the usual data's."""
+    rng = random.Random(0)
+
+    def row() -> dict[str, str]:
+        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(100))
+        return {"input": word, "output": word.capitalize()}
+
+    splits = {"train": rows, "validation": 4, "test": 4}
+    path.write_text(json.dumps({name: [row() for _ in range(n)] for name, n in splits.items()}))
+    return path
+
+
+def test_a_timed_out_job_resumes_with_more_time(
+    dagster_home, tmp_path, tiny_model_dir, slurm_cluster, start
+) -> None:
+    """A job over its one-minute limit ends TIMEOUT after saving some epochs; the cluster
+    profile's `max_time: "10"` lets the resumed job ask for twice the time (0:02:00), and
+    training goes on from the last saved epoch to the end (on a busy machine after more
+    TIMEOUTs, each resumed with twice the time again: up to 4 resubmissions here)."""
+    file = write_tiny_experiment(
+        tmp_path,
+        tiny_model_dir,
+        hundred_letter_words(tmp_path / "words.json"),
+        name=f"timed_{uuid.uuid4().hex[:6]}",
+        runs=TIMED_RUN,
+    )
+    run_command(["ck-dagster", "register", file])
+    exp = load_experiment(file)
+    partition = exp.partition_key("timed")
+    materialize("run_config", [partition])
+    profile = tmp_path / "site.yaml"
+    profile.write_text('base: della\nmax_time: "10"\n')
+    config = {"resources": {"launcher": {"config": {"max_resubmits": 4}}}}
+    process = start(partition, env={"CK_CLUSTER_PROFILE": str(profile)}, config=config)
+    output, _ = process.communicate(timeout=1200)
+    assert process.returncode == 0, output
+    jobs = sorted(jobs_named(exp, "timed"), key=lambda s: int(s.job_id))
+    first = jobs[0].job_id
+    assert SlurmLauncher().accounting(first).state is JobState.TIMEOUT, output
+    assert jobs[-1].state is JobState.COMPLETED
+    attempts = latest(partition)["attempts"]
+    assert attempts[0]["state"] == "TIMEOUT" and attempts[-1]["state"] == "COMPLETED"
+    resumed = attempts[1]
+    assert resumed["time"] == "0:02:00", attempts
+    assert resumed["why"].startswith(f"job {first} ended TIMEOUT: resumed from epoch_"), attempts
+    assert resumed["why"].endswith(", with --time=0:02:00"), attempts
+    epoch = int(resumed["why"].split("epoch_", 1)[1].split(",", 1)[0]) + 1
+    artifacts = exp.run_dir("timed") / "artifacts"
+    assert_went_on_at(jobs[1].log_path, artifacts, epoch, TIMED_STEPS)
+    for saved in range(TIMED_EPOCHS):
+        assert (artifacts / f"epoch_{saved}" / "adapter_model.pt").is_file(), saved
