@@ -144,12 +144,17 @@ def checkpoint_metadata(plan: RunPlan, outcome: JobOutcome, notes: list[str]) ->
                     "state": a.state.value if a.state else None,
                     "reattached": a.reattached,
                     "args": list(a.args),
+                    "time": a.time,
+                    "why": a.why,
                 }
                 for a in outcome.attempts
             ]
         ),
         "oom_retry": outcome.oom_retried,
     }
+    resubmitted = [f"job {a.job_id}: {a.why}" for a in outcome.attempts if a.why]
+    if resubmitted:
+        metadata["resubmissions"] = "; ".join(resubmitted)
     if outcome.oom_retried:
         args = outcome.attempts[-1].args
         first = outcome.attempts[0]

@@ -183,6 +183,17 @@ class Output(_Strict):
         return value
 
 
+def slurm_time(value: str) -> str:
+    """``value`` when it is a non-zero SLURM time limit; ValueError saying why otherwise."""
+    if not _TIME.fullmatch(value):
+        raise ValueError('is not a SLURM time limit such as "1:00:00", "90" or "1-12:00:00"')
+    if not any(int(n) for n in re.findall(r"[0-9]+", value)):
+        raise ValueError('is zero: give the job some time, e.g. "1:00:00"')
+    if len(value) > 20:
+        raise ValueError("is too long for a SLURM time limit")
+    return value
+
+
 class Compute(_Strict):
     """``compute:`` and ``runs[].compute``: SLURM overrides of the cluster profile."""
 
@@ -199,15 +210,7 @@ class Compute(_Strict):
     @field_validator("time")
     @classmethod
     def _time(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if not _TIME.fullmatch(value):
-            raise ValueError('is not a SLURM time limit such as "1:00:00", "90" or "1-12:00:00"')
-        if not any(int(n) for n in re.findall(r"[0-9]+", value)):
-            raise ValueError('is zero: give the job some time, e.g. "1:00:00"')
-        if len(value) > 20:
-            raise ValueError("is too long for a SLURM time limit")
-        return value
+        return None if value is None else slurm_time(value)
 
     @field_validator("mem")
     @classmethod

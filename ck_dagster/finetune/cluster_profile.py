@@ -8,10 +8,13 @@ A file starts from a preset (``base:``) and overrides it::
       1B: {partition: gpu, mem: 32G}
     mig: {partition: mig, mem: 10G}
     defaults: {account: my_lab, qos: short, time: "2:00:00"}
+    max_time: "1-00:00:00"
     environment: {modules: [anaconda3/2025.6], conda_env: ck}
 
 ``sizes`` and ``defaults`` take the keys of an experiment's ``compute:``; a null value removes
-an option of the preset (``constraint: null``).
+an option of the preset (``constraint: null``). ``max_time`` is the longest ``--time`` the site
+lets a job ask for: a training job that ran out of time resumes from its last saved epoch with
+twice its time, up to ``max_time`` (without it, with the same time).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ck_dagster.errors import CkError
-from ck_dagster.experiment.schema import Compute
+from ck_dagster.experiment.schema import Compute, slurm_time
 from ck_dagster.experiment.yaml_lines import load_yaml
 from ck_dagster.settings import Settings
 from ck_dagster.slurm.profile import PRESETS, ClusterProfile
@@ -49,7 +52,13 @@ class _ProfileFile(BaseModel):
     sizes: dict[str, Compute] = Field(default_factory=dict)
     mig: Compute | None = None
     defaults: Compute | None = None
+    max_time: str | None = None
     environment: _Environment = Field(default_factory=_Environment)
+
+    @field_validator("max_time")
+    @classmethod
+    def _max_time(cls, value: str | None) -> str | None:
+        return None if value is None else slurm_time(value)
 
 
 def load_profile(choice: str) -> ClusterProfile:
@@ -104,6 +113,7 @@ def _load_file(path: Path, size: int, mtime_ns: int) -> ClusterProfile:
         tuple(spec.environment.modules),
         spec.environment.conda_env,
         spec.environment.venv,
+        spec.max_time,
     )
 
 

@@ -87,6 +87,8 @@ class RunPlan:
     resources: Resources
     config: ProvenancedConfig | None
     job: JobScript | None
+    #: the longest ``--time`` the cluster profile lets a resumed job ask for (None: no more).
+    max_time: str | None = None
 
     @property
     def partition_key(self) -> str:
@@ -346,6 +348,7 @@ class _RunPlanner:
             resources,
             config,
             job,
+            self.environment.profile.max_time,
         )
 
     # -- layers -------------------------------------------------------------------------------

@@ -102,8 +102,9 @@ class SlurmLauncher:
         job_name: str,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        time_limit: str | None = None,
     ) -> str:
-        """``sbatch --job-name=NAME script ARG...`` from the script's folder; the job id.
+        """``sbatch --job-name=NAME [--time=T] script ARG...`` from the script's folder; the job id.
 
         The log folders named by ``#SBATCH --output/--error`` are created first. When a
         submission times out in a way that may have queued the job anyway, a live job of the
@@ -115,7 +116,8 @@ class SlurmLauncher:
                 f"cannot submit {script}: no such file (materialize its run_config first)"
             )
         BatchHeader.read(script).make_log_dirs(job_name=job_name, user=self._user)
-        argv = ["sbatch", "--parsable", f"--job-name={job_name}", str(script), *map(str, args)]
+        options = [f"--job-name={job_name}"] + ([f"--time={time_limit}"] if time_limit else [])
+        argv = ["sbatch", "--parsable", *options, str(script), *map(str, args)]
         run_env = None if env is None else child_environment(env)
         try:
             result = self._run(

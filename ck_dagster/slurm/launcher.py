@@ -41,8 +41,10 @@ class Launcher(Protocol):
         job_name: str,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        time_limit: str | None = None,
     ) -> str:
-        """Submit ``script`` (run from its folder) with ``args``; return the job id."""
+        """Submit ``script`` (run from its folder) with ``args``, and ``time_limit`` (a
+        ``--time`` value) instead of the script's when given; return the job id."""
         ...
 
     def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:

@@ -33,7 +33,13 @@ from ck_dagster.fileio import atomic_write_text
 from ck_dagster.settings import Settings, child_environment
 from ck_dagster.slurm.batch_header import BatchHeader
 from ck_dagster.slurm.launcher import order_found
-from ck_dagster.slurm.states import JobAccounting, JobState, JobStatus, split_exit_code
+from ck_dagster.slurm.states import (
+    JobAccounting,
+    JobState,
+    JobStatus,
+    parse_duration,
+    split_exit_code,
+)
 
 DEFAULT_STATE_DIR = Path("~/.local/state/ck_dagster/local-jobs")
 #: seconds between SIGTERM and SIGKILL when a job is cancelled or runs out of time (SLURM's
@@ -61,8 +67,10 @@ class LocalLauncher:
         job_name: str,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        time_limit: str | None = None,
     ) -> str:
-        """Start ``script ARG...`` detached, logging where its ``#SBATCH --output`` says."""
+        """Start ``script ARG...`` detached, logging where its ``#SBATCH --output`` says, stopped
+        after ``time_limit`` (else the script's ``--time``) as SLURM would."""
         script = Path(script).resolve()
         if not script.is_file():
             raise CkError(f"cannot run {script}: no such file (materialize its run_config first)")
@@ -88,7 +96,7 @@ class LocalLauncher:
             "stdout": logs["stdout"],
             "stderr": logs.get("stderr"),
             "append": header.append,
-            "time_limit_s": header.time_limit_s,
+            "time_limit_s": parse_duration(time_limit) if time_limit else header.time_limit_s,
             "node": node,
             "submit_time": time.time(),
         }

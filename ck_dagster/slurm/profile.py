@@ -1,8 +1,10 @@
 """Cluster profiles: a site's SLURM policy as data, chosen per deployment.
 
 A profile says what each model size asks for (partition, constraint, GRES, memory, CPUs), the
-MIG rule, the default account, QoS and time, and how jobs activate their software (modules,
-conda, venv: what cruijff_kit v1 kept in ``claude.local.md``). Two presets ship:
+MIG rule, the default account, QoS and time, the longest time a job may ask for (``max_time``:
+how far a job that ran out of time is given more when it resumes), and how jobs activate their
+software (modules, conda, venv: what cruijff_kit v1 kept in ``claude.local.md``). Two presets
+ship (neither with a ``max_time``):
 
 - ``della``: v1's rules (1B on ``nomig``, larger models with ``--constraint=gpu80``, MIG: 16G
   and no partition);
@@ -39,6 +41,9 @@ class ClusterProfile:
     modules: tuple[str, ...] = ()
     conda_env: str | None = None
     venv: str | None = None
+    #: the longest ``--time`` a job may ask for here: a job that ran out of time is resumed
+    #: with twice its time, up to this; None: resumed with the same time.
+    max_time: str | None = None
 
     def resources(self, size: str) -> Resources:
         """What a job for a model of ``size`` asks for under this profile."""

@@ -10,17 +10,19 @@ For each request, in order of preference:
    cancelled at once and the run submitted again;
 4. otherwise **submit** it, once a slot is free (a shared cap on jobs in the queue).
 
-Jobs are followed together (one status call per cycle). PREEMPTED and NODE_FAIL jobs are
-resubmitted (bounded); an OUT_OF_MEMORY job is retried once with the arguments the request
-gives for that (e.g. a halved batch size). An interruption cancels every job this runner
-submitted or re-attached to, and gives back the slots.
+Jobs are followed together (one status call per cycle). A job stopped from outside
+(PREEMPTED, NODE_FAIL, BOOT_FAIL, or TIMEOUT when the request says how to go on) is
+resubmitted as the request says (e.g. resuming from its last saved epoch, with more time),
+at most ``max_resubmits`` times; an OUT_OF_MEMORY job is retried once with the arguments the
+request gives for that (e.g. a halved batch size). An interruption cancels every job this
+runner submitted or re-attached to, and gives back the slots.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +34,8 @@ from ck_dagster.slurm.states import JobAccounting, JobState, JobStatus
 
 #: end states after which a job is simply run again (the job did nothing wrong).
 RESUBMIT_STATES = frozenset({JobState.PREEMPTED, JobState.NODE_FAIL, JobState.BOOT_FAIL})
+#: end states after which a request may say how to go on (:attr:`JobRequest.resubmission`).
+STOPPED_STATES = RESUBMIT_STATES | {JobState.TIMEOUT}
 
 
 class Slots(Protocol):
@@ -94,6 +98,42 @@ class UnlimitedSlots:
         return None
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One submission (or re-attachment) and how it ended."""
+
+    job_id: str
+    args: tuple[str, ...]
+    reattached: bool = False
+    state: JobState | None = None
+    reason: str = ""
+    #: the ``--time`` it was submitted with; None: the script's own.
+    time: str | None = None
+    #: why it was submitted (e.g. "job 12 ended PREEMPTED: resumed from epoch_0, training on
+    #: at epoch 1"); "" for a first submission from scratch.
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Resubmission:
+    """How to submit a request again after its job was stopped from outside."""
+
+    args: tuple[str, ...]
+    #: ``--time`` for the new job; None: the script's own.
+    time: str | None = None
+    #: what is resumed, for people ("resumed from epoch_0, training on at epoch 1"); "" when
+    #: started from scratch.
+    resumes: str = ""
+
+
+def restart(state: JobState, attempt: Attempt) -> Resubmission | None:
+    """Run the job again as it was when the job did nothing wrong; None after a TIMEOUT (the
+    same job would only run out of time again)."""
+    if state is JobState.TIMEOUT:
+        return None
+    return Resubmission(attempt.args, attempt.time)
+
+
 @dataclass
 class JobRequest:
     """One job to run to its end, for one key (a partition)."""
@@ -118,17 +158,12 @@ class JobRequest:
     changes_since_submitted: Callable[[], list[str]] = lambda: []
     #: the folder the job logs into, when it is not the script's (``output.base_directory``).
     log_folder: Path | None = None
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One submission (or re-attachment) and how it ended."""
-
-    job_id: str
-    args: tuple[str, ...]
-    reattached: bool = False
-    state: JobState | None = None
-    reason: str = ""
+    #: how to go on after ``attempt`` ended in one of :data:`STOPPED_STATES`; None: fail. A
+    #: resubmission that ``resumes`` keeps the outputs (``before_submit`` is not called).
+    resubmission: Callable[[JobState, Attempt], Resubmission | None] = restart
+    #: called right before the first submission: how to go on from what an earlier job left
+    #: (e.g. its saved epochs); None: submit afresh (``before_submit`` first).
+    resume_first: Callable[[], Resubmission | None] = lambda: None
 
 
 @dataclass
@@ -368,17 +403,35 @@ class JobRunner:
                 continue
             self._holding.add(request.key)
             try:
-                self._submit(request, outcomes[request.key], ())
+                if (again := request.resume_first()) is not None:
+                    self._submit(
+                        request, outcomes[request.key], again.args, why=again.resumes, resume=True
+                    )
+                else:
+                    self._submit(request, outcomes[request.key], ())
             except CkError as exc:  # refused (bad partition, impossible request), no files
                 self._fail(request, outcomes[request.key], f"not submitted: {exc}")
         return still_waiting
 
-    def _submit(self, request: JobRequest, outcome: JobOutcome, args: Sequence[str]) -> None:
-        request.before_submit()
-        job_id = self.launcher.submit(request.script, job_name=request.job_name, args=args)
-        outcome.attempts.append(Attempt(job_id, tuple(args)))
+    def _submit(
+        self,
+        request: JobRequest,
+        outcome: JobOutcome,
+        args: Sequence[str],
+        *,
+        time_limit: str | None = None,
+        why: str = "",
+        resume: bool = False,
+    ) -> None:
+        if not resume:
+            request.before_submit()
+        job_id = self.launcher.submit(
+            request.script, job_name=request.job_name, args=args, time_limit=time_limit
+        )
+        outcome.attempts.append(Attempt(job_id, tuple(args), time=time_limit, why=why))
         self._follow(request, job_id)
         suffix = f" with {' '.join(args)}" if args else ""
+        suffix += f", --time={time_limit}" if time_limit else ""
         self.on_event(request.key, f"submitted job {job_id} ({self.launcher.name}){suffix}")
 
     def _follow(self, request: JobRequest, job_id: str) -> None:
@@ -422,11 +475,9 @@ class JobRunner:
         accounting = self._accounting(status.job_id)
         outcome.accounting = accounting
         last = outcome.attempts[-1]
-        outcome.attempts[-1] = Attempt(
-            last.job_id, last.args, last.reattached, status.state, status.reason
-        )
+        last = outcome.attempts[-1] = replace(last, state=status.state, reason=status.reason)
         state = status.state
-        resubmits = sum(1 for a in outcome.attempts if a.state in RESUBMIT_STATES)
+        resubmits = sum(1 for a in outcome.attempts if a.state in STOPPED_STATES)
         taken_over = self.claims.lost(request)
         if taken_over and not (state is JobState.COMPLETED and request.is_done()):
             self._fail(
@@ -462,14 +513,32 @@ class JobRunner:
                 "scheduler requeued it: following it again",
             )
             self.follower.follow_again(status.job_id)
-        elif state in RESUBMIT_STATES and resubmits <= self.max_resubmits:
+        elif state in STOPPED_STATES and (again := request.resubmission(state, last)):
+            if resubmits > self.max_resubmits:
+                self._fail(
+                    request,
+                    outcome,
+                    f"job {status.job_id} ended {state.value}, and {request.key} was "
+                    f"resubmitted {self.max_resubmits} time(s) already, the limit: not "
+                    "resubmitting it again. Materialize it again to go on"
+                    + (f" ({again.resumes})" if again.resumes else ""),
+                )
+                return
+            why = f"job {status.job_id} ended {state.value}: " + (again.resumes or "started again")
+            if again.time and again.time != last.time:
+                why += f", with --time={again.time}"
             self.on_event(
                 request.key,
-                f"job {status.job_id} ended {state.value} "
-                f"({state.describe()}): resubmitting "
-                f"({resubmits}/{self.max_resubmits})",
+                f"{why} ({state.describe()}); resubmission {resubmits}/{self.max_resubmits}",
             )
-            self._resubmit(request, outcome, last.args)
+            self._resubmit(
+                request,
+                outcome,
+                again.args,
+                time_limit=again.time,
+                why=why,
+                resume=bool(again.resumes),
+            )
         elif (
             state is JobState.OUT_OF_MEMORY
             and not outcome.oom_retried
@@ -480,7 +549,12 @@ class JobRunner:
                 request.key,
                 f"job {status.job_id} ran out of memory: retrying once with {' '.join(args)}",
             )
-            self._resubmit(request, outcome, args)
+            self._resubmit(
+                request,
+                outcome,
+                args,
+                why=f"job {status.job_id} ran out of memory: {' '.join(args)}",
+            )
         else:
             self._fail(
                 request, outcome, f"job {status.job_id} ended {state.value}: {state.describe()}"
@@ -499,9 +573,18 @@ class JobRunner:
                 return True
         return False
 
-    def _resubmit(self, request: JobRequest, outcome: JobOutcome, args: Sequence[str]) -> None:
+    def _resubmit(
+        self,
+        request: JobRequest,
+        outcome: JobOutcome,
+        args: Sequence[str],
+        *,
+        time_limit: str | None = None,
+        why: str = "",
+        resume: bool = False,
+    ) -> None:
         try:
-            self._submit(request, outcome, args)
+            self._submit(request, outcome, args, time_limit=time_limit, why=why, resume=resume)
         except CkError as exc:
             self._fail(request, outcome, f"resubmission refused: {exc}")
 

@@ -228,3 +228,12 @@ def parse_duration(text: str) -> int | None:
     else:  # H:M:S
         hours, minutes, seconds = parts
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def format_duration(seconds: int) -> str:
+    """``seconds`` as a SLURM ``--time`` value: ``H:MM:SS``, or ``D-HH:MM:SS`` from a day."""
+    days, rest = divmod(max(0, seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}" if days else f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{clock}" if days else clock

@@ -27,6 +27,13 @@ TRAINED_CONFIG = "torchtune_config.yaml"
 FINISHED = "ck_dagster_finished.json"
 #: what an out-of-memory retry changes, keeping their product (the effective batch) the same.
 _BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")
+#: what a job that resumes from a saved epoch adds to the run's config (training.resume).
+RESUME_KEYS = (
+    "resume_from_checkpoint",
+    "checkpointer.recipe_checkpoint",
+    "checkpointer.adapter_checkpoint",
+    "checkpointer.checkpoint_files",
+)
 #: files that hold model weights in an epoch folder.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -110,12 +117,13 @@ def config_differences(artifacts: Path, config: Mapping[str, Any]) -> list[str]:
 
 def compare_configs(trained: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
     """The dotted paths where two torchtune configs differ (the same effective batch is the
-    same)."""
+    same, and so is a resume of the run from one of its saved epochs)."""
     ours, theirs = dict(config_leaves(config)), dict(config_leaves(trained))
+    ignored = set(_BATCH_KEYS) | (set(RESUME_KEYS) if theirs.get(RESUME_KEYS[0]) is True else set())
     differences = [
         path
         for path in dict.fromkeys([*ours, *theirs])
-        if path not in _BATCH_KEYS and ours.get(path) != theirs.get(path)
+        if path not in ignored and ours.get(path) != theirs.get(path)
     ]
     if _effective_batch(ours) != _effective_batch(theirs):
         differences.append("batch_size")

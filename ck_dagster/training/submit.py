@@ -10,7 +10,8 @@ import yaml
 
 from ck_dagster.errors import CkError
 from ck_dagster.finetune.plan import RunPlan
-from ck_dagster.slurm.runner import JobRequest
+from ck_dagster.slurm.runner import Attempt, JobRequest, Resubmission
+from ck_dagster.slurm.states import JobState, format_duration, parse_duration
 from ck_dagster.training.artifacts import (
     EpochCheckpoint,
     TrainingLog,
@@ -21,6 +22,7 @@ from ck_dagster.training.artifacts import (
     read_training_log,
     set_aside,
 )
+from ck_dagster.training.resume import ResumePoint, resume_point, without_resume
 
 #: the finetune.yaml the run's latest job was submitted with (a job reads its config when it
 #: starts; this says what a queued or running job trains, after the run was edited).
@@ -65,6 +67,17 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
     def oom_retry_args() -> list[str] | None:
         return halved_batch_args(plan.config.config if plan.config else {})
 
+    def resubmission(state: JobState, attempt: Attempt) -> Resubmission | None:
+        return resubmission_after(plan, state, attempt)
+
+    def resume_first() -> Resubmission | None:
+        point = None if retrain else current_resume_point(plan)
+        if point is None:
+            return None
+        check_run_files(plan)
+        submitted.write_text(plan.finetune_yaml)
+        return Resubmission(point.args(()), None, point.describe())
+
     submitted = plan.run_dir / SUBMITTED_CONFIG
     notes: list[str] = []
     return JobRequest(
@@ -79,7 +92,42 @@ def training_request(plan: RunPlan, *, retrain: bool = False) -> JobRequest:
         verb="trained",
         changes_since_submitted=changes_since_submitted,
         log_folder=artifacts,
+        resubmission=resubmission,
+        resume_first=resume_first,
     )
+
+
+def resubmission_after(plan: RunPlan, state: JobState, attempt: Attempt) -> Resubmission | None:
+    """How a run whose job was stopped goes on: from its last saved epoch when one was saved
+    with the current config (never from scratch then), else from the start; after a TIMEOUT
+    with twice the time, up to the profile's ``max_time`` (from the start only when that gives
+    more time: the same job would run out of time again)."""
+    time = attempt.time
+    if state is JobState.TIMEOUT:
+        time = longer_time(attempt.time or plan.resources.time, plan.max_time) or time
+    point = current_resume_point(plan)
+    if point is not None:
+        return Resubmission(point.args(attempt.args), time, point.describe())
+    if state is JobState.TIMEOUT and time == attempt.time:
+        return None
+    return Resubmission(without_resume(attempt.args), time)
+
+
+def current_resume_point(plan: RunPlan) -> ResumePoint | None:
+    """Where the run's training can go on from its saved epochs, when they were trained with
+    its current config."""
+    assert plan.config is not None, "control runs are not trained"
+    if config_differences(plan.artifacts_dir, plan.config.config):
+        return None
+    return resume_point(plan.artifacts_dir, plan.epochs)
+
+
+def longer_time(current: str, limit: str | None) -> str | None:
+    """Twice ``current``, capped at ``limit``; None when ``limit`` gives no more (or is unset)."""
+    now, most = parse_duration(current), parse_duration(limit) if limit else None
+    if now is None or most is None or most <= now:
+        return None
+    return format_duration(min(2 * now, most))
 
 
 def halved_batch_args(config: dict[str, Any]) -> list[str] | None:

@@ -55,6 +55,14 @@ def test_time_limit(local, tmp_path):
     assert status.state is JobState.TIMEOUT and status.exit_code == "0:15"
 
 
+def test_a_time_limit_given_at_submission_replaces_the_scripts(local, tmp_path):
+    """What a resumed job asks for after a TIMEOUT (``--time`` on sbatch's command line)."""
+    script = job_script(tmp_path, "echo started; sleep 300", "--time=10:00")
+    job_id = local.submit(script, job_name=unique_name(), time_limit="0:02")
+    status = follow(local, job_id, limit_s=15)[0][job_id]
+    assert status.state is JobState.TIMEOUT
+
+
 def test_adopt_by_name_after_the_submitter_was_killed(local, tmp_path):
     script = job_script(tmp_path, "sleep 2; echo done")
     name = unique_name()

@@ -24,6 +24,7 @@ sizes:
   3B: {constraint: null, partition: big}
 mig: {partition: mig, mem: 10G}
 defaults: {account: my_lab, qos: short, time: "2:00:00"}
+max_time: "1-00:00:00"
 environment: {modules: [anaconda3/2025.6], conda_env: ck}
 """
 
@@ -66,6 +67,7 @@ def test_a_site_profile_overrides_its_preset(tmp_path: Path) -> None:
     assert (three.partition, three.constraint, three.mem) == ("big", None, "80G")
     mig = profile.request("1B", {"mig": True})
     assert (mig.partition, mig.mem) == ("mig", "10G")
+    assert (profile.max_time, DELLA.max_time) == ("1-00:00:00", None)
     environment = deployment_environment({"CK_CLUSTER_PROFILE": str(file)})
     assert environment.profile == profile
     assert environment.lines() == [
@@ -128,6 +130,10 @@ def test_the_profile_is_a_resource_setting_and_an_environment_variable(
             "site.yaml:1: sizes.1B.mem: Value error, is not a SLURM memory size",
         ),
         ("sizes: {2B: {mem: 8G}}\n", "sizes.2B: unknown model size"),
+        (
+            "max_time: forever\n",
+            "site.yaml:1: max_time: Value error, is not a SLURM time limit",
+        ),
         ("partitions: {}\n", "site.yaml:1: partitions: Extra inputs are not permitted"),
     ],
 )

@@ -3,6 +3,12 @@
 # (Debian bookworm, as root, no systemd): munged, mariadb + slurmdbd (so `sacct` works),
 # slurmctld and slurmd, with fake GPUs as gres.
 #
+# Preemption: PreemptType=preempt/partition_prio is set, so a test adds a higher-priority
+# partition at run time (`scontrol create PartitionName=urgent PriorityTier=10 ...`, and debug's
+# PreemptMode=CANCEL so that its preempted jobs end PREEMPTED), then deletes it: see the
+# `preemptor` fixture in ck_dagster_tests/assets/test_resume.py. Not here for good: sinfo lists
+# every partition to root, Hidden=YES or not, which would change the preflight's messages.
+#
 # Safe to run again: installs only missing packages, rewrites the config only when it changed
 # (then restarts slurmctld/slurmd), starts only daemons that are down, and returns once the node
 # accepts jobs. Jobs already queued or running survive a re-run with an unchanged config.
