@@ -87,6 +87,8 @@ def test_processes_creating_the_pool_at_once_all_get_it(dagster_home: Path, tmp_
     deployment), three times over: Dagster's insert is not atomic on Postgres (CI once saw a
     duplicate-key error), and none of them may fail."""
     attempts, count = 3, 6
+    with DagsterInstance.get():  # the database's tables, made once as a deployment's first use does
+        pass
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", _CREATE_POOLS, str(tmp_path), str(attempts), str(n)],
