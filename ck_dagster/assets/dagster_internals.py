@@ -3,7 +3,10 @@
 An ``AssetObservation`` made outside an observable asset's own function (``ck-dagster
 register``, the experiments sensor) can only carry its data version as this tag: Dagster's
 public ``ObserveResult(data_version=...)`` exists only inside the asset function. Reading
-it back uses the public ``AssetObservation.data_version``.
+it back uses the public ``AssetObservation.data_version``. Likewise a materialization logged per
+partition while a step runs (``checkpoint`` records each run as its job ends; Dagster has no
+public per-partition output in a single-run backfill) carries the data-version and provenance
+tags Dagster would give a step's output only as tags built here.
 
 A custom ``AutomationCondition`` (``assets/automation.py``) gets a public ``AutomationContext``
 whose instance and partition subsets are reached through its ``asset_graph_view`` and
@@ -19,12 +22,19 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from dagster import AutomationContext, DagsterInstance
+from dagster import AssetKey, AutomationContext, DagsterInstance
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
     DATA_VERSION_TAG,
+    DEFAULT_DATA_VERSION,
+    NULL_EVENT_POINTER,
     CachingStaleStatusResolver,
     StaleStatus,
+    compute_logical_data_version,
+    extract_data_version_from_entry,
+    get_input_data_version_tag,
+    get_input_event_pointer_tag,
 )
 from dagster._core.loader import LoadingContext
 
@@ -33,6 +43,7 @@ __all__ = [
     "candidates_among",
     "condition_instance",
     "data_version_tags",
+    "materialization_tags",
     "stale_status_resolver",
     "webserver_app",
 ]
@@ -41,6 +52,28 @@ __all__ = [
 def data_version_tags(version: str) -> dict[str, str]:
     """The tags that give an ``AssetObservation`` the data version ``version``."""
     return {DATA_VERSION_TAG: version}
+
+
+def materialization_tags(
+    instance: DagsterInstance, code_version: str, inputs: dict[AssetKey, str]
+) -> dict[str, str]:
+    """The tags Dagster gives a materialization made from a step's output: the code version,
+    each input partition's data version and event (``inputs``: asset -> partition), and the
+    data version derived from them; so that one logged per partition has the same lineage."""
+    tags = {CODE_VERSION_TAG: code_version}
+    versions = {}
+    for key, partition in inputs.items():
+        record = instance.get_latest_data_version_record(key, False, partition)
+        version = (
+            extract_data_version_from_entry(record.event_log_entry) if record else None
+        ) or DEFAULT_DATA_VERSION
+        versions[key] = version
+        tags[get_input_data_version_tag(key)] = version.value
+        tags[get_input_event_pointer_tag(key)] = (
+            str(record.storage_id) if record else NULL_EVENT_POINTER
+        )
+    tags[DATA_VERSION_TAG] = compute_logical_data_version(code_version, versions).value
+    return tags
 
 
 def condition_instance(context: AutomationContext) -> DagsterInstance:
