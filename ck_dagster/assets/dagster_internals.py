@@ -3,7 +3,10 @@
 An ``AssetObservation`` made outside an observable asset's own function (``ck-dagster
 register``, the experiments sensor) can only carry its data version as this tag: Dagster's
 public ``ObserveResult(data_version=...)`` exists only inside the asset function. Reading
-it back uses the public ``AssetObservation.data_version``.
+it back uses the public ``AssetObservation.data_version``. Likewise a materialization logged per
+partition while a step runs (``checkpoint`` records each run as its job ends; Dagster has no
+public per-partition output in a single-run backfill) carries the data-version and provenance
+tags Dagster would give a step's output only as tags built here.
 
 A custom ``AutomationCondition`` (``assets/automation.py``) gets a public ``AutomationContext``
 whose instance and partition subsets are reached through its ``asset_graph_view`` and
@@ -26,12 +29,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy.exc
-from dagster import AssetObservation, AutomationContext, DagsterInstance
+from dagster import AssetKey, AssetObservation, AutomationContext, DagsterInstance
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
     DATA_VERSION_TAG,
+    DEFAULT_DATA_VERSION,
+    NULL_EVENT_POINTER,
     CachingStaleStatusResolver,
     StaleStatus,
+    compute_logical_data_version,
+    extract_data_version_from_entry,
+    get_input_data_version_tag,
+    get_input_event_pointer_tag,
 )
 from dagster._core.loader import LoadingContext
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
@@ -42,6 +52,7 @@ __all__ = [
     "candidates_among",
     "condition_instance",
     "data_version_tags",
+    "materialization_tags",
     "report_observations",
     "stale_status_resolver",
     "webserver_app",
@@ -101,6 +112,28 @@ def _one_transaction_per_shard(storage: SqliteEventLogStorage) -> Iterator[None]
 def _held(lock: Any) -> Iterator[Any]:
     with lock:
         yield lock
+
+
+def materialization_tags(
+    instance: DagsterInstance, code_version: str, inputs: dict[AssetKey, str]
+) -> dict[str, str]:
+    """The tags Dagster gives a materialization made from a step's output: the code version,
+    each input partition's data version and event (``inputs``: asset -> partition), and the
+    data version derived from them; so that one logged per partition has the same lineage."""
+    tags = {CODE_VERSION_TAG: code_version}
+    versions = {}
+    for key, partition in inputs.items():
+        record = instance.get_latest_data_version_record(key, False, partition)
+        version = (
+            extract_data_version_from_entry(record.event_log_entry) if record else None
+        ) or DEFAULT_DATA_VERSION
+        versions[key] = version
+        tags[get_input_data_version_tag(key)] = version.value
+        tags[get_input_event_pointer_tag(key)] = (
+            str(record.storage_id) if record else NULL_EVENT_POINTER
+        )
+    tags[DATA_VERSION_TAG] = compute_logical_data_version(code_version, versions).value
+    return tags
 
 
 def condition_instance(context: AutomationContext) -> DagsterInstance:
@@ -185,6 +218,15 @@ class ConcurrencyPool:
     def free(self, run_id: str, key: str) -> None:
         """Give back the slot held for ``key`` of ``run_id``."""
         self._storage.free_concurrency_slot_for_step(run_id, key)
+
+    def steps_of(self, run_id: str) -> set[str]:
+        """The keys under which ``run_id`` holds a slot or waits for one."""
+        info = self._storage.get_concurrency_info(self.name)
+        return {
+            entry.step_key
+            for entry in [*info.claimed_slots, *info.pending_steps]
+            if entry.run_id == run_id
+        }
 
     def holders(self) -> set[str]:
         """The Dagster runs that hold slots of this pool."""

@@ -18,7 +18,6 @@ from dagster import (
     AssetSpec,
     BackfillPolicy,
     Config,
-    Failure,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -31,23 +30,20 @@ from pydantic import Field
 
 from ck_dagster.assets.automation import eager_or_spec_observed
 from ck_dagster.assets.configs import plans_for
+from ck_dagster.assets.eval_jobs import LABEL, eval_progress, eval_requests, registered_eval_specs
 from ck_dagster.assets.launcher import LauncherResource, record_partitions
 from ck_dagster.assets.partitions import runs_partitions
 from ck_dagster.assets.registry import (
     EVAL_SPEC,
     registered_keys,
     registered_runs,
-    registered_versions,
 )
 from ck_dagster.assets.resources import JobEnvironmentResource
 from ck_dagster.assets.training import checkpoint
 from ck_dagster.assets.versions import code_version
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.results import EvalResults, read_results, result_problems
-from ck_dagster.evaluation.spec import EvalSpec, eval_spec_for
-from ck_dagster.evaluation.submit import eval_job_script, eval_request
-from ck_dagster.experiment.problems import ExperimentFileError
-from ck_dagster.finetune.plan import RunPlan
+from ck_dagster.evaluation.spec import EvalSpec
 
 eval_spec = AssetSpec(
     key=EVAL_SPEC,
@@ -103,14 +99,10 @@ def eval_log(
 ) -> MaterializeResult:
     """inspect-ai logs of every saved epoch (the base model for a control run) on every task,
     prompted as the run trained; `inspect view` opens them."""
-    environment = job_environment.environment()
     plans = plans_for(context, job_environment)
     specs = registered_eval_specs(context, plans)
-    requests = {
-        key: eval_request(spec, eval_job_script(spec, plans[key], environment), force=config.force)
-        for key, spec in specs.items()
-    }
-    runner = launcher.runner(context, "eval_log", eval_progress)
+    requests = eval_requests(specs, plans, job_environment.environment(), config.force)
+    runner = launcher.runner(context, LABEL, eval_progress)
     outcomes = runner.run(list(requests.values()))
     metadata = {}
     for key, outcome in outcomes.items():
@@ -119,35 +111,6 @@ def eval_log(
             assert results is not None, f"{key}: the eval job left no results.json"
             metadata[key] = results_metadata(specs[key], results, outcome.status, outcome.job_id)
     return record_partitions(context, metadata, outcomes, "evaluation jobs")
-
-
-def registered_eval_specs(
-    context: AssetExecutionContext, plans: dict[str, RunPlan]
-) -> dict[str, EvalSpec]:
-    """Each run's evaluation, refused (Failure) when it differs from the registered one."""
-    try:
-        specs = {key: eval_spec_for(plan) for key, plan in plans.items()}
-    except ExperimentFileError as exc:
-        raise _failure(str(exc)) from None
-    registered = registered_versions(context.instance, EVAL_SPEC, specs)
-    changed = [key for key, spec in specs.items() if registered.get(key) != spec.version]
-    if changed:
-        raise _failure(
-            f"the evaluation of {', '.join(changed)} changed since it was registered (settings, "
-            "tasks, task code or prompts): register the experiment file again (ck-dagster "
-            "register FILE, or let the experiments sensor do it) so Dagster records it"
-        )
-    return specs
-
-
-def _failure(description: str) -> Failure:
-    return Failure(description=description, allow_retries=False)
-
-
-def eval_progress(line: str) -> str | None:
-    """The eval job's own progress and error lines (it prints nothing else worth showing)."""
-    text = line.strip()
-    return text if text.startswith(("eval ", "error")) else None
 
 
 def results_metadata(

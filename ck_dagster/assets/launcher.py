@@ -8,12 +8,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     AssetMaterialization,
+    AssetObservation,
     ConfigurableResource,
     DagsterInstance,
     Failure,
@@ -21,7 +23,7 @@ from dagster import (
     MetadataValue,
 )
 
-from ck_dagster.assets.dagster_internals import ConcurrencyPool
+from ck_dagster.assets.dagster_internals import ConcurrencyPool, materialization_tags
 from ck_dagster.slurm.choose import choose_launcher
 from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.runner import JobOutcome, JobRequest, JobRunner
@@ -62,10 +64,12 @@ class LauncherResource(ConfigurableResource):
         label: str,
         summarize: Callable[[str], str | None],
         observe: Callable[[str, str], object] | None = None,
+        on_outcome: Callable[[JobOutcome], object] = lambda outcome: None,
     ) -> JobRunner:
         """A job runner that holds pool slots and logs into the Dagster run: every job event,
         and the job log lines ``summarize`` turns into progress; ``observe(key, line)`` also
-        gets every job log line (e.g. to record progress on the partition)."""
+        gets every job log line (e.g. to record progress on the partition); ``on_outcome``
+        each run's outcome as soon as its job has ended."""
         mark_process(context.instance, context.run_id)
         slots = PoolSlots(
             context.instance, self.pool, context.run_id, label, self.pool_limit, context.log.info
@@ -83,6 +87,7 @@ class LauncherResource(ConfigurableResource):
             max_resubmits=self.max_resubmits,
             poll_initial=self.poll_initial,
             poll_max=self.poll_max,
+            on_outcome=on_outcome,
         )
 
 
@@ -117,7 +122,9 @@ class PoolSlots:
 
     A single-run backfill follows many jobs in one step, so the pool is claimed per job
     (``<label>[<partition>]``). Slots held by runs that have ended, or whose process on this
-    host is gone (killed with SIGKILL), are given back when the pool is full.
+    host is gone (killed with SIGKILL), are given back when the pool is full. A slot taken by
+    an earlier step of the same run (an evaluation the training step started) is given back
+    by the step that sees its job end.
     """
 
     def __init__(
@@ -135,10 +142,12 @@ class PoolSlots:
         self.label = label
         self.log = log
         self._last_cleanup = 0.0
+        self._mine: set[str] | None = None  # this run's steps in the pool, read when needed
         if self.pool.ensure(default_limit):
             log(f"concurrency pool `{pool}` created with {default_limit} slots")
 
     def acquire(self, key: str) -> bool:
+        self._steps_of_run().add(self._step(key))  # claimed, or queued for a slot
         if self.pool.claim(self.run_id, self._step(key)):
             return True
         if time.monotonic() - self._last_cleanup > 30 and self._free_abandoned():
@@ -146,7 +155,17 @@ class PoolSlots:
         return False
 
     def release(self, key: str) -> None:
-        self.pool.free(self.run_id, self._step(key))
+        steps = self._steps_of_run()
+        if self._step(key) in steps:
+            steps.discard(self._step(key))
+            self.pool.free(self.run_id, self._step(key))
+
+    def _steps_of_run(self) -> set[str]:
+        """This run's steps that hold or wait for a slot: one query, then kept up to date
+        (so releasing a key that never had a slot costs nothing)."""
+        if self._mine is None:
+            self._mine = self.pool.steps_of(self.run_id)
+        return self._mine
 
     def _step(self, key: str) -> str:
         return f"{self.label}[{key}]"
@@ -274,6 +293,63 @@ def record_partitions(
     for key, entry in metadata.items():
         context.add_asset_metadata(entry, partition_key=key)
     return MaterializeResult()
+
+
+class PartitionRecords:
+    """Records each partition of a step in Dagster as soon as its job has ended, not when the
+    step ends: a materialization (with the data version and lineage Dagster gives a step's
+    output) for a run that is done, an observation saying why for one that failed.
+
+    ``finish`` then fails the step naming the failed runs (Dagster marks their partitions
+    failed), or, only when a later step of the same Dagster run needs this one's output, yields
+    it: Dagster then records every partition once more, with the same metadata.
+    """
+
+    def __init__(
+        self, context: AssetExecutionContext, inputs: Sequence[AssetKey], what: str
+    ) -> None:
+        self.context = context
+        self.inputs = inputs
+        self.what = what
+        self.code_version = (
+            context.assets_def.code_versions_by_key.get(context.asset_key) or context.run_id
+        )
+
+    def materialized(self, key: str, metadata: dict[str, Any]) -> None:
+        """Record ``key`` as materialized now."""
+        tags = materialization_tags(
+            self.context.instance, self.code_version, {dep: key for dep in self.inputs}
+        )
+        self.context.log_event(
+            AssetMaterialization(
+                self.context.asset_key, partition=key, metadata=metadata, tags=tags
+            )
+        )
+        self.context.add_asset_metadata(metadata, partition_key=key)
+
+    def failed(self, outcome: JobOutcome) -> None:
+        """Say on ``outcome``'s partition, now, that its job failed and why."""
+        self.context.log_event(
+            AssetObservation(
+                self.context.asset_key,
+                partition=outcome.key,
+                description=f"failed: {outcome.message.splitlines()[0]}",
+                metadata={
+                    "status": "failed",
+                    "job_id": outcome.job_id or "",
+                    "error": MetadataValue.md(f"```\n{outcome.message}\n```"),
+                },
+            )
+        )
+
+    def finish(
+        self, outcomes: dict[str, JobOutcome], output_needed: bool
+    ) -> Iterator[MaterializeResult]:
+        """Fail naming the failed jobs, else yield the step's output when ``output_needed``."""
+        if any(not outcome.ok for outcome in outcomes.values()):
+            raise _failure(outcomes, self.what)
+        if output_needed:
+            yield MaterializeResult()
 
 
 def _failure(outcomes: dict[str, JobOutcome], what: str) -> Failure:

@@ -1,10 +1,14 @@
 """The ``checkpoint`` asset: each fine-tuned run trained by a SLURM job running ``tune run``.
 
 One step follows every job of a backfill (one status call per cycle for all of them); the jobs
-in the queue are capped by the launcher's concurrency pool. Control runs resolve to their base
-model without a job, so their evaluations have the same lineage as every other run's.
+in the queue are capped by the launcher's concurrency pool. Each run is recorded as soon as its
+own job ends, not when the step does, so a quick run of a sweep is evaluated without waiting for
+the slowest (``PartitionRecords``; in a Dagster run that also materializes ``eval_log``, its
+evaluation job starts then too, ``assets.eval_jobs``). Control runs resolve to their base model
+without a job, so their evaluations have the same lineage as every other run's.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
@@ -22,7 +26,8 @@ from dagster import (
 from pydantic import Field
 
 from ck_dagster.assets.configs import plans_for, run_config
-from ck_dagster.assets.launcher import LauncherResource, record_partitions
+from ck_dagster.assets.eval_jobs import EarlyEvaluations
+from ck_dagster.assets.launcher import LauncherResource, PartitionRecords
 from ck_dagster.assets.partitions import runs_partitions
 from ck_dagster.assets.progress import ProgressObservations
 from ck_dagster.assets.resources import JobEnvironmentResource
@@ -52,32 +57,57 @@ class CheckpointConfig(Config):
     backfill_policy=BackfillPolicy.single_run(),
     group_name="training",
     kinds={"slurm", "torchtune"},
+    # each run is recorded as its job ends (PartitionRecords), not by the step's output
+    output_required=False,
 )
 def checkpoint(
     context: AssetExecutionContext,
     config: CheckpointConfig,
     launcher: LauncherResource,
     job_environment: JobEnvironmentResource,
-) -> MaterializeResult:
+) -> Iterator[MaterializeResult]:
     """The run's trained checkpoints (`artifacts/epoch_<N>/`): a SLURM job runs `tune run`
     with its finetune.yaml; a control run resolves to its base model."""
     plans = plans_for(context, job_environment)
-    metadata = {key: control_metadata(plan) for key, plan in plans.items() if plan.is_control}
     requests = {
         key: training_request(plan, retrain=config.retrain)
         for key, plan in plans.items()
         if not plan.is_control
     }
+    records = PartitionRecords(context, [run_config.key], "training jobs")
+    evaluations = (
+        EarlyEvaluations(context, launcher, job_environment.environment())
+        if EarlyEvaluations.wanted(context)
+        else None
+    )
+
+    def landed(key: str, metadata: dict[str, Any]) -> None:
+        records.materialized(key, metadata)
+        if evaluations is not None:
+            evaluations.start(key, plans[key])
+
+    def ended(outcome: JobOutcome) -> None:
+        if outcome.ok:
+            request = requests[outcome.key]
+            landed(outcome.key, checkpoint_metadata(plans[outcome.key], outcome, request.notes))
+        else:
+            records.failed(outcome)
+
     runner = launcher.runner(
-        context, "checkpoint", training_progress, ProgressObservations(context)
+        context, "checkpoint", training_progress, ProgressObservations(context), ended
     )
     if requests and isinstance(runner.launcher, SlurmLauncher):
         refuse_unrunnable(plans, requests)
-    outcomes = runner.run(list(requests.values())) if requests else {}
-    for key, outcome in outcomes.items():
-        if outcome.ok:
-            metadata[key] = checkpoint_metadata(plans[key], outcome, requests[key].notes)
-    return record_partitions(context, metadata, outcomes, "training jobs")
+    for key, plan in plans.items():
+        if plan.is_control:
+            landed(key, control_metadata(plan))
+    try:
+        outcomes = runner.run(list(requests.values())) if requests else {}
+    except BaseException:  # interrupted: the jobs it followed are cancelled, and so are these
+        if evaluations is not None:
+            evaluations.cancel()
+        raise
+    yield from records.finish(outcomes, output_needed=EarlyEvaluations.in_run(context))
 
 
 def refuse_unrunnable(plans: dict[str, RunPlan], requests: dict[str, Any]) -> None:

@@ -209,12 +209,16 @@ class JobRunner:
         follower: JobFollower | None = None,
         claims: Claims | None = None,
         join_wait: float = 30.0,
+        on_outcome: Callable[[JobOutcome], object] = lambda outcome: None,
     ):
         """``on_event(key, message)`` receives what happens to the jobs (submitted, state
         changes, resubmissions, failures); ``on_log(key, line)`` each line a job writes to its
-        log. ``slot_wait``: how often to look for a free slot; ``join_wait``: how long to wait
-        for the job of a run another process has claimed to reach the queue."""
+        log; ``on_outcome(outcome)`` each request's outcome as soon as it is final (adopted,
+        completed or failed), while the other jobs still run. ``slot_wait``: how often to look
+        for a free slot; ``join_wait``: how long to wait for the job of a run another process
+        has claimed to reach the queue."""
         self.launcher = launcher
+        self.on_outcome = on_outcome
         self.slots = slots or UnlimitedSlots()
         self.claims = claims or NoClaims()
         self.join_wait = join_wait
@@ -242,6 +246,8 @@ class JobRunner:
             if request.is_done() and not request.force:
                 outcome.status = "adopted"
                 self._note_adopted(request, outcome)
+                self.slots.release(request.key)  # a job launch() started for it has ended
+                self.on_outcome(outcome)
             else:
                 todo.append(request)
         held = self.claims.claim(todo) if todo else {}
@@ -276,6 +282,26 @@ class JobRunner:
             for request in self._claimed:
                 self.claims.release(request)
         return outcomes
+
+    def launch(self, request: JobRequest) -> str | None:
+        """Start ``request``'s job without following it, keeping its claim and slot for a
+        later :meth:`run` of the same claimant (which re-attaches, or adopts the outputs): the
+        job id, or None when its outputs are in place, another process holds the run, or no
+        slot is free (that later run submits it then)."""
+        if request.is_done() and not request.force:
+            return None
+        if self.claims.claim([request]):
+            return None
+        alive = self._live_jobs(request)
+        if alive and not self._cancel_if_stale(request, alive[0]):
+            return alive[0].job_id
+        if not self.slots.acquire(request.key):
+            self.slots.release(request.key)  # leave no place in the queue behind
+            return None
+        request.before_submit()
+        job_id = self.launcher.submit(request.script, job_name=request.job_name)
+        self.on_event(request.key, f"submitted job {job_id} ({self.launcher.name})")
+        return job_id
 
     # -- starting jobs --------------------------------------------------------------------
 
@@ -498,6 +524,7 @@ class JobRunner:
             if request.is_done():
                 outcome.status = "completed"
                 self._release(request)
+                self.on_outcome(outcome)
             else:
                 self._fail(
                     request,
@@ -615,6 +642,7 @@ class JobRunner:
         )
         self.on_event(request.key, f"failed: {why}")
         self._release(request)
+        self.on_outcome(outcome)
 
     def _release(self, request: JobRequest) -> None:
         if request.key in self._holding:

@@ -279,6 +279,17 @@ def test_a_failing_job_reports_its_log_tail_and_others_still_count(experiment) -
     assert "KeyError" in output and "last lines of the log" in output
     assert latest(exp.partition_key("good"))["state"] == "COMPLETED"
     assert latest(exp.partition_key("bad")) == {}
+    # noted on its partition as soon as its job ended
+    with DagsterInstance.get() as instance:
+        [noted] = instance.fetch_observations(
+            AssetRecordsFilter(
+                asset_key=AssetKey("checkpoint"), asset_partitions=[exp.partition_key("bad")]
+            ),
+            limit=1,
+        ).records
+    assert noted.asset_observation is not None
+    note = {k: v.value for k, v in noted.asset_observation.metadata.items()}
+    assert note["status"] == "failed" and "KeyError" in note["error"]
 
 
 def test_a_request_the_cluster_cannot_run_is_refused_before_submitting(experiment) -> None:

@@ -79,6 +79,36 @@ def test_reattaches_instead_of_submitting_twice(launcher, tmp_path):
     assert any("re-attached to job" in m for m in messages)
 
 
+def test_each_outcome_is_reported_as_its_job_ends(launcher, tmp_path):
+    quick, slow, failing = (tmp_path / name for name in ("quick", "slow", "failing"))
+    for folder in (quick, slow, failing):
+        folder.mkdir()
+    requests = [writes_done(quick), writes_done(slow, "sleep 6"), writes_done(failing, "exit 2")]
+    reported: list[tuple[str, str, bool]] = []  # key, status, whether the slow job was done
+
+    def on_outcome(outcome) -> None:
+        reported.append((outcome.key, outcome.status, (slow / "done").exists()))
+
+    runner(launcher, on_outcome=on_outcome).run(requests)
+    assert sorted(reported) == [
+        ("exp/failing", "failed", False),
+        ("exp/quick", "completed", False),
+        ("exp/slow", "completed", True),
+    ]
+
+
+def test_a_launched_job_is_taken_over_by_a_later_run(launcher, tmp_path):
+    request = writes_done(tmp_path, "sleep 3")
+    job_id = runner(launcher).launch(request)
+    assert job_id and not (tmp_path / "done").exists()  # started, not followed
+    messages: list[str] = []
+    outcome = runner(launcher, messages).run([request])[request.key]
+    assert outcome.status == "completed" and outcome.job_id == job_id
+    assert any("re-attached to job" in m for m in messages)
+    assert runner(launcher).launch(request) is None  # its outputs are in place
+    assert names_in_queue(launcher, request.job_name) == [job_id]
+
+
 def test_failure_carries_state_exit_code_and_log_tail(launcher, tmp_path):
     request = writes_done(tmp_path, 'echo "Traceback: KeyError: question" >&2; exit 3')
     outcome = runner(launcher).run([request])[request.key]
