@@ -204,7 +204,7 @@ class InstanceClaims:
         held: dict[str, str] = {}
         mine = []
         for request, holder in zip(requests, self._holders(requests), strict=True):
-            if holder.get("run_id") not in (None, self.run_id) and self._alive(holder["run_id"]):
+            if _held_by_other(holder, self.run_id) and self._alive(holder["run_id"]):
                 held[request.key] = _describe(holder)
             else:
                 self._write(request)
@@ -226,9 +226,12 @@ class InstanceClaims:
         return holder.get("note") or None
 
     def release(self, request: JobRequest) -> None:
+        """Free the claim, keeping who held it and why: a process that followed a job this one
+        took over may see that job end only after this run is done, and must still learn why."""
         [holder] = self._holders([request])
         if holder.get("run_id") == self.run_id:
-            self.storage.set_cursor_values({_claim_key(request): "{}"})
+            released = {**holder, "released": True}
+            self.storage.set_cursor_values({_claim_key(request): json.dumps(released)})
 
     def _write(self, request: JobRequest, note: str = "") -> None:
         value = {"run_id": self.run_id, "since": time.time(), "note": note}
@@ -249,6 +252,11 @@ class InstanceClaims:
     def _alive(self, run_id: str) -> bool:
         run = self.instance.get_run_by_id(run_id)
         return run is not None and not run.is_finished and not _process_gone(run.tags)
+
+
+def _held_by_other(holder: dict[str, Any], run_id: str) -> bool:
+    """Is this claim held, and not by ``run_id``? (A released one is free to take.)"""
+    return not holder.get("released") and holder.get("run_id") not in (None, run_id)
 
 
 def _claim_key(request: JobRequest) -> str:

@@ -55,6 +55,23 @@ def _claim_in_another_process(home: str, run_id: str, barrier, results) -> None:
             results[(round_, run_id)] = claims.claim([request]).get(request.key, "mine")
 
 
+@pytest.mark.unit
+def test_a_released_take_over_still_tells_the_process_it_was_taken_from(tmp_path) -> None:
+    """Run B takes a job's claim from run A (an edit) and finishes before A sees its stale job
+    end: A still learns why, and the released claim is free for a later run C."""
+    request = JobRequest(
+        key="exp/run", script=Path("x"), job_name="ck:exp/run:train", is_done=lambda: False
+    )
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        first, second, third = (InstanceClaims(instance, r, settle_s=0) for r in "ABC")
+        assert first.claim([request]) == {}
+        second.take_over(request, "edited (changed: lr)")
+        assert first.lost(request) == "Dagster run B: edited (changed: lr)"
+        second.release(request)
+        assert first.lost(request) == "Dagster run B: edited (changed: lr)"
+        assert third.claim([request]) == {} and third.lost(request) is None
+
+
 def test_claims_made_at_the_same_moment_have_one_winner(dagster_home) -> None:
     """Two processes claim one job at the same instant, several times; one holds it, and the
     other is told which Dagster run does."""
