@@ -144,8 +144,9 @@ class JobFollower:
 
     def poll(self) -> list[JobEvent]:
         """One wake-up: a status call when one is due (or jobs were just added), then new log
-        lines. Callers that interleave other work (submitting as slots free up) loop on this
-        with :meth:`sleep` instead of using :meth:`events`."""
+        lines, which come first among the events: a job wrote them before the end the status
+        call may show. Callers that interleave other work (submitting as slots free up) loop on
+        this with :meth:`sleep` instead of using :meth:`events`."""
         events: list[JobEvent] = []
         if self._new_exit_markers():
             self._interval = self.poll_initial
@@ -161,7 +162,7 @@ class JobFollower:
                 self._interval = min(self._interval * self.backoff, self.poll_max)
             self._next_status = self._clock() + self._interval
         if self.follow_logs:
-            events += self._read_logs()
+            events = [*self._read_logs(), *events]
         return events
 
     def seconds_to_next_poll(self) -> float:

@@ -244,3 +244,17 @@ def _with_log(statuses, log: Path):
         return {j: dataclasses.replace(s, log_path=log) for j, s in statuses(job_ids).items()}
 
     return wrapped
+
+
+def test_a_jobs_last_lines_come_before_its_end(tmp_path):
+    """A job that ended before its log was first read: its lines (progress, say) are events
+    before its end, in the order the job made them."""
+    clock = FakeClock()
+    log = tmp_path / "slurm-1.out"
+    log.write_text("epoch 1 step 2\n")
+    launcher = ScriptedLauncher(clock, {"1": [(0, "COMPLETED")]})
+    launcher.statuses = _with_log(launcher.statuses, log)  # type: ignore[method-assign]
+    follower = JobFollower(launcher, poll_initial=2.0, clock=clock, sleep=clock.sleep)
+    follower.add("1")
+    kinds = [e.kind for e in follower.events()]
+    assert kinds == ["log", "state"]
