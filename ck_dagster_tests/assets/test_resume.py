@@ -376,3 +376,38 @@ def test_a_timed_out_job_resumes_with_more_time(
     assert_went_on_at(jobs[1].log_path, artifacts, epoch, TIMED_STEPS)
     for saved in range(TIMED_EPOCHS):
         assert (artifacts / f"epoch_{saved}" / "adapter_model.pt").is_file(), saved
+
+
+#: one epoch of 2000 steps (over two minutes on an idle machine) under a one-minute limit:
+#: SLURM stops the job before any epoch is saved.
+UNSAVED_RUN = """
+  - {name: unsaved, type: fine-tuned, model: tiny-llama, compute: {time: "1"},
+     parameters: {lora_rank: 8, epochs: 1, batch_size: 8, max_steps_per_epoch: 2000}}
+"""
+
+
+def test_a_timed_out_job_with_nothing_saved_and_no_more_time_fails_clearly(
+    dagster_home, tmp_path, tiny_model_dir, slurm_cluster, start
+) -> None:
+    """A job over its one-minute limit ends TIMEOUT before saving an epoch, and no cluster
+    profile allows more time: the same job would only run out of time again, so nothing is
+    resubmitted and the step fails naming the TIMEOUT and what to change."""
+    file = write_tiny_experiment(
+        tmp_path,
+        tiny_model_dir,
+        hundred_letter_words(tmp_path / "words.json", rows=16000),
+        name=f"unsaved_{uuid.uuid4().hex[:6]}",
+        runs=UNSAVED_RUN,
+    )
+    run_command(["ck-dagster", "register", file])
+    exp = load_experiment(file)
+    partition = exp.partition_key("unsaved")
+    materialize("run_config", [partition])
+    process = start(partition)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode != 0, output
+    [job] = jobs_named(exp, "unsaved")
+    assert job.state is JobState.TIMEOUT
+    assert f"{partition}: job {job.job_id} ended TIMEOUT" in output, output[-3000:]
+    artifacts = exp.run_dir("unsaved") / "artifacts"
+    assert not list(artifacts.glob("epoch_*")), "an epoch was saved: make the epoch longer"
