@@ -73,7 +73,10 @@ with DagsterInstance.get() as instance:
     for attempt in range(attempts):
         pool = ConcurrencyPool(instance, f"race-{attempt}")
         (folder / f"ready-{attempt}-{sys.argv[3]}").touch()
+        deadline = time.monotonic() + 600  # never outlive a failed test
         while not (folder / f"go-{attempt}").exists():
+            if time.monotonic() > deadline:
+                sys.exit("no go")
             time.sleep(0.001)
         try:
             print(pool.ensure(3), flush=True)
@@ -97,13 +100,17 @@ def test_processes_creating_the_pool_at_once_all_get_it(dagster_home: Path, tmp_
         )
         for n in range(count)
     ]
-    for attempt in range(attempts):
-        deadline = time.monotonic() + 300
-        while len(list(tmp_path.glob(f"ready-{attempt}-*"))) < count:
-            assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
-            time.sleep(0.05)
-        (tmp_path / f"go-{attempt}").touch()
-    outcomes = [process.communicate(timeout=300)[0].splitlines() for process in processes]
+    try:
+        for attempt in range(attempts):
+            deadline = time.monotonic() + 300
+            while len(list(tmp_path.glob(f"ready-{attempt}-*"))) < count:
+                assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
+                time.sleep(0.05)
+            (tmp_path / f"go-{attempt}").touch()
+        outcomes = [process.communicate(timeout=300)[0].splitlines() for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
     for attempt in range(attempts):
         made = [o[attempt] for o in outcomes]
         assert set(made) <= {"True", "False"}, made
