@@ -33,14 +33,15 @@ LONG_RUN = """
 
 @pytest.fixture
 def experiment(request, dagster_home, tmp_path, tiny_model_dir, capitalization_data, slurm_cluster):
-    """Write (runs=...), register and materialize run_config for a tiny experiment."""
+    """Write (runs=..., data=... instead of the capitalization words), register and
+    materialize run_config for a tiny experiment."""
 
-    def make(runs: str | None = None, controls: str = ""):
+    def make(runs: str | None = None, controls: str = "", data: Path | None = None):
         kwargs = {"runs": runs} if runs else {}
         file = write_tiny_experiment(
             tmp_path,
             tiny_model_dir,
-            capitalization_data,
+            data or capitalization_data,
             name=f"tiny_{uuid.uuid4().hex[:6]}",
             controls=controls,
             **kwargs,

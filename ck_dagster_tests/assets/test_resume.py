@@ -11,23 +11,19 @@ import re
 import string
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ck_dagster.experiment.load import load_experiment
 from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixture)
     experiment,
     jobs_named,
     latest,
-    materialize,
 )
 from ck_dagster_tests.fixtures.dagster import BIN, run_command
-from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -338,23 +334,16 @@ def hundred_letter_words(path: Path, rows: int = 800) -> Path:
 
 
 def test_a_timed_out_job_resumes_with_more_time(
-    dagster_home, tmp_path, tiny_model_dir, slurm_cluster, start
+    experiment,  # noqa: F811  (the imported fixture)
+    tmp_path,
+    start,
 ) -> None:
     """A job over its one-minute limit ends TIMEOUT after saving some epochs; the cluster
     profile's `max_time: "10"` lets the resumed job ask for twice the time (0:02:00), and
     training goes on from the last saved epoch to the end (on a busy machine after more
     TIMEOUTs, each resumed with twice the time again: up to 4 resubmissions here)."""
-    file = write_tiny_experiment(
-        tmp_path,
-        tiny_model_dir,
-        hundred_letter_words(tmp_path / "words.json"),
-        name=f"timed_{uuid.uuid4().hex[:6]}",
-        runs=TIMED_RUN,
-    )
-    run_command(["ck-dagster", "register", file])
-    exp = load_experiment(file)
+    exp = experiment(TIMED_RUN, data=hundred_letter_words(tmp_path / "words.json"))
     partition = exp.partition_key("timed")
-    materialize("run_config", [partition])
     profile = tmp_path / "site.yaml"
     profile.write_text('base: della\nmax_time: "10"\n')
     config = {"resources": {"launcher": {"config": {"max_resubmits": 4}}}}
@@ -387,22 +376,15 @@ UNSAVED_RUN = """
 
 
 def test_a_timed_out_job_with_nothing_saved_and_no_more_time_fails_clearly(
-    dagster_home, tmp_path, tiny_model_dir, slurm_cluster, start
+    experiment,  # noqa: F811  (the imported fixture)
+    tmp_path,
+    start,
 ) -> None:
     """A job over its one-minute limit ends TIMEOUT before saving an epoch, and no cluster
     profile allows more time: the same job would only run out of time again, so nothing is
     resubmitted and the step fails naming the TIMEOUT and what to change."""
-    file = write_tiny_experiment(
-        tmp_path,
-        tiny_model_dir,
-        hundred_letter_words(tmp_path / "words.json", rows=16000),
-        name=f"unsaved_{uuid.uuid4().hex[:6]}",
-        runs=UNSAVED_RUN,
-    )
-    run_command(["ck-dagster", "register", file])
-    exp = load_experiment(file)
+    exp = experiment(UNSAVED_RUN, data=hundred_letter_words(tmp_path / "words.json", rows=16000))
     partition = exp.partition_key("unsaved")
-    materialize("run_config", [partition])
     process = start(partition)
     output, _ = process.communicate(timeout=600)
     assert process.returncode != 0, output
