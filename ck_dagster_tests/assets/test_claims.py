@@ -24,6 +24,7 @@ from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixtur
     start_materialize,
     wait_running,
 )
+from ck_dagster_tests.assets.test_resume import wait_for
 from ck_dagster_tests.fixtures.dagster import run_command
 
 #: a run that trains for minutes, unless edited: the edit trains a few seconds
@@ -130,6 +131,10 @@ def test_a_run_edited_while_its_job_runs_is_cancelled_and_trained_again(experime
     partition = exp.partition_key("long")
     first = start_materialize(partition)
     stale = wait_running(exp, "long")
+    # RUNNING in SLURM is not yet training: tune reads finetune.yaml at its start, and an edit
+    # rewritten before then would be what the job trains. Edit once it trains the old config.
+    job_log = exp.run_dir("long") / "artifacts" / f"slurm-{stale}.out"
+    wait_for("the job to train", lambda: job_log.is_file() and "|Loss:" in job_log.read_text())
     exp.file.write_text(
         exp.file.read_text().replace(
             "{epochs: 8, max_steps_per_epoch: 60}", "{epochs: 1, max_steps_per_epoch: 4}"
