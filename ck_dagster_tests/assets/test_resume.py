@@ -333,40 +333,6 @@ def hundred_letter_words(path: Path, rows: int = 800) -> Path:
     return path
 
 
-def test_a_timed_out_job_resumes_with_more_time(
-    experiment,  # noqa: F811  (the imported fixture)
-    tmp_path,
-    start,
-) -> None:
-    """A job over its one-minute limit ends TIMEOUT after saving some epochs; the cluster
-    profile's `max_time: "10"` lets the resumed job ask for twice the time (0:02:00), and
-    training goes on from the last saved epoch to the end (on a busy machine after more
-    TIMEOUTs, each resumed with twice the time again: up to 4 resubmissions here)."""
-    exp = experiment(TIMED_RUN, data=hundred_letter_words(tmp_path / "words.json"))
-    partition = exp.partition_key("timed")
-    profile = tmp_path / "site.yaml"
-    profile.write_text('base: della\nmax_time: "10"\n')
-    config = {"resources": {"launcher": {"config": {"max_resubmits": 4}}}}
-    process = start(partition, env={"CK_CLUSTER_PROFILE": str(profile)}, config=config)
-    output, _ = process.communicate(timeout=1200)
-    assert process.returncode == 0, output
-    jobs = sorted(jobs_named(exp, "timed"), key=lambda s: int(s.job_id))
-    first = jobs[0].job_id
-    assert SlurmLauncher().accounting(first).state is JobState.TIMEOUT, output
-    assert jobs[-1].state is JobState.COMPLETED
-    attempts = latest(partition)["attempts"]
-    assert attempts[0]["state"] == "TIMEOUT" and attempts[-1]["state"] == "COMPLETED"
-    resumed = attempts[1]
-    assert resumed["time"] == "0:02:00", attempts
-    assert resumed["why"].startswith(f"job {first} ended TIMEOUT: resumed from epoch_"), attempts
-    assert resumed["why"].endswith(", with --time=0:02:00"), attempts
-    epoch = int(resumed["why"].split("epoch_", 1)[1].split(",", 1)[0]) + 1
-    artifacts = exp.run_dir("timed") / "artifacts"
-    assert_went_on_at(jobs[1].log_path, artifacts, epoch, TIMED_STEPS)
-    for saved in range(TIMED_EPOCHS):
-        assert (artifacts / f"epoch_{saved}" / "adapter_model.pt").is_file(), saved
-
-
 #: one epoch of 2000 steps (over two minutes on an idle machine) under a one-minute limit:
 #: SLURM stops the job before any epoch is saved.
 UNSAVED_RUN = """
@@ -375,21 +341,55 @@ UNSAVED_RUN = """
 """
 
 
-def test_a_timed_out_job_with_nothing_saved_and_no_more_time_fails_clearly(
+def test_timed_out_jobs_resume_with_more_time_or_fail_clearly(
     experiment,  # noqa: F811  (the imported fixture)
     tmp_path,
     start,
 ) -> None:
-    """A job over its one-minute limit ends TIMEOUT before saving an epoch, and no cluster
-    profile allows more time: the same job would only run out of time again, so nothing is
-    resubmitted and the step fails naming the TIMEOUT and what to change."""
-    exp = experiment(UNSAVED_RUN, data=hundred_letter_words(tmp_path / "words.json", rows=16000))
-    partition = exp.partition_key("unsaved")
-    process = start(partition)
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode != 0, output
-    [job] = jobs_named(exp, "unsaved")
+    """Two jobs over their one-minute limit, produced at once (SLURM ends jobs by their time
+    limit only after a minute: together they take one wait, not two).
+
+    `timed` ends TIMEOUT after saving some epochs; its cluster profile's `max_time: "10"` lets
+    the resumed job ask for twice the time (0:02:00), and training goes on from the last saved
+    epoch to the end (on a busy machine after more TIMEOUTs, each resumed with twice the time
+    again: up to 4 resubmissions here).
+
+    `unsaved` ends TIMEOUT before saving an epoch, and no cluster profile allows it more time:
+    the same job would only run out of time again, so nothing is resubmitted and the step
+    fails naming the TIMEOUT."""
+    timed = experiment(TIMED_RUN, data=hundred_letter_words(tmp_path / "words.json"))
+    unsaved = experiment(
+        UNSAVED_RUN, data=hundred_letter_words(tmp_path / "more-words.json", rows=16000)
+    )
+    timed_key, unsaved_key = timed.partition_key("timed"), unsaved.partition_key("unsaved")
+    profile = tmp_path / "site.yaml"
+    profile.write_text('base: della\nmax_time: "10"\n')
+    config = {"resources": {"launcher": {"config": {"max_resubmits": 4}}}}
+    resumes = start(timed_key, env={"CK_CLUSTER_PROFILE": str(profile)}, config=config)
+    fails = start(unsaved_key)
+
+    output, _ = fails.communicate(timeout=600)
+    assert fails.returncode != 0, output
+    [job] = jobs_named(unsaved, "unsaved")
     assert job.state is JobState.TIMEOUT
-    assert f"{partition}: job {job.job_id} ended TIMEOUT" in output, output[-3000:]
-    artifacts = exp.run_dir("unsaved") / "artifacts"
+    assert f"{unsaved_key}: job {job.job_id} ended TIMEOUT" in output, output[-3000:]
+    artifacts = unsaved.run_dir("unsaved") / "artifacts"
     assert not list(artifacts.glob("epoch_*")), "an epoch was saved: make the epoch longer"
+
+    output, _ = resumes.communicate(timeout=1200)
+    assert resumes.returncode == 0, output
+    jobs = sorted(jobs_named(timed, "timed"), key=lambda s: int(s.job_id))
+    first = jobs[0].job_id
+    assert SlurmLauncher().accounting(first).state is JobState.TIMEOUT, output
+    assert jobs[-1].state is JobState.COMPLETED
+    attempts = latest(timed_key)["attempts"]
+    assert attempts[0]["state"] == "TIMEOUT" and attempts[-1]["state"] == "COMPLETED"
+    resumed = attempts[1]
+    assert resumed["time"] == "0:02:00", attempts
+    assert resumed["why"].startswith(f"job {first} ended TIMEOUT: resumed from epoch_"), attempts
+    assert resumed["why"].endswith(", with --time=0:02:00"), attempts
+    epoch = int(resumed["why"].split("epoch_", 1)[1].split(",", 1)[0]) + 1
+    artifacts = timed.run_dir("timed") / "artifacts"
+    assert_went_on_at(jobs[1].log_path, artifacts, epoch, TIMED_STEPS)
+    for saved in range(TIMED_EPOCHS):
+        assert (artifacts / f"epoch_{saved}" / "adapter_model.pt").is_file(), saved
