@@ -41,9 +41,7 @@ from ck_dagster.evaluation.results import read_results  # noqa: E402
 from ck_dagster.evaluation.spec import eval_spec_for  # noqa: E402
 from ck_dagster.fileio import cache_dir, cached  # noqa: E402
 from ck_dagster.slurm.script import OFFLINE_ENVIRONMENT  # noqa: E402
-from ck_dagster.tiny import VERSION  # noqa: E402
-from ck_dagster.tiny.data import make_capitalization_dataset  # noqa: E402
-from ck_dagster.tiny.make import make_tiny_model  # noqa: E402
+from ck_dagster.tiny import VERSION, built_data, built_model  # noqa: E402
 from ck_dagster_tests.evaluation.tiny_experiment import (  # noqa: E402
     EPOCHS,
     PROMPT,
@@ -184,8 +182,8 @@ def main() -> None:
         help="runs of each side, alternating; the figures are medians",
     )
     rounds = parser.parse_args().rounds
-    model_dir = cached(cache_dir() / f"tiny-llama-{VERSION}", make_tiny_model)
-    data = cached(cache_dir() / f"capitalization-{VERSION}.json", make_capitalization_dataset)
+    model_dir = built_model()
+    data = built_data()
     checkpoint = fine_tuned_checkpoint(model_dir, data)
     ours: list[Figures] = []
     theirs: list[Figures] = []

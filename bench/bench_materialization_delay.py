@@ -29,10 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ck_dagster.assets.instance import ensure_dagster_home  # noqa: E402
-from ck_dagster.fileio import cache_dir, cached  # noqa: E402
-from ck_dagster.tiny import VERSION  # noqa: E402
-from ck_dagster.tiny.data import make_capitalization_dataset  # noqa: E402
-from ck_dagster.tiny.make import make_tiny_model  # noqa: E402
+from ck_dagster.tiny import built_data, built_model  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RUNS = """
@@ -49,8 +46,8 @@ def main() -> None:
         "--baseline-ref", help="also run the sweep with ck_dagster at this git commit"
     )
     args = parser.parse_args()
-    model = cached(cache_dir() / f"tiny-llama-{VERSION}", make_tiny_model)
-    data = cached(cache_dir() / f"capitalization-{VERSION}.json", make_capitalization_dataset)
+    model = built_model()
+    data = built_data()
     figures = {"bench": "materialization_delay", **sweep(model, data, code=None)}
     if args.baseline_ref:
         with tempfile.TemporaryDirectory() as tmp:

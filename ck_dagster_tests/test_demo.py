@@ -23,10 +23,13 @@ def make_demo(clone: Path) -> str:
 
 
 @pytest.mark.slow
-def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
+def test_make_demo_from_a_fresh_clone(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The tiny model the suite made is in the cache: the clone's demo copies it (the same
+    function makes it on a machine without one)."""
     clone = tmp_path / "ck_dagster"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
     first = make_demo(clone)
+    assert f"the tiny model: made on this machine before, copied from {tiny_model_dir}" in first
     assert "== training and evaluating 4 runs (local launcher) ==" in first
     assert first.count("submitted job") == 7  # 3 trainings, 4 evaluations
     assert "ck-dagster ui   (or: make ui)" in first

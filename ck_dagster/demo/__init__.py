@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from ck_dagster.errors import CkError
+from ck_dagster.fileio import atomic_write_bytes
 from ck_dagster.settings import child_environment
 
 EXPERIMENT_FILE = "tiny_capitalization.yaml"
@@ -69,16 +70,30 @@ def _experiment_file(folder: Path) -> Path:
 
 
 def _make_model_and_data(folder: Path, echo: Callable[[str], object]) -> None:
-    from ck_dagster.tiny.data import make_capitalization_dataset
-    from ck_dagster.tiny.make import make_tiny_model
+    """Copy the tiny model and data into ``folder``, made once per machine in the cache."""
+    from ck_dagster.tiny import built_data, built_model, model_cache
 
     model, data = folder / "models" / "tiny-llama", folder / "data" / "capitalization.json"
     if not (model / "config.json").exists():
-        echo("== making the tiny model (pre-training it to echo words, on CPU) ==")
-        make_tiny_model(model)
+        if (model_cache() / "config.json").exists():
+            echo(f"== the tiny model: made on this machine before, copied from {model_cache()} ==")
+        else:
+            echo("== making the tiny model (pre-training it to echo words, on CPU, once per "
+                 f"machine: kept in {model_cache()}) ==")
+        _copy_folder(built_model(), model)
     if not data.exists():
-        make_capitalization_dataset(data)
+        atomic_write_bytes(data, built_data().read_bytes())
     echo(f"model: {model}\ndata: {data}")
+
+
+def _copy_folder(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` (replacing a half-made one): copied beside, then renamed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
 
 
 def _materialize(selection: list[str], env: dict[str, str],
