@@ -17,6 +17,7 @@ from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixture)
     EVALUATION,
     TRAINING,
+    Step,
     experiment,
     jobs_named,
     latest,
@@ -107,7 +108,13 @@ def test_claims_made_at_the_same_moment_have_one_winner(dagster_home) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("step", [TRAINING, EVALUATION], ids=["training", "evaluation"])
 def test_two_materializations_at_once_make_one_job(experiment, step) -> None:  # noqa: F811  (the imported fixture)
-    exp = experiment(SHORT_RUN)
+    two_materializations_at_once_make_one_job(experiment, step)
+
+
+def two_materializations_at_once_make_one_job(make_experiment, step: Step) -> None:
+    """Two `dagster asset materialize` of one run's ``step`` at once: one submits the job, the
+    other follows it, naming the holder; both succeed."""
+    exp = make_experiment(SHORT_RUN)
     step.prepare(exp, "one")
     partition = exp.partition_key("one")
     processes = [start_materialize(partition, step), start_materialize(partition, step)]

@@ -12,10 +12,13 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from ck_dagster.experiment.load import load_experiment
-from ck_dagster_tests.assets.test_checkpoint import experiment  # noqa: F401  (the fixture)
-from ck_dagster_tests.assets.test_claims import (  # noqa: F401  (collected here, on Postgres)
-    test_claims_made_at_the_same_moment_have_one_winner,
-    test_two_materializations_at_once_make_one_job,
+from ck_dagster_tests.assets.test_checkpoint import (
+    TRAINING,
+    experiment,  # noqa: F401  (the fixture)
+)
+from ck_dagster_tests.assets.test_claims import (
+    test_claims_made_at_the_same_moment_have_one_winner,  # noqa: F401  (collected here, on Postgres)
+    two_materializations_at_once_make_one_job,
 )
 from ck_dagster_tests.assets.test_evaluation_e2e import materialize, metadata
 from ck_dagster_tests.evaluation.tiny_experiment import write_experiment
@@ -117,3 +120,10 @@ def test_processes_creating_the_pool_at_once_all_get_it(dagster_home: Path, tmp_
         assert made.count("True") >= 1, made
     with DagsterInstance.get() as instance:
         assert instance.event_log_storage.get_concurrency_info("race-2").slot_count == 3
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_trainings_at_once_make_one_job(experiment) -> None:  # noqa: F811  (the imported fixture)
+    """The claim through Postgres (an evaluation's claim is the same code: SQLite covers it)."""
+    two_materializations_at_once_make_one_job(experiment, TRAINING)
