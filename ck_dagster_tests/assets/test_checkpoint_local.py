@@ -15,18 +15,17 @@ from ck_dagster.definitions import defs
 from ck_dagster.experiment.load import load_experiment
 from ck_dagster.slurm.local import LocalLauncher
 from ck_dagster_tests.fixtures.dagster import BIN, run_command
-from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
+from ck_dagster_tests.fixtures.experiments import random_words, write_tiny_experiment
 
 
 @pytest.mark.slow
-def test_local_launcher_trains_and_shows_progress(
-    dagster_home, tmp_path, tiny_model_dir, capitalization_data
-) -> None:
-    # enough steps that the job is seen running (a few seconds on the tiny model)
+def test_local_launcher_trains_and_shows_progress(dagster_home, tmp_path, tiny_model_dir) -> None:
+    # steps slow enough that the job is seen running: two epochs of 40 steps on 100-letter
+    # words take a few seconds (on the usual short words under a second: CI once missed them)
     file = write_tiny_experiment(
         tmp_path,
         tiny_model_dir,
-        capitalization_data,
+        random_words(tmp_path / "words.json", rows=400, letters=100),
         runs="""
   - {name: lora8, type: fine-tuned, model: tiny-llama,
      parameters: {lora_rank: 8, max_steps_per_epoch: 40}}

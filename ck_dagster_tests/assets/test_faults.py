@@ -3,13 +3,10 @@ out-of-memory kill, preemption, controller outages, Ctrl-C."""
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import shlex
 import shutil
 import signal
-import string
 import subprocess
 import time
 import uuid
@@ -34,7 +31,7 @@ from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixtur
 )
 from ck_dagster_tests.assets.test_claims import SHORT_RUN
 from ck_dagster_tests.fixtures.dagster import run_command
-from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
+from ck_dagster_tests.fixtures.experiments import random_words, write_tiny_experiment
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -44,26 +41,6 @@ OOM_RUN = """
   - {name: big, type: fine-tuned, model: tiny-llama, compute: {mem: 3500M},
      parameters: {batch_size: 2025, epochs: 1, max_steps_per_epoch: 1}}
 """
-
-
-def long_words(path: Path, rows: int = 2025) -> Path:
-    """A data file of long words: every sequence fills the tiny model's 256 tokens."""
-    rng = random.Random(0)
-
-    def row() -> dict[str, str]:
-        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(300))
-        return {"input": word, "output": word.capitalize()}
-
-    path.write_text(
-        json.dumps(
-            {
-                "train": [row() for _ in range(rows)],
-                "validation": [row() for _ in range(4)],
-                "test": [row() for _ in range(4)],
-            }
-        )
-    )
-    return path
 
 
 def test_out_of_memory_is_retried_with_a_smaller_batch_and_adopted(
@@ -76,7 +53,7 @@ def test_out_of_memory_is_retried_with_a_smaller_batch_and_adopted(
     file = write_tiny_experiment(
         tmp_path,
         tiny_model_dir,
-        long_words(tmp_path / "long.json"),
+        random_words(tmp_path / "long.json", rows=2025, letters=300),
         name=f"oom_{uuid.uuid4().hex[:6]}",
         runs=OOM_RUN,
     )

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
-import string
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,17 +22,25 @@ from ck_dagster_tests.assets.test_checkpoint import (  # noqa: F401  (the fixtur
     latest,
 )
 from ck_dagster_tests.fixtures.dagster import BIN, run_command
+from ck_dagster_tests.fixtures.experiments import random_words
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-#: two epochs of 80 steps (a few seconds each) on the tiny model: long enough to be caught
-#: between its first saved epoch and its end. Fewer steps than the data's 100 batches: torchtune
-#: 0.6.1 restores its step count on resume only then (its LR schedule restarts otherwise).
+#: two epochs of 80 steps of 8 100-letter words (about 5 s each here; on the usual short words
+#: under a second, and a preemption once landed after the last epoch): long enough to be caught
+#: between its first saved epoch and its end. Fewer steps than the data's 100 batches:
+#: torchtune 0.6.1 restores its step count on resume only then (its LR schedule restarts
+#: otherwise).
 STEADY_RUN = """
   - {name: steady, type: fine-tuned, model: tiny-llama,
-     parameters: {lora_rank: 8, epochs: 2, batch_size: 4, max_steps_per_epoch: 80}}
+     parameters: {lora_rank: 8, epochs: 2, batch_size: 8, max_steps_per_epoch: 80}}
 """
 STEPS_PER_EPOCH = 80
+
+
+def steady_words(folder: Path) -> Path:
+    """The data STEADY_RUN trains on."""
+    return random_words(folder / "words.json", rows=800, letters=100)
 
 
 @pytest.fixture
@@ -227,10 +233,15 @@ def assert_resumed(exp, partition: str, first: str, state: JobState, epoch_0_mti
     assert len(jobs_named(exp, "steady")) == len(jobs)
 
 
-def test_a_preempted_job_resumes_from_its_saved_epoch(experiment, preemptor, start) -> None:  # noqa: F811  (the imported fixture)
+def test_a_preempted_job_resumes_from_its_saved_epoch(
+    experiment,  # noqa: F811  (the imported fixture)
+    preemptor,
+    start,
+    tmp_path,
+) -> None:
     """Preempted (PREEMPTED, for real: a job of a higher-priority partition took the node)
     after epoch 0 was saved: resubmitted with torchtune's resume, it trains epoch 1 only."""
-    exp = experiment(STEADY_RUN)
+    exp = experiment(STEADY_RUN, data=steady_words(tmp_path))
     partition = exp.partition_key("steady")
     process = start(partition)
     first = running_job(exp, "steady")
@@ -244,13 +255,14 @@ def test_a_preempted_job_resumes_from_its_saved_epoch(experiment, preemptor, sta
 
 def test_preempted_past_the_resubmission_limit_the_step_fails_clearly(
     experiment,  # noqa: F811  (the imported fixture)
+    tmp_path,
     preemptor,
     start,
 ) -> None:
     """With `max_resubmits: 1`, a run preempted twice is not resubmitted a second time: the
     step fails, saying so and how to go on; no job is left in the queue. Materialized again,
     the run goes on from its saved epoch."""
-    exp = experiment(STEADY_RUN)
+    exp = experiment(STEADY_RUN, data=steady_words(tmp_path))
     partition = exp.partition_key("steady")
     config = {"resources": {"launcher": {"config": {"max_resubmits": 1}}}}
     process = start(partition, config=config)
@@ -284,13 +296,14 @@ def test_preempted_past_the_resubmission_limit_the_step_fails_clearly(
 
 def test_a_node_failure_under_a_materialization_resumes_from_the_saved_epoch(
     experiment,  # noqa: F811  (the imported fixture)
+    tmp_path,
     slurm_cluster,
     start,
 ) -> None:
     """The node set down under the running job (not requeueable: SBATCH_NO_REQUEUE) after
     epoch 0 was saved: the job ends NODE_FAIL; once the node is back, the resubmitted job
     resumes at epoch 1."""
-    exp = experiment(STEADY_RUN)
+    exp = experiment(STEADY_RUN, data=steady_words(tmp_path))
     partition = exp.partition_key("steady")
     process = start(partition, env={"SBATCH_NO_REQUEUE": "1"})
     node = slurm_cluster.node
@@ -320,19 +333,6 @@ TIMED_RUN = """
 TIMED_EPOCHS, TIMED_STEPS = 20, 90
 
 
-def hundred_letter_words(path: Path, rows: int = 800) -> Path:
-    """Capitalization data of 100-letter words: steps ten times slower than the usual data's."""
-    rng = random.Random(0)
-
-    def row() -> dict[str, str]:
-        word = "".join(rng.choice(string.ascii_lowercase) for _ in range(100))
-        return {"input": word, "output": word.capitalize()}
-
-    splits = {"train": rows, "validation": 4, "test": 4}
-    path.write_text(json.dumps({name: [row() for _ in range(n)] for name, n in splits.items()}))
-    return path
-
-
 #: one epoch of 2000 steps (over two minutes on an idle machine) under a one-minute limit:
 #: SLURM stops the job before any epoch is saved.
 UNSAVED_RUN = """
@@ -357,9 +357,9 @@ def test_timed_out_jobs_resume_with_more_time_or_fail_clearly(
     `unsaved` ends TIMEOUT before saving an epoch, and no cluster profile allows it more time:
     the same job would only run out of time again, so nothing is resubmitted and the step
     fails naming the TIMEOUT."""
-    timed = experiment(TIMED_RUN, data=hundred_letter_words(tmp_path / "words.json"))
+    timed = experiment(TIMED_RUN, data=steady_words(tmp_path))
     unsaved = experiment(
-        UNSAVED_RUN, data=hundred_letter_words(tmp_path / "more-words.json", rows=16000)
+        UNSAVED_RUN, data=random_words(tmp_path / "more-words.json", rows=16000, letters=100)
     )
     timed_key, unsaved_key = timed.partition_key("timed"), unsaved.partition_key("unsaved")
     profile = tmp_path / "site.yaml"
