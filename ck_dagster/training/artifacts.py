@@ -7,19 +7,23 @@ it trained with (``torchtune_config.yaml``, from every metric logger) and, with 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
 from ck_dagster.finetune.merge import config_leaves
 
 _EPOCH = re.compile(r"^epoch_(\d+)$")
+#: a shard of torchtune's HF weights; it writes ``model.safetensors.index.json`` beside them.
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})(\.safetensors)$")
 _STEP = re.compile(r"^Step (\d+) \| (.*)$")
 #: the config torchtune records in its output_dir when training starts (CLI overrides included).
 TRAINED_CONFIG = "torchtune_config.yaml"
@@ -48,7 +52,28 @@ class EpochCheckpoint:
 
     @property
     def has_weights(self) -> bool:
-        return any(name.endswith(WEIGHT_SUFFIXES) for name in self.files)
+        """Whether the epoch holds weights (or an adapter), every weights file written to its
+        end: a job stopped while saving leaves a file cut short, which is no checkpoint."""
+        weights = [name for name in self.files if name.endswith(WEIGHT_SUFFIXES)]
+        return (
+            bool(weights)
+            and all(is_whole(self.path / name) for name in weights)
+            and not self.missing_shards()
+        )
+
+    def missing_shards(self) -> list[str]:
+        """The shards and index that sharded weights (``model-00001-of-00004.safetensors``)
+        need and the folder lacks: loading them needs every shard and the index."""
+        missing = []
+        for name in self.files:
+            shard = _SHARD.search(name)
+            if shard is None:
+                continue
+            stem, count, suffix = name[: shard.start()], int(shard.group(2)), shard.group(3)
+            wanted = [f"{stem}-{i:05d}-of-{count:05d}{suffix}" for i in range(1, count + 1)]
+            wanted.append(f"{Path(stem).with_name('model')}{suffix}.index.json")
+            missing += [w for w in wanted if w not in self.files and w not in missing]
+        return missing
 
     @property
     def size_bytes(self) -> int:
@@ -75,6 +100,37 @@ class TrainingLog:
     def validation_losses(self) -> list[tuple[int, float]]:
         """``val_loss`` by step, as ck_dagster's recipes log it (validation_during_training)."""
         return [(int(row["step"]), row["val_loss"]) for row in self.steps if "val_loss" in row]
+
+
+def is_whole(path: Path) -> bool:
+    """Whether a weights file was written to its end, as far as its format tells: a
+    safetensors file is as long as its header says, a torch zip (``.pt``, ``.bin``) ends with
+    its central directory; an empty file is not; a legacy pickle cannot tell (whole)."""
+    try:
+        with path.open("rb") as handle:
+            if path.suffix == ".safetensors":
+                return _safetensors_length(handle) == path.stat().st_size
+            start = handle.read(4)
+            if start == b"PK\x03\x04":
+                return zipfile.is_zipfile(handle)
+            return bool(start)  # empty: cut short before anything was written
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # unreadable: not whole
+        return False
+
+
+def _safetensors_length(handle: BinaryIO) -> int:
+    """The length a safetensors file has when whole: 8 bytes of header size, the JSON header,
+    then the tensors up to the last one's end offset (ValueError when unreadable)."""
+    size = int.from_bytes(handle.read(8), "little")
+    if size <= 0 or size > 100_000_000:
+        raise ValueError("not a safetensors header")
+    header = json.loads(handle.read(size))
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict)
+    ]
+    return 8 + size + max(ends, default=0)
 
 
 def epoch_checkpoints(artifacts: Path) -> list[EpochCheckpoint]:

@@ -12,6 +12,7 @@ from ck_dagster.slurm.states import format_duration, parse_duration
 from ck_dagster.training.artifacts import compare_configs
 from ck_dagster.training.resume import RECIPE_STATE, resume_point, without_resume
 from ck_dagster.training.submit import longer_time
+from ck_dagster_tests.training.weights import write_weights
 
 pytestmark = pytest.mark.unit
 
@@ -19,9 +20,7 @@ pytestmark = pytest.mark.unit
 def saved(artifacts: Path, epoch: int, *files: str, at: float) -> None:
     """An epoch folder as torchtune leaves it, its files written at ``at``."""
     for name in files:
-        path = artifacts / f"epoch_{epoch}" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
+        path = write_weights(artifacts / f"epoch_{epoch}" / name)
         os.utime(path, (at, at))
 
 
@@ -48,6 +47,8 @@ def test_a_lora_run_resumes_from_its_last_epoch_adapter(tmp_path: Path) -> None:
 
 def test_a_full_run_resumes_from_its_last_epoch_weights(tmp_path: Path) -> None:
     saved(tmp_path, 0, "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", at=1)
+    (tmp_path / "epoch_0" / "model.safetensors.index.json").write_text("{}")
+    os.utime(tmp_path / "epoch_0" / "model.safetensors.index.json", (1, 1))
     recipe_state(tmp_path, at=2)
     point = resume_point(tmp_path, epochs=2)
     assert point is not None and point.overrides[-1] == (
