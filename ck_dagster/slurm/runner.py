@@ -540,6 +540,16 @@ class JobRunner:
                 "scheduler requeued it: following it again",
             )
             self.follower.follow_again(status.job_id)
+        elif state in STOPPED_STATES and not request.force and request.is_done():
+            # stopped after its last output was written whole (while exiting): nothing to redo
+            self.on_event(
+                request.key,
+                f"job {status.job_id} ended {state.value} after writing all its outputs: "
+                "adopted them, not resubmitting",
+            )
+            outcome.status = "completed"
+            self._release(request)
+            self.on_outcome(outcome)
         elif state in STOPPED_STATES and (again := request.resubmission(state, last)):
             if resubmits > self.max_resubmits:
                 self._fail(

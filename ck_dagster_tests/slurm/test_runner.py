@@ -239,3 +239,38 @@ def test_node_failure_is_resubmitted_once(slurm_cluster, tmp_path, requeue):
         assert len(jobs) == 2
     else:
         assert len(outcome.attempts) == 1 and jobs == [outcome.job_id]
+
+
+@pytest.mark.slurm
+def test_a_job_stopped_after_writing_its_outputs_is_adopted_not_resubmitted(
+    slurm_cluster, tmp_path
+):
+    """The node set down (NODE_FAIL, not requeueable) once the job has written its outputs
+    and lingers (as a training job may while it exits): adopted, nothing resubmitted."""
+    launcher = SlurmLauncher(retry_total_s=60.0)
+    request = writes_done(tmp_path, "", "--no-requeue")
+    request.script.write_text(request.script.read_text() + "sleep 60\n")
+    messages: list[str] = []
+
+    def fail_once_done() -> None:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "done").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(
+            ["scontrol", "update", f"nodename={slurm_cluster.node}", "state=down", "reason=test"],
+            check=True,
+        )
+
+    thread = threading.Thread(target=fail_once_done, daemon=True)
+    thread.start()
+    try:
+        outcome = runner(launcher, messages).run([request])[request.key]
+    finally:
+        thread.join()
+        subprocess.run(
+            ["scontrol", "update", f"nodename={slurm_cluster.node}", "state=resume"],
+            capture_output=True,
+        )
+    assert outcome.ok and [a.state for a in outcome.attempts] == [JobState.NODE_FAIL], messages
+    assert names_in_queue(launcher, request.job_name) == [outcome.job_id]
+    assert any("after writing all its outputs: adopted them" in m for m in messages), messages
