@@ -13,7 +13,7 @@ from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster.slurm.follow import JobFollower
 from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.local import LocalLauncher
-from ck_dagster.slurm.runner import JobRequest, JobRunner
+from ck_dagster.slurm.runner import JobOutcome, JobRequest, JobRunner
 from ck_dagster.slurm.states import JobState
 from ck_dagster_tests.slurm.jobs import job_script, unique_name, wait_for_state
 
@@ -194,15 +194,15 @@ def test_out_of_memory_is_retried_once_with_the_requests_arguments(slurm_cluster
     assert any("ran out of memory: retrying once" in m for m in messages)
 
 
-def fail_node_when_running(launcher: Launcher, name: str, node: str) -> threading.Thread:
-    """Set the node DOWN (its running jobs end NODE_FAIL) once job `name` runs, then back."""
+def run_failing_the_node(
+    launcher: Launcher, request: JobRequest, node: str, messages: list[str], when
+) -> JobOutcome:
+    """Run ``request``, setting the node DOWN (its running jobs end NODE_FAIL) once ``when()``
+    is true (at most 60 s on), and back up a second later."""
 
     def fail() -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            found = launcher.find(name)
-            if found and found[0].state is JobState.RUNNING:
-                break
+        deadline = time.monotonic() + 60
+        while not when() and time.monotonic() < deadline:
             time.sleep(0.2)
         subprocess.run(
             ["scontrol", "update", f"nodename={node}", "state=down", "reason=ck_dagster test"],
@@ -213,7 +213,18 @@ def fail_node_when_running(launcher: Launcher, name: str, node: str) -> threadin
 
     thread = threading.Thread(target=fail, daemon=True)
     thread.start()
-    return thread
+    try:
+        return runner(launcher, messages).run([request])[request.key]
+    finally:
+        thread.join()
+        subprocess.run(
+            ["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True
+        )
+
+
+def running(launcher: Launcher, name: str) -> bool:
+    found = launcher.find(name)
+    return bool(found) and found[0].state is JobState.RUNNING
 
 
 @pytest.mark.slurm
@@ -223,15 +234,9 @@ def test_node_failure_is_resubmitted_once(slurm_cluster, tmp_path, requeue):
     launcher = SlurmLauncher(retry_total_s=60.0)
     request = writes_done(tmp_path, "sleep 20", requeue)
     messages: list[str] = []
-    thread = fail_node_when_running(launcher, request.job_name, slurm_cluster.node)
-    try:
-        outcome = runner(launcher, messages).run([request])[request.key]
-    finally:
-        thread.join()
-        subprocess.run(
-            ["scontrol", "update", f"nodename={slurm_cluster.node}", "state=resume"],
-            capture_output=True,
-        )
+    outcome = run_failing_the_node(
+        launcher, request, slurm_cluster.node, messages, lambda: running(launcher, request.job_name)
+    )
     assert outcome.status == "completed", messages
     jobs = names_in_queue(launcher, request.job_name)
     if requeue == "--no-requeue":
@@ -251,26 +256,9 @@ def test_a_job_stopped_after_writing_its_outputs_is_adopted_not_resubmitted(
     request = writes_done(tmp_path, "", "--no-requeue")
     request.script.write_text(request.script.read_text() + "sleep 60\n")
     messages: list[str] = []
-
-    def fail_once_done() -> None:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "done").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        subprocess.run(
-            ["scontrol", "update", f"nodename={slurm_cluster.node}", "state=down", "reason=test"],
-            check=True,
-        )
-
-    thread = threading.Thread(target=fail_once_done, daemon=True)
-    thread.start()
-    try:
-        outcome = runner(launcher, messages).run([request])[request.key]
-    finally:
-        thread.join()
-        subprocess.run(
-            ["scontrol", "update", f"nodename={slurm_cluster.node}", "state=resume"],
-            capture_output=True,
-        )
+    outcome = run_failing_the_node(
+        launcher, request, slurm_cluster.node, messages, (tmp_path / "done").exists
+    )
     assert outcome.ok and [a.state for a in outcome.attempts] == [JobState.NODE_FAIL], messages
     assert names_in_queue(launcher, request.job_name) == [outcome.job_id]
     assert any("after writing all its outputs: adopted them" in m for m in messages), messages
