@@ -69,9 +69,8 @@ from torchtune.modules.transforms import Transform
 from ck_dagster.catalog.models import get_model
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.spec import TorchtuneModel
+from ck_dagster.training.artifacts import SAFETENSORS_INDEX
 
-#: how torchtune names the index of a sharded (or any saved) safetensors checkpoint.
-SAFETENSORS_INDEX = "model.safetensors.index.json"
 #: new tokens when an evaluation sets no max_tokens: inspect-ai's default (its constant is private).
 DEFAULT_MAX_NEW_TOKENS = 2048
 

@@ -522,9 +522,7 @@ class JobRunner:
             )
         elif state is JobState.COMPLETED:
             if request.is_done():
-                outcome.status = "completed"
-                self._release(request)
-                self.on_outcome(outcome)
+                self._completed(request, outcome)
             else:
                 self._fail(
                     request,
@@ -547,9 +545,7 @@ class JobRunner:
                 f"job {status.job_id} ended {state.value} after writing all its outputs: "
                 "adopted them, not resubmitting",
             )
-            outcome.status = "completed"
-            self._release(request)
-            self.on_outcome(outcome)
+            self._completed(request, outcome)
         elif state in STOPPED_STATES and (again := request.resubmission(state, last)):
             if resubmits > self.max_resubmits:
                 self._fail(
@@ -630,6 +626,12 @@ class JobRunner:
             return self.launcher.accounting(job_id)
         except CkError:
             return None
+
+    def _completed(self, request: JobRequest, outcome: JobOutcome) -> None:
+        """``request``'s outputs are all in place: release its claim and report it done."""
+        outcome.status = "completed"
+        self._release(request)
+        self.on_outcome(outcome)
 
     def _fail(self, request: JobRequest, outcome: JobOutcome, why: str) -> None:
         outcome.status = "failed"

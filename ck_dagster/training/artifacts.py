@@ -22,8 +22,10 @@ import yaml
 from ck_dagster.finetune.merge import config_leaves
 
 _EPOCH = re.compile(r"^epoch_(\d+)$")
-#: a shard of torchtune's HF weights; it writes ``model.safetensors.index.json`` beside them.
-_SHARD = re.compile(r"-(\d{5})-of-(\d{5})(\.safetensors)$")
+#: a shard of torchtune's HF weights (it writes :data:`SAFETENSORS_INDEX` beside them).
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.safetensors$")
+#: how torchtune names the index of a sharded (or any saved) safetensors checkpoint.
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 _STEP = re.compile(r"^Step (\d+) \| (.*)$")
 #: the config torchtune records in its output_dir when training starts (CLI overrides included).
 TRAINED_CONFIG = "torchtune_config.yaml"
@@ -69,9 +71,9 @@ class EpochCheckpoint:
             shard = _SHARD.search(name)
             if shard is None:
                 continue
-            stem, count, suffix = name[: shard.start()], int(shard.group(2)), shard.group(3)
-            wanted = [f"{stem}-{i:05d}-of-{count:05d}{suffix}" for i in range(1, count + 1)]
-            wanted.append(f"{Path(stem).with_name('model')}{suffix}.index.json")
+            stem, count = name[: shard.start()], int(shard.group(2))
+            wanted = [f"{stem}-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+            wanted.append((Path(name).parent / SAFETENSORS_INDEX).as_posix())
             missing += [w for w in wanted if w not in self.files and w not in missing]
         return missing
 
