@@ -18,11 +18,7 @@ from ck_dagster.assets.configs import (
     run_config,
     run_spec,
 )
-from ck_dagster.assets.evaluation import (
-    eval_log,
-    eval_spec,
-    every_sample_scored,
-)
+from ck_dagster.assets.evaluation import eval_log, eval_spec
 from ck_dagster.assets.launcher import LauncherResource
 from ck_dagster.assets.reevaluation import (
     ReevaluationResource,
@@ -52,7 +48,7 @@ def build_definitions(settings: Settings) -> Definitions:
             eval_log,
             experiment_report,
         ],
-        asset_checks=[config_validates, no_unknown_keys, every_sample_scored],
+        asset_checks=[config_validates, no_unknown_keys],
         jobs=[check_run_configs_job, reevaluate_job],
         schedules=[reevaluate_schedule(settings.reevaluate_cron)],
         sensors=[experiments_sensor, automation_sensor, reports_sensor],

@@ -119,6 +119,46 @@ def test_dagster_materialization_tags_read_back_as_provenance() -> None:
     assert AssetMaterialization("checkpoint", tags=tags).tags == tags  # accepted as they are
 
 
+def test_dagster_observed_input_counts_by_its_observation() -> None:
+    """assets/dagster_internals.py: an input that is only ever observed (eval_spec) gives a
+    per-partition materialization its observation's data version and event."""
+    from dagster import AssetKey, AssetObservation, DagsterInstance, DataProvenance
+
+    from ck_dagster.assets.dagster_internals import data_version_tags, materialization_tags
+
+    spec = AssetKey("eval_spec")
+    with DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(
+            AssetObservation(spec, partition="e/r", tags=data_version_tags("s3"))
+        )
+        [record] = instance.fetch_observations(spec, limit=1).records
+        provenance = DataProvenance.from_tags(materialization_tags(instance, "c", {spec: "e/r"}))
+    assert provenance is not None
+    assert provenance.input_data_versions[spec].value == "s3"
+    assert provenance.input_storage_ids[spec] == record.storage_id
+
+
+def test_dagster_step_sees_its_downstream_assets_under_materialize() -> None:
+    """assets/dagster_internals.py: a step learns which assets depend on it from its job's
+    asset layer, also under ``materialize()`` (no repository definition there)."""
+    from dagster import asset, materialize
+
+    from ck_dagster.assets.dagster_internals import downstream_assets
+
+    seen = []
+
+    @asset
+    def upstream(context) -> None:  # noqa: ANN001 - a local type annotation Dagster cannot read
+        seen.append(downstream_assets(context))
+
+    @asset(deps=[upstream])
+    def downstream() -> None:
+        pass
+
+    assert materialize([upstream, downstream]).success
+    assert [{key.to_user_string() for key in keys} for keys in seen] == [{"downstream"}]
+
+
 def test_dagster_automation_context_reaches_instance_and_subsets() -> None:
     """assets/dagster_internals.py: what the custom automation condition reaches through."""
     from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView

@@ -4,9 +4,10 @@ An ``AssetObservation`` made outside an observable asset's own function (``ck-da
 register``, the experiments sensor) can only carry its data version as this tag: Dagster's
 public ``ObserveResult(data_version=...)`` exists only inside the asset function. Reading
 it back uses the public ``AssetObservation.data_version``. Likewise a materialization logged per
-partition while a step runs (``checkpoint`` records each run as its job ends; Dagster has no
-public per-partition output in a single-run backfill) carries the data-version and provenance
-tags Dagster would give a step's output only as tags built here.
+partition while a step runs (``checkpoint`` and ``eval_log`` record each run as its job ends;
+Dagster has no public per-partition output in a single-run backfill) carries the data-version
+and provenance tags Dagster would give a step's output only as tags built here, and such a
+step yields its output only when a later step of its run depends on it (``downstream_assets``).
 
 A custom ``AutomationCondition`` (``assets/automation.py``) gets a public ``AutomationContext``
 whose instance and partition subsets are reached through its ``asset_graph_view`` and
@@ -26,10 +27,17 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import sqlalchemy.exc
-from dagster import AssetKey, AssetObservation, AutomationContext, DagsterInstance
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetObservation,
+    AutomationContext,
+    DagsterInstance,
+)
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.definitions.data_version import (
     CODE_VERSION_TAG,
@@ -52,11 +60,18 @@ __all__ = [
     "candidates_among",
     "condition_instance",
     "data_version_tags",
+    "downstream_assets",
     "materialization_tags",
     "report_observations",
     "stale_status_resolver",
     "webserver_app",
 ]
+
+
+def downstream_assets(context: AssetExecutionContext) -> AbstractSet[AssetKey]:
+    """The assets that depend on the one this step materializes. Dagster gives a step the
+    graph of its job only (``context.repository_def`` is unset under ``materialize()``)."""
+    return context.job_def.asset_layer.get(context.asset_key).child_keys
 
 
 def data_version_tags(version: str) -> dict[str, str]:
@@ -119,11 +134,13 @@ def materialization_tags(
 ) -> dict[str, str]:
     """The tags Dagster gives a materialization made from a step's output: the code version,
     each input partition's data version and event (``inputs``: asset -> partition), and the
-    data version derived from them; so that one logged per partition has the same lineage."""
+    data version derived from them; so that one logged per partition has the same lineage.
+    An input never materialized (an observed one) counts by its latest observation, as Dagster
+    counts it."""
     tags = {CODE_VERSION_TAG: code_version}
     versions = {}
     for key, partition in inputs.items():
-        record = instance.get_latest_data_version_record(key, False, partition)
+        record = instance.get_latest_data_version_record(key, None, partition)
         version = (
             extract_data_version_from_entry(record.event_log_entry) if record else None
         ) or DEFAULT_DATA_VERSION

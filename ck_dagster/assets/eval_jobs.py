@@ -89,13 +89,6 @@ class EarlyEvaluations:
         self.started: list[str] = []
 
     @staticmethod
-    def in_run(context: AssetExecutionContext) -> bool:
-        """Whether this Dagster run materializes ``eval_log`` after this step (a run without
-        an asset selection may)."""
-        selection = context.run.asset_selection
-        return selection is None or EVAL_LOG in selection
-
-    @staticmethod
     def wanted(context: AssetExecutionContext) -> bool:
         """Whether to start evaluations early: ``eval_log`` is selected in this Dagster run,
         without ``force`` (a forced evaluation waits for its own step)."""

@@ -1,7 +1,9 @@
 """Evaluation assets: ``eval_spec`` (observed), ``eval_log``, its check, automation, schedule.
 
 ``eval_log`` runs one inspect-ai job per run (every saved epoch x task, or the base model of a
-control run) through the same launcher and pool as training. It materializes by itself when
+control run) through the same launcher and pool as training, and records each run as soon as
+its job ends (``PartitionRecords``), not when the step's slowest job does. It materializes by
+itself when
 its checkpoint is updated or its evaluation is registered changed (``assets.automation``; the
 report follows, ``assets/report.py``); the ``reevaluate_runs`` schedule (``assets.reevaluation``)
 catches up with whatever is stale. Editing an evaluation (settings, tasks, task code and its
@@ -9,29 +11,36 @@ imports, data, tokenizer) and registering again observes a new ``eval_spec`` ver
 marks ``eval_log`` stale.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetSpec,
     BackfillPolicy,
     Config,
+    DagsterInstance,
     MaterializeResult,
     MetadataValue,
     TableColumn,
     TableRecord,
     TableSchema,
     asset,
-    asset_check,
 )
 from pydantic import Field
 
 from ck_dagster.assets.automation import eager_or_spec_observed
 from ck_dagster.assets.configs import plans_for
-from ck_dagster.assets.eval_jobs import LABEL, eval_progress, eval_requests, registered_eval_specs
-from ck_dagster.assets.launcher import LauncherResource, record_partitions
+from ck_dagster.assets.eval_jobs import (
+    EVAL_LOG,
+    LABEL,
+    eval_progress,
+    eval_requests,
+    registered_eval_specs,
+)
+from ck_dagster.assets.launcher import LauncherResource, PartitionRecords
 from ck_dagster.assets.partitions import runs_partitions
 from ck_dagster.assets.registry import (
     EVAL_SPEC,
@@ -44,6 +53,7 @@ from ck_dagster.assets.versions import code_version
 from ck_dagster.errors import CkError
 from ck_dagster.evaluation.results import EvalResults, read_results, result_problems
 from ck_dagster.evaluation.spec import EvalSpec
+from ck_dagster.slurm.runner import JobOutcome
 
 eval_spec = AssetSpec(
     key=EVAL_SPEC,
@@ -90,27 +100,46 @@ class EvalConfig(Config):
     code_version=code_version("ck_dagster.evaluation"),
     # a new checkpoint, or a registered change of the evaluation (eval_spec is only observed)
     automation_condition=eager_or_spec_observed(EVAL_SPEC),
+    # each run is recorded as its job ends (PartitionRecords), not by the step's output
+    output_required=False,
+    # checked by the step itself: a separate check step would need that output
+    check_specs=[
+        AssetCheckSpec(
+            "every_sample_scored",
+            asset=EVAL_LOG,
+            blocking=True,
+            description="No evaluation of any registered run has an errored sample, and each "
+            "built-in task scored exactly as many samples as its test split has rows.",
+        )
+    ],
 )
 def eval_log(
     context: AssetExecutionContext,
     config: EvalConfig,
     launcher: LauncherResource,
     job_environment: JobEnvironmentResource,
-) -> MaterializeResult:
+) -> Iterator[MaterializeResult]:
     """inspect-ai logs of every saved epoch (the base model for a control run) on every task,
     prompted as the run trained; `inspect view` opens them."""
     plans = plans_for(context, job_environment)
     specs = registered_eval_specs(context, plans)
     requests = eval_requests(specs, plans, job_environment.environment(), config.force)
-    runner = launcher.runner(context, LABEL, eval_progress)
-    outcomes = runner.run(list(requests.values()))
-    metadata = {}
-    for key, outcome in outcomes.items():
-        if outcome.ok:
-            results = read_results(plans[key].run_dir)
-            assert results is not None, f"{key}: the eval job left no results.json"
-            metadata[key] = results_metadata(specs[key], results, outcome.status, outcome.job_id)
-    return record_partitions(context, metadata, outcomes, "evaluation jobs")
+    records = PartitionRecords(context, [checkpoint.key, EVAL_SPEC], "evaluation jobs")
+
+    def ended(outcome: JobOutcome) -> None:
+        if not outcome.ok:
+            records.failed(outcome)
+            return
+        key = outcome.key
+        results = read_results(plans[key].run_dir)
+        assert results is not None, f"{key}: the eval job left no results.json"
+        records.materialized(
+            key, results_metadata(specs[key], results, outcome.status, outcome.job_id)
+        )
+
+    runner = launcher.runner(context, LABEL, eval_progress, on_outcome=ended)
+    yield from records.finish(runner.run(list(requests.values())))
+    yield every_sample_scored(context.instance)
 
 
 def results_metadata(
@@ -149,12 +178,11 @@ def results_metadata(
     return metadata
 
 
-@asset_check(asset=eval_log, name="every_sample_scored", blocking=True)
-def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult:
+def every_sample_scored(instance: DagsterInstance) -> AssetCheckResult:
     """No evaluation of any registered run has an errored sample, and each built-in task
     scored exactly as many samples as its test split has rows."""
     checked: dict[str, list[str]] = {}
-    for key, run in registered_runs(context.instance, registered_keys(context.instance)).items():
+    for key, run in registered_runs(instance, registered_keys(instance)).items():
         try:
             results = read_results(run.run_dir)
             if results is not None:
@@ -164,6 +192,7 @@ def every_sample_scored(context: AssetCheckExecutionContext) -> AssetCheckResult
             checked[key] = [str(exc)]
     failing = {key: problems for key, problems in checked.items() if problems}
     return AssetCheckResult(
+        check_name="every_sample_scored",
         passed=not failing,
         description=(
             f"{len(failing)} of {len(checked)} runs have problems: "

@@ -23,7 +23,11 @@ from dagster import (
     MetadataValue,
 )
 
-from ck_dagster.assets.dagster_internals import ConcurrencyPool, materialization_tags
+from ck_dagster.assets.dagster_internals import (
+    ConcurrencyPool,
+    downstream_assets,
+    materialization_tags,
+)
 from ck_dagster.slurm.choose import choose_launcher
 from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.runner import JobOutcome, JobRequest, JobRunner
@@ -284,33 +288,15 @@ def _process_gone(tags: dict[str, str]) -> bool:
     return False
 
 
-def record_partitions(
-    context: AssetExecutionContext,
-    metadata: dict[str, dict[str, Any]],
-    outcomes: dict[str, JobOutcome],
-    what: str,
-) -> MaterializeResult:
-    """Give every partition of the step its metadata, or, when some jobs failed, record the
-    partitions that succeeded as materialized and fail the step naming the others."""
-    if any(not outcome.ok for outcome in outcomes.values()):
-        for key, entry in metadata.items():
-            context.log_event(
-                AssetMaterialization(context.asset_key, partition=key, metadata=entry)
-            )
-        raise _failure(outcomes, what)
-    for key, entry in metadata.items():
-        context.add_asset_metadata(entry, partition_key=key)
-    return MaterializeResult()
-
-
 class PartitionRecords:
     """Records each partition of a step in Dagster as soon as its job has ended, not when the
     step ends: a materialization (with the data version and lineage Dagster gives a step's
     output) for a run that is done, an observation saying why for one that failed.
 
     ``finish`` then fails the step naming the failed runs (Dagster marks their partitions
-    failed), or, only when a later step of the same Dagster run needs this one's output, yields
-    it: Dagster then records every partition once more, with the same metadata.
+    failed), or, only when a later step of the same Dagster run needs this one's output (Dagster
+    skips it otherwise), yields it: Dagster then records every partition once more, with the
+    same metadata.
     """
 
     def __init__(
@@ -350,14 +336,21 @@ class PartitionRecords:
             )
         )
 
-    def finish(
-        self, outcomes: dict[str, JobOutcome], output_needed: bool
-    ) -> Iterator[MaterializeResult]:
-        """Fail naming the failed jobs, else yield the step's output when ``output_needed``."""
+    def finish(self, outcomes: dict[str, JobOutcome]) -> Iterator[MaterializeResult]:
+        """Fail naming the failed jobs, else yield the step's output when a later step of
+        this Dagster run depends on it."""
         if any(not outcome.ok for outcome in outcomes.values()):
             raise _failure(outcomes, self.what)
-        if output_needed:
+        if self._needed_later():
             yield MaterializeResult()
+
+    def _needed_later(self) -> bool:
+        """Whether this Dagster run also materializes an asset downstream of this one (a run
+        without an asset selection may)."""
+        selection = self.context.run.asset_selection
+        if selection is None:
+            return True
+        return bool(downstream_assets(self.context) & selection)
 
 
 def _failure(outcomes: dict[str, JobOutcome], what: str) -> Failure:

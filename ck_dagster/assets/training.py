@@ -107,7 +107,7 @@ def checkpoint(
         if evaluations is not None:
             evaluations.cancel()
         raise
-    yield from records.finish(outcomes, output_needed=EarlyEvaluations.in_run(context))
+    yield from records.finish(outcomes)
 
 
 def refuse_unrunnable(plans: dict[str, RunPlan], requests: dict[str, Any]) -> None:

@@ -73,13 +73,18 @@ def job_end(experiment: Experiment, run: str, kind: str = "train") -> float:
     return dt.datetime.fromisoformat(end).timestamp()
 
 
-def checkpoints(instance: DagsterInstance, partition: str) -> list:
-    """The partition's checkpoint materializations, oldest first."""
+def checkpoints(instance: DagsterInstance, partition: str, asset: AssetKey = CHECKPOINT) -> list:
+    """The partition's materializations of ``asset``, oldest first."""
     return instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=CHECKPOINT, asset_partitions=[partition]),
+        AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]),
         limit=10,
         ascending=True,
     ).records
+
+
+def evaluations(instance: DagsterInstance, partition: str) -> list:
+    """The partition's eval_log materializations, oldest first."""
+    return checkpoints(instance, partition, EVAL)
 
 
 def test_explicit_range_records_the_quick_run_and_starts_its_eval_before_the_slow_job_ends(
@@ -106,13 +111,16 @@ def test_explicit_range_records_the_quick_run_and_starts_its_eval_before_the_slo
         # the eval_log step took that job over: one eval job for the quick run, recorded
         [eval_job] = SlurmLauncher().find(f"ck:{sweep.name}/quick:eval")
         assert eval_job.job_id in started.user_message
-        evaluation = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=EVAL, asset_partitions=[quick]), limit=1
-        ).records[0]
+        [evaluation] = evaluations(instance, quick)
         metadata = {k: v.value for k, v in evaluation.asset_materialization.metadata.items()}
         # re-attached to, or adopted once done (the job id is missing while SLURM completes it)
         assert metadata["status"] in ("completed", "adopted") and metadata["samples"] > 0
         assert metadata["job_id"] in (eval_job.job_id, "")
+        # and recorded as it ended, not when the slow run's evaluation did; only once
+        slow_eval_end = job_end(sweep, "slow", "eval")
+        assert evaluation.timestamp < slow_eval_end - 2, (evaluation.timestamp, slow_eval_end)
+        for key in (quick, slow):
+            assert len(evaluations(instance, key)) == 1, key
 
         # lineage: the early record points at the run's own run_config, as Dagster's would
         provenance = DataProvenance.from_tags(first.event_log_entry.tags or {})
@@ -124,7 +132,11 @@ def test_explicit_range_records_the_quick_run_and_starts_its_eval_before_the_slo
         resolver = stale_status_resolver(instance, defs.resolve_asset_graph())
         for key in (quick, slow):
             for asset in (CHECKPOINT, EVAL):
-                assert resolver.get_status(asset, key) == StaleStatus.FRESH, (asset, key)
+                assert resolver.get_status(asset, key) == StaleStatus.FRESH, (
+                    asset,
+                    key,
+                    resolver.get_stale_root_causes(asset, key),
+                )
 
 
 def test_automation_evaluates_the_quick_run_while_the_slow_one_trains(sweep) -> None:
