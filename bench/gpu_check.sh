@@ -77,6 +77,32 @@ b0=$(now)
     || { tail -n 40 "$WORK/bare.log"; exit 1; }
 b1=$(now)
 
+# A model spread over two devices (evaluation.placement) answers as it does on one: on a GPU
+# machine its layers go to the GPU and the CPU, so activations really cross devices.
+"$PYTHON" - "$WORK" "$DEVICE" <<'EOF' >"$WORK/spread.json" || exit 1
+import json, sys
+from pathlib import Path
+from ck_dagster.catalog.models import get_model
+from ck_dagster.evaluation.provider import Decoding, generate, load_checkpoint, prompt_tokens
+from ck_dagster.evaluation.spec import TorchtuneModel
+from ck_dagster.finetune.dataset import prompt_messages
+work, device = Path(sys.argv[1]), sys.argv[2]
+epoch = sorted((work / "runs/gpu_check/tuned/artifacts").glob("epoch_*"))[-1]
+model = TorchtuneModel.of(get_model("tiny-llama"), work / "models/tiny-llama", device=device)
+devices = ("cuda:0", "cpu") if device == "cuda" else ("cpu", "cpu")
+one, spread = load_checkpoint(model, epoch), load_checkpoint(model, epoch, devices)
+words = json.loads((work / "data/capitalization.json").read_text())["test"][:32]
+prompts = [
+    prompt_tokens(one.tokenizer, prompt_messages(
+        row["input"], prompt="Capitalize the given word: {input}\n", system_prompt=""))
+    for row in words
+]
+same = sum(a == b for a, b in zip(generate(one, prompts, Decoding(12)),
+                                  generate(spread, prompts, Decoding(12))))
+print(json.dumps({"spread_over": "+".join(devices), "same_answers": same, "of": len(prompts),
+                  "layer_devices": sorted({str(d) for d in spread.layer_devices})}))
+EOF
+
 "$PYTHON" - "$WORK" "$DEVICE" "$t0" "$t1" "$t2" "$b0" "$b1" <<'EOF' | tee "${OUT:-$WORK}/gpu_check.txt"
 import json, sys
 from pathlib import Path
@@ -95,8 +121,12 @@ figures = {
     "materialize_eval_log_s": round(evaluated, 1), "epochs_saved": train.get("epochs_saved"),
     "state": train.get("state"),
     "scores": {k: v for k, v in evaluation.items() if "accuracy" in k or "mean" in k},
+    "spread": json.loads((Path(work) / "spread.json").read_text()),
 }
 print(f"train through ck_dagster {trained:.1f} s vs bare tune run {bare:.1f} s "
       f"(overhead {trained - bare:+.1f} s, {trained / bare:.2f}x); eval {evaluated:.1f} s")
+spread = figures["spread"]
+print(f"spread over {spread['spread_over']}: {spread['same_answers']}/{spread['of']} answers "
+      "as on one device")
 print(json.dumps(figures))
 EOF

@@ -14,7 +14,10 @@ Model args (``-M`` on the ``inspect eval`` command line, ``model_args`` in Pytho
 - or any field of :class:`~ck_dagster.evaluation.spec.TorchtuneModel` (``builder``,
   ``tokenizer``, ``model_type``, ``checkpoint_files``, ``device``, ``dtype``) to set or
   override those;
-- ``do_sample``: sample (seeded by the generate config's ``seed``) instead of greedy decoding.
+- ``do_sample``: sample (seeded by the generate config's ``seed``) instead of greedy decoding;
+- ``devices``: spread the model's layers over these devices (``cuda:0,cuda:1``); by default a
+  model whose weights do not fit the first GPU is spread over every visible one
+  (``evaluation.placement``).
 
 Generation is greedy unless ``do_sample`` is true and the temperature is not 0; it stops at the
 tokenizer's stop tokens or after ``max_tokens``. Concurrent requests run as one left-padded
@@ -33,7 +36,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,13 @@ from torchtune.modules.transforms import Transform
 
 from ck_dagster.catalog.models import get_model
 from ck_dagster.errors import CkError
+from ck_dagster.evaluation.placement import (
+    build_on_meta,
+    devices_to_spread_over,
+    load_assigned,
+    place_caches,
+    spread,
+)
 from ck_dagster.evaluation.spec import TorchtuneModel
 from ck_dagster.training.artifacts import SAFETENSORS_INDEX
 
@@ -83,6 +93,9 @@ class ProviderArgs:
     model: TorchtuneModel
     do_sample: bool = False
     adapter_dir: Path | None = None
+    #: devices to spread the model's layers over (``devices``); (): one device, or every
+    #: visible GPU when the model does not fit on one.
+    devices: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, args: Mapping[str, Any]) -> ProviderArgs:
@@ -93,6 +106,9 @@ class ProviderArgs:
         checkpoint_dir = Path(args.pop("checkpoint_dir"))
         do_sample = bool(args.pop("do_sample", False))
         adapter = args.pop("adapter_dir", None)
+        devices = args.pop("devices", ())
+        if isinstance(devices, str):  # -M devices=cuda:0,cuda:1
+            devices = devices.split(",")
         name = args.pop("ck_model", None)
         args.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
         args.setdefault("dtype", "bf16" if args["device"].startswith("cuda") else "fp32")
@@ -104,15 +120,23 @@ class ProviderArgs:
                 f"torchtune provider model args: {exc}; give -M ck_model=<a "
                 "ck_dagster model name> or builder, tokenizer, model_type"
             ) from None
-        return cls(checkpoint_dir, model, do_sample, Path(adapter) if adapter else None)
+        return cls(
+            checkpoint_dir,
+            model,
+            do_sample,
+            Path(adapter) if adapter else None,
+            tuple(str(d).strip() for d in devices if str(d).strip()),
+        )
 
     def as_model_args(self) -> dict[str, Any]:
         """These args as ``get_model(**model_args)`` takes them (and the eval log records)."""
         adapter = {"adapter_dir": str(self.adapter_dir)} if self.adapter_dir else {}
+        devices = {"devices": ",".join(self.devices)} if self.devices else {}
         return {
             "checkpoint_dir": str(self.checkpoint_dir),
             "do_sample": self.do_sample,
             **adapter,
+            **devices,
             **self.model.model_dump(),
         }
 
@@ -129,19 +153,23 @@ class Checkpoint:
     adapter: Path | None = None
     replaced: dict[str, torch.Tensor] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: each layer's device when the model is spread over several ([]: all on ``device``).
+    layer_devices: list[torch.device] = field(default_factory=list)
 
 
 #: the model this process loaded last, by its settings and folder (see the module docstring).
 _LOADED: dict[str, Checkpoint] = {}
 
 
-def shared_checkpoint(model: TorchtuneModel, folder: Path) -> Checkpoint:
+def shared_checkpoint(
+    model: TorchtuneModel, folder: Path, spread_over: Sequence[str] = ()
+) -> Checkpoint:
     """The loaded model for these settings and folder: the one loaded last when they match,
     else a fresh load (after releasing the previous one)."""
-    key = f"{model.model_dump_json()}|{Path(folder).resolve()}"
+    key = f"{model.model_dump_json()}|{Path(folder).resolve()}|{','.join(spread_over)}"
     if key not in _LOADED:
         release_checkpoints()
-        _LOADED[key] = load_checkpoint(model, Path(folder))
+        _LOADED[key] = load_checkpoint(model, Path(folder), spread_over)
     return _LOADED[key]
 
 
@@ -214,9 +242,13 @@ def read_adapter(folder: Path) -> tuple[dict[str, torch.Tensor], int, float]:
     )
 
 
-def load_checkpoint(model: TorchtuneModel, folder: Path) -> Checkpoint:
+def load_checkpoint(
+    model: TorchtuneModel, folder: Path, spread_over: Sequence[str] = ()
+) -> Checkpoint:
     """Build the model with its torchtune builder and load the folder's HF weights into it
-    through torchtune's FullModelHFCheckpointer (its own HF-to-torchtune conversion)."""
+    through torchtune's FullModelHFCheckpointer (its own HF-to-torchtune conversion). A model
+    too large for one GPU is spread over every visible one (``spread_over``: these devices),
+    see ``evaluation.placement``."""
     device = torch.device(model.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CkError(
@@ -237,12 +269,25 @@ def load_checkpoint(model: TorchtuneModel, folder: Path) -> Checkpoint:
             output_dir=scratch,
         )
         state = checkpointer.load_checkpoint()[training.MODEL_KEY]
-    with training.set_default_dtype(dtype), device:
-        decoder = tune_config.instantiate(OmegaConf.create({"_component_": model.builder}))
-    decoder.load_state_dict(state)
+    weight_bytes = sum(t.numel() for t in state.values()) * dtype.itemsize
+    devices = devices_to_spread_over(device, weight_bytes, spread_over)
+
+    def build() -> TransformerDecoder:
+        return tune_config.instantiate(OmegaConf.create({"_component_": model.builder}))
+
+    layer_devices: list[torch.device] = []
+    with training.set_default_dtype(dtype):
+        if devices:
+            decoder = build_on_meta(build)
+            load_assigned(decoder, state, dtype)
+            layer_devices, device = spread(decoder, devices), devices[0]
+        else:
+            with device:
+                decoder = build()
+            decoder.load_state_dict(state)
     decoder.eval()
     tokenizer = tune_config.instantiate(OmegaConf.create(model.tokenizer))
-    return Checkpoint(decoder, tokenizer, device, dtype)
+    return Checkpoint(decoder, tokenizer, device, dtype, layer_devices=layer_devices)
 
 
 def _weight_files(folder: Path, model: TorchtuneModel) -> list[str] | dict[str, str]:
@@ -309,6 +354,8 @@ def generate(
     with local_kv_cache(
         model, batch_size=rows, device=device, dtype=checkpoint.dtype, decoder_max_seq_len=total
     ):
+        if checkpoint.layer_devices:
+            place_caches(model, checkpoint.layer_devices)
         logits = model(tokens, input_pos=positions[:, :longest], mask=masks[:, :longest])
         for step in range(decoding.max_new_tokens):
             next_ids = _pick(logits[:, -1].float(), decoding, rng)
@@ -402,7 +449,9 @@ class TorchtuneAPI(ModelAPI):
             config=config,
         )
         self.args = ProviderArgs.parse(model_args)
-        self.checkpoint = shared_checkpoint(self.args.model, self.args.checkpoint_dir)
+        self.checkpoint = shared_checkpoint(
+            self.args.model, self.args.checkpoint_dir, self.args.devices
+        )
         if self.args.adapter_dir is not None:  # fail here, not on the first sample
             with self.checkpoint.lock:
                 apply_adapter(self.checkpoint, self.args.adapter_dir)
