@@ -228,6 +228,10 @@ class ConcurrencyPool:
             return False
         return True
 
+    def limit(self) -> int:
+        """How many slots the pool has."""
+        return self._storage.get_concurrency_info(self.name).slot_count
+
     def claim(self, run_id: str, key: str) -> bool:
         """Take a slot for ``key`` of Dagster run ``run_id``; False while the pool is full."""
         return self._storage.claim_concurrency_slot(self.name, run_id, key).is_claimed

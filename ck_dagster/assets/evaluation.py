@@ -1,8 +1,10 @@
 """Evaluation assets: ``eval_spec`` (observed), ``eval_log``, its check, automation, schedule.
 
 ``eval_log`` runs one inspect-ai job per run (every saved epoch x task, or the base model of a
-control run) through the same launcher and pool as training, and records each run as soon as
-its job ends (``PartitionRecords``), not when the step's slowest job does. It materializes by
+control run) through the same launcher and pool as training, or one per share of the runs that
+load the same model when the pool cannot queue a job for each (``SharedEvaluations``), and
+records each run as soon as its results land (``PartitionRecords``), not when the step's
+slowest job ends. It materializes by
 itself when
 its checkpoint is updated or its evaluation is registered changed (``assets.automation``; the
 report follows, ``assets/report.py``); the ``reevaluate_runs`` schedule (``assets.reevaluation``)
@@ -36,6 +38,7 @@ from ck_dagster.assets.configs import plans_for
 from ck_dagster.assets.eval_jobs import (
     EVAL_LOG,
     LABEL,
+    SharedEvaluations,
     eval_progress,
     eval_requests,
     registered_eval_specs,
@@ -51,9 +54,9 @@ from ck_dagster.assets.resources import JobEnvironmentResource
 from ck_dagster.assets.training import checkpoint
 from ck_dagster.assets.versions import code_version
 from ck_dagster.errors import CkError
-from ck_dagster.evaluation.results import EvalResults, read_results, result_problems
+from ck_dagster.evaluation.results import EvalResults, is_current, read_results, result_problems
 from ck_dagster.evaluation.spec import EvalSpec
-from ck_dagster.slurm.runner import JobOutcome
+from ck_dagster.slurm.runner import Attempt, JobOutcome
 
 eval_spec = AssetSpec(
     key=EVAL_SPEC,
@@ -123,22 +126,44 @@ def eval_log(
     prompted as the run trained; `inspect view` opens them."""
     plans = plans_for(context, job_environment)
     specs = registered_eval_specs(context, plans)
-    requests = eval_requests(specs, plans, job_environment.environment(), config.force)
+    environment = job_environment.environment()
+    requests = eval_requests(specs, plans, environment, config.force)
     records = PartitionRecords(context, [checkpoint.key, EVAL_SPEC], "evaluation jobs")
+    recorded: set[str] = set()
 
-    def ended(outcome: JobOutcome) -> None:
+    def record(outcome: JobOutcome) -> None:
+        key = outcome.key
+        if key in recorded:
+            return
+        recorded.add(key)
         if not outcome.ok:
             records.failed(outcome)
             return
-        key = outcome.key
         results = read_results(plans[key].run_dir)
         assert results is not None, f"{key}: the eval job left no results.json"
         records.materialized(
             key, results_metadata(specs[key], results, outcome.status, outcome.job_id)
         )
 
-    runner = launcher.runner(context, LABEL, eval_progress, on_outcome=ended)
-    yield from records.finish(runner.run(list(requests.values())))
+    def ended(outcome: JobOutcome) -> None:
+        shared.ended(outcome)
+        for run in shared.per_run(outcome):
+            record(run)
+
+    def landed(job_key: str, line: str) -> None:  # a shared job's run is recorded at once
+        key = shared.landed(job_key, line)
+        if key is not None and is_current(plans[key].run_dir, specs[key]):
+            job_id = runner.job_of(job_key)
+            record(JobOutcome(key, "completed", [Attempt(job_id, ())] if job_id else []))
+
+    runner = launcher.runner(context, LABEL, eval_progress, landed, ended)
+    shared = SharedEvaluations(runner, requests, specs, plans, environment, config.force)
+    try:
+        outcomes = runner.run(shared.requests)
+    finally:
+        shared.release()
+    runs = {run.key: run for outcome in outcomes.values() for run in shared.per_run(outcome)}
+    yield from records.finish(runs)
     yield every_sample_scored(context.instance)
 
 

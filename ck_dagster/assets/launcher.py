@@ -164,6 +164,9 @@ class PoolSlots:
             steps.discard(self._step(key))
             self.pool.free(self.run_id, self._step(key))
 
+    def capacity(self) -> int | None:
+        return self.pool.limit()
+
     def _steps_of_run(self) -> set[str]:
         """This run's steps that hold or wait for a slot: one query, then kept up to date
         (so releasing a key that never had a slot costs nothing)."""

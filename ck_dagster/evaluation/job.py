@@ -25,7 +25,7 @@ from inspect_ai.log import EvalLog
 from inspect_ai.model import Model, get_model
 
 from ck_dagster.errors import CkError
-from ck_dagster.evaluation.provider import ProviderArgs
+from ck_dagster.evaluation.provider import ProviderArgs, is_loaded
 from ck_dagster.evaluation.results import (
     EvalOutcome,
     EvalResults,
@@ -79,7 +79,7 @@ def _evaluate_target(spec: EvalSpec, target: EvalTarget, echo: Echo) -> list[Eva
     prefix = f"eval {spec.partition_key} {target.label}"
     adapter = Path(target.adapter) if target.adapter else None
     args = ProviderArgs(Path(target.path), spec.model, spec.settings.do_sample, adapter)
-    loading = time.monotonic()
+    loading, reused = time.monotonic(), is_loaded(args)
     try:
         model = get_model(f"torchtune/{target.label}", memoize=False, **args.as_model_args())
     except Exception as exc:  # a checkpoint that does not load fails its evaluations only
@@ -89,7 +89,11 @@ def _evaluate_target(spec: EvalSpec, target: EvalTarget, echo: Echo) -> list[Eva
             for task in target.tasks
         ]
     what = f"adapter {adapter} on {target.path}" if adapter else target.path
-    echo(f"{prefix}: {what} ready on {spec.model.device} in {time.monotonic() - loading:.1f} s")
+    how = "model already loaded" if reused else "model loaded"
+    echo(
+        f"{prefix}: {what} ready on {spec.model.device} in "
+        f"{time.monotonic() - loading:.1f} s ({how})"
+    )
     with model:
         return [_evaluate(spec, target, spec.task(name), model, echo) for name in target.tasks]
 

@@ -166,11 +166,21 @@ def shared_checkpoint(
 ) -> Checkpoint:
     """The loaded model for these settings and folder: the one loaded last when they match,
     else a fresh load (after releasing the previous one)."""
-    key = f"{model.model_dump_json()}|{Path(folder).resolve()}|{','.join(spread_over)}"
+    key = _loaded_key(model, folder, spread_over)
     if key not in _LOADED:
         release_checkpoints()
         _LOADED[key] = load_checkpoint(model, Path(folder), spread_over)
     return _LOADED[key]
+
+
+def is_loaded(args: ProviderArgs) -> bool:
+    """Whether this process holds the model ``args`` load (so a provider reuses it)."""
+    return _loaded_key(args.model, args.checkpoint_dir, args.devices) in _LOADED
+
+
+def _loaded_key(model: TorchtuneModel, folder: Path, spread_over: Sequence[str]) -> str:
+    settings = json.dumps(model.model_dump(mode="json"), sort_keys=True)  # key order aside
+    return f"{settings}|{Path(folder).resolve()}|{','.join(spread_over)}"
 
 
 def release_checkpoints() -> None:

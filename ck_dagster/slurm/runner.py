@@ -49,6 +49,10 @@ class Slots(Protocol):
         """Give back ``key``'s slot (or its place in the queue for one)."""
         ...
 
+    def capacity(self) -> int | None:
+        """How many jobs may be in the queue at once (None: no cap)."""
+        ...
+
 
 class Claims(Protocol):
     """Which process submits each request's job: one at a time across every process (the
@@ -95,6 +99,9 @@ class UnlimitedSlots:
         return True
 
     def release(self, key: str) -> None:
+        return None
+
+    def capacity(self) -> int | None:
         return None
 
 
@@ -164,6 +171,9 @@ class JobRequest:
     #: called right before the first submission: how to go on from what an earlier job left
     #: (e.g. its saved epochs); None: submit afresh (``before_submit`` first).
     resume_first: Callable[[], Resubmission | None] = lambda: None
+    #: jobs of other names that may be doing this request's work (a job evaluating several
+    #: runs), as (job name, folder it logs into): a live one is followed, never doubled.
+    shared_jobs: Callable[[], list[tuple[str, Path]]] = lambda: []
 
 
 @dataclass
@@ -219,6 +229,7 @@ class JobRunner:
         has claimed to reach the queue."""
         self.launcher = launcher
         self.on_outcome = on_outcome
+        self._outcomes: dict[str, JobOutcome] = {}
         self.slots = slots or UnlimitedSlots()
         self.claims = claims or NoClaims()
         self.join_wait = join_wait
@@ -235,8 +246,9 @@ class JobRunner:
     def run(self, requests: Sequence[JobRequest]) -> dict[str, JobOutcome]:
         """Run every request to its end; outcomes by key (failures included, not raised)."""
         outcomes: dict[str, JobOutcome] = {}
+        self._outcomes = outcomes
         waiting: list[JobRequest] = []
-        self._by_job: dict[str, JobRequest] = {}
+        self._by_job: dict[str, list[JobRequest]] = {}  # a shared job: several requests
         self._holding: set[str] = set()
         self._watching: set[str] = set()  # jobs another process submitted and holds
         self._told_waiting: set[str] = set()  # keys whose wait for a slot was logged
@@ -303,17 +315,37 @@ class JobRunner:
         self.on_event(request.key, f"submitted job {job_id} ({self.launcher.name})")
         return job_id
 
+    def job_of(self, key: str) -> str | None:
+        """The job of request ``key`` in the :meth:`run` under way (None before one)."""
+        outcome = self._outcomes.get(key)
+        return outcome.job_id if outcome else None
+
+    def free_to_share(self, requests: Sequence[JobRequest]) -> list[JobRequest]:
+        """Those of ``requests`` that this process may put into one shared job: to be run
+        (not done, or forced), claimed here (the claims stay until :meth:`release_claim` or a
+        :meth:`run` of them), and with no live job of their own or shared."""
+        todo = [r for r in requests if r.force or not r.is_done()]
+        held = self.claims.claim(todo) if todo else {}
+        return [r for r in todo if r.key not in held and not self._live_jobs(r)]
+
+    def release_claim(self, request: JobRequest) -> None:
+        """Give back a claim :meth:`free_to_share` took (its run went into a shared job)."""
+        self.claims.release(request)
+
     # -- starting jobs --------------------------------------------------------------------
 
     def _found(self, request: JobRequest) -> list[JobStatus]:
         """Jobs of the request's name that log into its folder: the same name may be used by
         another Dagster instance or a copy of the experiment elsewhere."""
-        folder = (request.log_folder or request.script.parent).resolve()
-        return [
-            s
-            for s in self.launcher.find(request.job_name)
-            if s.log_path is None or folder in s.log_path.resolve().parents
-        ]
+        names = [(request.job_name, request.log_folder or request.script.parent)]
+        found = []
+        for name, folder in names + request.shared_jobs():
+            found += [
+                s
+                for s in self.launcher.find(name)
+                if s.log_path is None or folder.resolve() in s.log_path.resolve().parents
+            ]
+        return found
 
     def _note_adopted(self, request: JobRequest, outcome: JobOutcome) -> None:
         done = [s for s in self._found(request) if s.state is JobState.COMPLETED]
@@ -461,7 +493,8 @@ class JobRunner:
         self.on_event(request.key, f"submitted job {job_id} ({self.launcher.name}){suffix}")
 
     def _follow(self, request: JobRequest, job_id: str) -> None:
-        self._by_job[job_id] = request
+        followers = self._by_job.setdefault(job_id, [])
+        followers[:] = [r for r in followers if r.key != request.key] + [request]
         self.follower.add(job_id)
 
     # -- following ------------------------------------------------------------------------
@@ -470,14 +503,15 @@ class JobRunner:
         if event.kind == "controller":
             self.on_event("", f"scheduler did not answer, retrying: {event.message}")
             return
-        request = self._by_job.get(event.job_id)
-        if request is None:
-            return
-        outcome = outcomes[request.key]
-        if event.kind == "log":
+        requests = self._by_job.get(event.job_id, [])
+        if event.kind == "log" and requests:  # a shared job's log: once, under its first run
             for line in event.lines:
-                self.on_log(request.key, line)
+                self.on_log(requests[0].key, line)
             return
+        for request in requests:
+            self._handle_one(request, event, outcomes[request.key])
+
+    def _handle_one(self, request: JobRequest, event: JobEvent, outcome: JobOutcome) -> None:
         if event.kind == "lost":
             self._fail(
                 request,

@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import subprocess
 import time
-import uuid
 
 import pytest
 from dagster import (
@@ -20,11 +19,10 @@ from dagster import (
 
 from ck_dagster.assets.dagster_internals import StaleStatus, stale_status_resolver
 from ck_dagster.definitions import defs
-from ck_dagster.experiment.load import load_experiment
 from ck_dagster.experiment.schema import Experiment
 from ck_dagster.slurm.client import SlurmLauncher
 from ck_dagster_tests.fixtures.dagster import BIN, run_command
-from ck_dagster_tests.fixtures.experiments import write_tiny_experiment
+from ck_dagster_tests.fixtures.experiments import register_tiny_experiment
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -43,15 +41,9 @@ SWEEP = """
 @pytest.fixture
 def sweep(dagster_home, tmp_path, tiny_model_dir, capitalization_data, slurm_cluster):
     """A registered quick/slow sweep with its run configs materialized."""
-    file = write_tiny_experiment(
-        tmp_path,
-        tiny_model_dir,
-        capitalization_data,
-        name=f"sweep_{uuid.uuid4().hex[:6]}",
-        runs=SWEEP,
+    experiment = register_tiny_experiment(
+        tmp_path, tiny_model_dir, capitalization_data, prefix="sweep", runs=SWEEP
     )
-    run_command(["ck-dagster", "register", file])
-    experiment = load_experiment(file)
     run_command(["dagster", *materialize_args("run_config", experiment)])
     return experiment
 
