@@ -61,7 +61,9 @@ def build_definitions(settings: Settings) -> Definitions:
             ),
             "experiments_folder": ExperimentsFolderResource(path=variable("CK_EXPERIMENTS_DIR")),
             "launcher": LauncherResource(
-                kind=variable("CK_LAUNCHER"), local_jobs_dir=variable("CK_LOCAL_JOBS_DIR")
+                kind=variable("CK_LAUNCHER"),
+                local_jobs_dir=variable("CK_LOCAL_JOBS_DIR"),
+                claim_settle_s=settings.claim_settle_s,
             ),
             "reevaluation": ReevaluationResource(force=settings.reevaluate_force),
         },

@@ -25,10 +25,12 @@ VARIABLES = {
     "CK_REEVALUATE_CRON": "when the reevaluate_runs schedule runs (cron)",
     "CK_REEVALUATE_FORCE": "1/true: reevaluate_runs evaluates every trained run, current or not",
     "CK_DAGSTER_CACHE": "where the tiny model and data are cached",
+    "CK_CLAIM_SETTLE_S": "seconds a claim on a run waits before it is read back (default 2)",
     "DAGSTER_HOME": "the Dagster instance folder (Dagster's own variable)",
 }
 
 DEFAULT_REEVALUATE_CRON = "0 6 * * 1"
+DEFAULT_CLAIM_SETTLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Settings:
     #: the reevaluate_runs schedule evaluates every trained run, not only the stale ones.
     reevaluate_force: bool = False
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "ck_dagster")
+    #: how long a process that claims a run waits before reading the claim back (Fischer's
+    #: timed mutual exclusion: far longer than a write to the instance takes).
+    claim_settle_s: float = DEFAULT_CLAIM_SETTLE_S
     dagster_home: str | None = None
     #: the PATH that ``sbatch`` is looked up on.
     path: str | None = None
@@ -70,10 +75,25 @@ class Settings:
             reevaluate_cron=env.get("CK_REEVALUATE_CRON") or DEFAULT_REEVALUATE_CRON,
             reevaluate_force=_flag(env.get("CK_REEVALUATE_FORCE")),
             cache_dir=Path(env.get("CK_DAGSTER_CACHE") or Path.home() / ".cache" / "ck_dagster"),
+            claim_settle_s=_seconds(env, "CK_CLAIM_SETTLE_S", DEFAULT_CLAIM_SETTLE_S),
             dagster_home=env.get("DAGSTER_HOME") or None,
             path=env.get("PATH"),
             given=frozenset(name for name in VARIABLES if env.get(name)),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds, or ``default`` when unset; anything else is refused."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{name}={text!r}: give a positive number of seconds, e.g. {default}")
+    return value
 
 
 def _flag(value: str | None) -> bool:

@@ -37,6 +37,7 @@ def test_every_variable_is_read_and_documented() -> None:
         "CK_DAGSTER_CACHE": "/c",
         "DAGSTER_HOME": "/h",
         "CK_CLUSTER_PROFILE": "generic",
+        "CK_CLAIM_SETTLE_S": "0.5",
     }
     assert set(env) == set(VARIABLES)
     assert Settings.from_env(env) == Settings(
@@ -51,10 +52,17 @@ def test_every_variable_is_read_and_documented() -> None:
         cache_dir=Path("/c"),
         dagster_home="/h",
         cluster_profile="generic",
+        claim_settle_s=0.5,
     )
     assert JobEnvironment.from_env(env) == JobEnvironment(("a/1", "b/2"), "ck", None)
     assert Settings.from_env(env).given == set(env)
     assert Settings.from_env({**env, "CK_LAUNCHER": ""}).given == set(env) - {"CK_LAUNCHER"}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_claim_settle_time_must_be_positive_seconds(value: str) -> None:
+    with pytest.raises(ValueError, match="CK_CLAIM_SETTLE_S=.*positive number of seconds"):
+        Settings.from_env({"CK_CLAIM_SETTLE_S": value})
 
 
 def test_read_when_asked_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,6 +95,7 @@ def test_resources_take_a_set_variable_as_envvar_read_when_a_run_starts(
         monkeypatch.delenv(name, raising=False)
     with build_resources(build_definitions(Settings.from_env()).resources) as unset:
         assert unset.experiments_folder.folder() is None and unset.reevaluation.force is False
+        assert unset.launcher.claim_settle_s == 2.0
         assert unset.job_environment.environment().profile.name == "della"
     variables = {
         "CK_EXPERIMENTS_DIR": "/first",
@@ -96,6 +105,7 @@ def test_resources_take_a_set_variable_as_envvar_read_when_a_run_starts(
         "CK_JOB_MODULES": "a/1 b/2",
         "CK_JOB_CONDA_ENV": "ck",
         "CK_REEVALUATE_FORCE": "1",
+        "CK_CLAIM_SETTLE_S": "0.25",
     }
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
@@ -105,6 +115,7 @@ def test_resources_take_a_set_variable_as_envvar_read_when_a_run_starts(
     with build_resources(resources) as built:
         assert built.experiments_folder.folder() == Path("/later")
         assert built.reevaluation.force is True
+        assert built.launcher.claim_settle_s == 0.25
         environment = built.job_environment.environment()
         assert (environment.profile.name, environment.modules) == ("generic", ("a/1", "b/2"))
         assert environment.conda_env == "ck"

@@ -28,6 +28,7 @@ from ck_dagster.assets.dagster_internals import (
     downstream_assets,
     materialization_tags,
 )
+from ck_dagster.settings import DEFAULT_CLAIM_SETTLE_S
 from ck_dagster.slurm.choose import choose_launcher
 from ck_dagster.slurm.launcher import Launcher
 from ck_dagster.slurm.runner import JobOutcome, JobRequest, JobRunner
@@ -54,6 +55,8 @@ class LauncherResource(ConfigurableResource):
     local_jobs_dir: str | None = None
     pool: str = "slurm_jobs"
     pool_limit: int = 25
+    #: how long a claim on a run waits before it is read back (``InstanceClaims``).
+    claim_settle_s: float = DEFAULT_CLAIM_SETTLE_S
     poll_initial: float = 2.0
     poll_max: float = 30.0
     max_resubmits: int = 2
@@ -78,7 +81,7 @@ class LauncherResource(ConfigurableResource):
         slots = PoolSlots(
             context.instance, self.pool, context.run_id, label, self.pool_limit, context.log.info
         )
-        claims = InstanceClaims(context.instance, context.run_id)
+        claims = InstanceClaims(context.instance, context.run_id, self.claim_settle_s)
         progress = ProgressLog(context.log.info, summarize)
         return JobRunner(
             self.launcher(context.log.info),
@@ -201,7 +204,9 @@ class InstanceClaims:
     on this host is gone (SIGKILL), is free to take.
     """
 
-    def __init__(self, instance: DagsterInstance, run_id: str, settle_s: float = 2.0):
+    def __init__(
+        self, instance: DagsterInstance, run_id: str, settle_s: float = DEFAULT_CLAIM_SETTLE_S
+    ):
         self.instance = instance
         self.storage = instance.daemon_cursor_storage
         self.run_id = run_id
