@@ -4,13 +4,11 @@
 control run) through the same launcher and pool as training, or one per share of the runs that
 load the same model when the pool cannot queue a job for each (``SharedEvaluations``), and
 records each run as soon as its results land (``PartitionRecords``), not when the step's
-slowest job ends. It materializes by
-itself when
-its checkpoint is updated or its evaluation is registered changed (``assets.automation``; the
-report follows, ``assets/report.py``); the ``reevaluate_runs`` schedule (``assets.reevaluation``)
-catches up with whatever is stale. Editing an evaluation (settings, tasks, task code and its
-imports, data, tokenizer) and registering again observes a new ``eval_spec`` version, which
-marks ``eval_log`` stale.
+slowest job ends. It materializes by itself when its checkpoint is updated or its evaluation
+is registered changed (``assets.automation``; the report follows, ``assets/report.py``); the
+``reevaluate_runs`` schedule (``assets.reevaluation``) catches up with whatever is stale.
+Editing an evaluation (settings, tasks, task code and its imports, data, tokenizer) and
+registering again observes a new ``eval_spec`` version, which marks ``eval_log`` stale.
 """
 
 from collections.abc import Iterator

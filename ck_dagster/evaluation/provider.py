@@ -179,8 +179,7 @@ def is_loaded(args: ProviderArgs) -> bool:
 
 
 def _loaded_key(model: TorchtuneModel, folder: Path, spread_over: Sequence[str]) -> str:
-    settings = json.dumps(model.model_dump(mode="json"), sort_keys=True)  # key order aside
-    return f"{settings}|{Path(folder).resolve()}|{','.join(spread_over)}"
+    return f"{model.identity()}|{Path(folder).resolve()}|{','.join(spread_over)}"
 
 
 def release_checkpoints() -> None:

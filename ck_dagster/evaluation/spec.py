@@ -94,6 +94,12 @@ class TorchtuneModel(_Frozen):
             dtype=dtype,
         )
 
+    def identity(self) -> str:
+        """These settings as one string, key order aside: targets with the same identity
+        load a folder into the same model the same way (a control run's tokenizer node and a
+        LoRA run's differ only in key order)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
 
 class EvalTarget(_Frozen):
     """One model to evaluate and the tasks it gets: a model folder (a saved epoch, or the base

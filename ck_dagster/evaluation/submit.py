@@ -113,9 +113,7 @@ def shared_load(spec: EvalSpec, plan: RunPlan) -> str | None:
     if len(folders) != 1:
         return None
     return json.dumps(
-        [plan.experiment.name, spec.model.model_dump(mode="json"), folders.pop()]
-        + [repr(eval_resources(plan))],
-        sort_keys=True,
+        [plan.experiment.name, spec.model.identity(), folders.pop(), repr(eval_resources(plan))]
     )
 
 
